@@ -1,0 +1,188 @@
+//! Command-line arguments, parsed by clap.
+//!
+//! These types only describe what the user typed; `config` turns them, the
+//! environment and the config file into a validated [`crate::config::Config`]
+//! that holds no clap types.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// Keep an S3-compatible bucket an exact mirror of a local directory.
+#[derive(Debug, Parser)]
+#[command(name = "s3ma", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+/// Options accepted before or after the subcommand.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// More detail: -v shows skipped files and decisions, -vv also S3 requests.
+    #[arg(short, long, action = ArgAction::Count, global = true, help_heading = "Output")]
+    pub verbose: u8,
+
+    /// Print errors only (for cron).
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Output"
+    )]
+    pub quiet: bool,
+
+    /// Print one JSON object per line instead of text.
+    #[arg(long, global = true, help_heading = "Output")]
+    pub json: bool,
+
+    /// Configuration file (node-s3ma's config.json format).
+    /// Default: ./conf/config.json when it exists.
+    #[arg(long, global = true, env = "S3MA_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make the bucket an exact copy of a directory, once.
+    Sync(SyncArgs),
+    /// List buckets, or the objects under s3://BUCKET/PREFIX.
+    Ls(LsArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The directory to mirror (default: the config's watchDir), then the
+    /// destination s3://BUCKET[/PREFIX] (default: the config's bucket and
+    /// topPrefix). A lone argument that starts with s3:// is the destination.
+    #[arg(value_name = "DIR | s3://BUCKET/PREFIX", num_args = 0..=2)]
+    pub paths: Vec<String>,
+
+    /// Delete remote objects under the prefix that have no local file.
+    #[arg(long, help_heading = "Sync")]
+    pub delete: bool,
+
+    /// Refuse to delete anything when more than N objects would be deleted.
+    #[arg(long, value_name = "N", help_heading = "Sync")]
+    pub max_delete: Option<u64>,
+
+    /// Print what would be done and change nothing.
+    #[arg(short = 'n', long, help_heading = "Sync")]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Skip paths matching this gitignore-style glob (repeatable).
+    #[arg(long, value_name = "GLOB", help_heading = "Filters")]
+    pub exclude: Vec<String>,
+
+    /// Also mirror files and directories whose name starts with a dot.
+    #[arg(long, help_heading = "Filters")]
+    pub include_hidden: bool,
+
+    /// Follow symbolic links (loops are detected and reported).
+    #[arg(short = 'L', long, help_heading = "Filters")]
+    pub follow_symlinks: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// Concurrent requests to the server [default: 32].
+    #[arg(short = 'j', long, value_name = "N", help_heading = "Transfer")]
+    pub concurrency: Option<usize>,
+
+    /// Files at least this large use multipart upload [default: 64MiB].
+    #[arg(long, value_name = "SIZE", help_heading = "Transfer")]
+    pub multipart_threshold: Option<String>,
+
+    /// Part size for multipart uploads, at least 5MiB [default: 16MiB].
+    #[arg(long, value_name = "SIZE", help_heading = "Transfer")]
+    pub multipart_chunk_size: Option<String>,
+
+    /// Storage class for new objects (STANDARD, STANDARD_IA, …).
+    #[arg(long, value_name = "CLASS", help_heading = "Transfer")]
+    pub storage_class: Option<String>,
+
+    /// Where the state database lives
+    /// [default: $XDG_STATE_HOME/s3ma or ~/.local/state/s3ma].
+    #[arg(
+        long,
+        env = "S3MA_STATE_DIR",
+        value_name = "DIR",
+        help_heading = "Transfer"
+    )]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// s3://BUCKET[/PREFIX]; without it, list the buckets.
+    #[arg(value_name = "s3://BUCKET/PREFIX")]
+    pub target: Option<String>,
+
+    /// List every object under the prefix, not just one level.
+    #[arg(short, long)]
+    pub recursive: bool,
+
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+}
+
+/// How to reach the S3 service.
+#[derive(Debug, Args, Default)]
+pub struct ConnectionArgs {
+    /// S3-compatible endpoint URL (https:// is assumed without a scheme).
+    #[arg(long, value_name = "URL", help_heading = "Connection")]
+    pub endpoint: Option<String>,
+
+    /// Region name; any string the provider uses.
+    #[arg(long, value_name = "NAME", help_heading = "Connection")]
+    pub region: Option<String>,
+
+    /// Profile from ~/.aws/credentials and ~/.aws/config.
+    #[arg(long, value_name = "NAME", help_heading = "Connection")]
+    pub profile: Option<String>,
+
+    /// Address buckets as https://host/bucket (default for custom endpoints).
+    #[arg(long, conflicts_with = "virtual_host", help_heading = "Connection")]
+    pub path_style: bool,
+
+    /// Address buckets as https://bucket.host (default for AWS).
+    #[arg(long, help_heading = "Connection")]
+    pub virtual_host: bool,
+
+    /// PEM file with extra CA certificates to trust (also AWS_CA_BUNDLE).
+    #[arg(long, value_name = "PEM", help_heading = "Connection")]
+    pub ca_bundle: Option<PathBuf>,
+
+    /// Seconds to wait for a connection [default: 10].
+    #[arg(long, value_name = "SECS", help_heading = "Connection")]
+    pub connect_timeout: Option<f64>,
+
+    /// Seconds to wait for data on an open connection [default: 60].
+    #[arg(long, value_name = "SECS", help_heading = "Connection")]
+    pub read_timeout: Option<f64>,
+
+    /// Attempts per request before giving up [default: 5].
+    #[arg(long, value_name = "N", help_heading = "Connection")]
+    pub retries: Option<u32>,
+}

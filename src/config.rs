@@ -1,0 +1,725 @@
+//! Configuration: flags > environment > config file > defaults, resolved once
+//! into plain structs with no clap types in them.
+//!
+//! The config file is node-s3ma's `conf/config.json` (camelCase keys); every
+//! key node-s3ma understood keeps its meaning. All fallible resolution (paths,
+//! endpoint, sizes, mime table, credentials source) happens here, so the
+//! commands only wire components together.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+
+use crate::cli::{ConnectionArgs, FilterArgs, SyncArgs, TransferArgs};
+use crate::keys::Location;
+use crate::mime::MimeTable;
+
+/// Every key the config file may hold. node-s3ma's keys first, then the AWS
+/// SDK for JavaScript keys node-s3ma passed through, then s3ma's own.
+const KNOWN_KEYS: &[&str] = &[
+    "watchDir",
+    "accessKeyId",
+    "secretAccessKey",
+    "region",
+    "bucket",
+    "topPrefix",
+    "bucketSync",
+    "topPrefixSync",
+    "endpointSync",
+    "storageClass",
+    "mtimeToMetaData",
+    "mimeConfig",
+    "syslogFacility",
+    "sessionToken",
+    "s3ForcePathStyle",
+    "sslEnabled",
+    "maxRetries",
+    "signatureVersion",
+    "endpoint",
+    "pathStyle",
+    "profile",
+    "caBundle",
+    "exclude",
+    "includeHidden",
+    "followSymlinks",
+    "delete",
+    "maxDelete",
+    "concurrency",
+    "multipartThreshold",
+    "multipartChunkSize",
+    "stateDir",
+    "connectTimeout",
+    "readTimeout",
+];
+
+/// The config file as written. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileConfig {
+    pub watch_dir: Option<PathBuf>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    pub region: Option<String>,
+    pub bucket: Option<String>,
+    pub top_prefix: Option<String>,
+    pub bucket_sync: Option<String>,
+    pub top_prefix_sync: Option<String>,
+    pub endpoint_sync: Option<String>,
+    pub storage_class: Option<String>,
+    #[serde(rename = "mtimeToMetaData")]
+    pub mtime_to_meta_data: Option<bool>,
+    pub mime_config: Option<PathBuf>,
+    pub syslog_facility: Option<serde_json::Value>,
+    #[serde(rename = "s3ForcePathStyle")]
+    pub s3_force_path_style: Option<bool>,
+    pub ssl_enabled: Option<bool>,
+    pub max_retries: Option<u32>,
+    pub signature_version: Option<String>,
+    pub endpoint: Option<String>,
+    pub path_style: Option<bool>,
+    pub profile: Option<String>,
+    pub ca_bundle: Option<PathBuf>,
+    pub exclude: Option<Vec<String>>,
+    pub include_hidden: Option<bool>,
+    pub follow_symlinks: Option<bool>,
+    pub delete: Option<bool>,
+    pub max_delete: Option<u64>,
+    pub concurrency: Option<usize>,
+    pub multipart_threshold: Option<SizeValue>,
+    pub multipart_chunk_size: Option<SizeValue>,
+    pub state_dir: Option<PathBuf>,
+    pub connect_timeout: Option<f64>,
+    pub read_timeout: Option<f64>,
+}
+
+/// A size written as a number of bytes or a string such as `"64MiB"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeValue {
+    fn bytes(&self) -> Result<u64> {
+        match self {
+            SizeValue::Bytes(n) => Ok(*n),
+            SizeValue::Text(s) => parse_size(s),
+        }
+    }
+}
+
+/// A loaded config file and what it said that deserves a warning.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub file: FileConfig,
+    pub path: Option<PathBuf>,
+    pub warnings: Vec<String>,
+}
+
+/// Finds and reads the config file: the explicit path (flag or
+/// `S3MA_CONFIG`) must exist; otherwise `./conf/config.json` is used when
+/// present.
+pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let default = PathBuf::from("conf/config.json");
+            if !default.is_file() {
+                return Ok(Loaded::default());
+            }
+            default
+        }
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read the config file {} (give another with --config or S3MA_CONFIG)",
+            path.display()
+        )
+    })?;
+    let file = parse(&text).with_context(|| format!("in the config file {}", path.display()))?;
+    let mut warnings = Vec::new();
+    check_permissions(&path, &file, &mut warnings);
+    if file.bucket_sync.is_some() || file.endpoint_sync.is_some() || file.top_prefix_sync.is_some()
+    {
+        warnings.push(format!(
+            "{}: bucketSync/topPrefixSync/endpointSync are recognised but copying to a second \
+             bucket is not supported by this version; objects go to the primary bucket only",
+            path.display()
+        ));
+    }
+    if let Some(v) = file.signature_version.as_deref().filter(|v| *v != "v4") {
+        warnings.push(format!(
+            "{}: signatureVersion \"{v}\" is ignored; s3ma always signs with AWS Signature Version 4",
+            path.display()
+        ));
+    }
+    if file.syslog_facility.is_some() {
+        warnings.push(format!(
+            "{}: syslogFacility is ignored; s3ma logs to stdout/stderr (use journald or your cron mail)",
+            path.display()
+        ));
+    }
+    Ok(Loaded {
+        file,
+        path: Some(path),
+        warnings,
+    })
+}
+
+/// Parses config JSON: syntax errors name line and column, unknown keys get
+/// a suggestion, type errors name the key.
+pub fn parse(text: &str) -> Result<FileConfig> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        anyhow!(
+            "invalid JSON at line {}, column {}: {}",
+            e.line(),
+            e.column(),
+            strip_position(&e)
+        )
+    })?;
+    let Some(map) = value.as_object() else {
+        bail!("the config must be a JSON object ({{ \"key\": value, … }})");
+    };
+    for key in map.keys() {
+        if !KNOWN_KEYS.contains(&key.as_str()) {
+            match did_you_mean(key) {
+                Some(s) => bail!("unknown key \"{key}\"; did you mean \"{s}\"?"),
+                None => bail!(
+                    "unknown key \"{key}\"; see docs/configuration.md for the keys s3ma reads"
+                ),
+            }
+        }
+    }
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        anyhow!(
+            "key \"{key}\" at line {}, column {}: {}",
+            inner.line(),
+            inner.column(),
+            strip_position(&inner)
+        )
+    })
+}
+
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn did_you_mean(key: &str) -> Option<&'static str> {
+    let lower = key.to_ascii_lowercase();
+    KNOWN_KEYS
+        .iter()
+        .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn check_permissions(path: &Path, file: &FileConfig, warnings: &mut Vec<String>) {
+    use std::os::unix::fs::PermissionsExt;
+    if file.secret_access_key.is_none() {
+        return;
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            warnings.push(format!(
+                "{} holds a secret key and is readable by group or others; run: chmod 600 {}",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+}
+
+/// Parses `5242880`, `64M`, `64MiB`, `1.5G`, `512k` (binary units).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow!("'{s}' is not a size (examples: 5242880, 64MiB, 1G)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => bail!("'{s}' has an unknown unit (use K, M, G, T, KiB, MiB, GiB or TiB)"),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+/// Access keys given in the config file. Debug never shows the secret.
+#[derive(Clone)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"** redacted **")
+            .finish()
+    }
+}
+
+/// How to reach the S3 service.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Custom endpoint URL with scheme; `None` means AWS.
+    pub endpoint: Option<String>,
+    /// Region to sign for; `None` lets the AWS chain decide (then us-east-1).
+    pub region: Option<String>,
+    /// Profile for the AWS credential chain.
+    pub profile: Option<String>,
+    /// Path-style addressing (`host/bucket`) rather than virtual host.
+    pub path_style: bool,
+    /// Extra CA certificates (PEM) added to the system roots.
+    pub ca_bundle: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// Attempts per request, retries included.
+    pub max_attempts: u32,
+    /// Keys from the config file; `None` uses the AWS chain.
+    pub credentials: Option<StaticCredentials>,
+}
+
+impl Connection {
+    /// Where requests go, for messages.
+    pub fn describe(&self) -> String {
+        match &self.endpoint {
+            Some(e) => e.clone(),
+            None => format!(
+                "AWS S3 ({})",
+                self.region.as_deref().unwrap_or("default region")
+            ),
+        }
+    }
+}
+
+/// What `sync` (and later `watch`) needs.
+#[derive(Debug)]
+pub struct SyncConfig {
+    pub dir: PathBuf,
+    pub dest: Location,
+    pub delete: bool,
+    pub max_delete: Option<u64>,
+    pub dry_run: bool,
+    pub filter: FilterConfig,
+    pub transfer: TransferConfig,
+    pub state_dir: PathBuf,
+}
+
+/// Which local paths are mirrored.
+#[derive(Debug, Clone)]
+pub struct FilterConfig {
+    /// Gitignore-style globs relative to the root.
+    pub exclude: Vec<String>,
+    pub include_hidden: bool,
+    pub follow_symlinks: bool,
+}
+
+/// How objects are written.
+#[derive(Debug, Clone)]
+pub struct TransferConfig {
+    /// Concurrent requests (uploads, parts, HEADs).
+    pub concurrency: usize,
+    /// Files at least this large go multipart.
+    pub multipart_threshold: u64,
+    /// Preferred part size; grows so no upload exceeds 10,000 parts.
+    pub chunk_size: u64,
+    pub storage_class: Option<String>,
+    /// Write the `mtime` user metadata (node-s3ma's `mtimeToMetaData`).
+    pub mtime_metadata: bool,
+    pub mime: MimeTable,
+}
+
+/// S3's minimum part size (except the last part).
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// A URL with a scheme; `host` alone means https (http when the node-s3ma
+/// key `sslEnabled` is false).
+pub fn endpoint_url(value: &str, ssl: bool) -> Result<String> {
+    let v = value.trim().trim_end_matches('/');
+    if v.is_empty() {
+        bail!("the endpoint is empty");
+    }
+    if let Some((scheme, rest)) = v.split_once("://") {
+        if scheme != "http" && scheme != "https" {
+            bail!("endpoint '{value}' has scheme '{scheme}'; use http:// or https://");
+        }
+        if rest.is_empty() {
+            bail!("endpoint '{value}' names no host");
+        }
+        return Ok(v.to_string());
+    }
+    Ok(format!("{}://{v}", if ssl { "https" } else { "http" }))
+}
+
+fn seconds(name: &str, v: f64) -> Result<Duration> {
+    if !(v.is_finite() && v > 0.0) {
+        bail!("{name} must be a positive number of seconds, not {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+pub fn resolve_connection(args: &ConnectionArgs, file: &FileConfig) -> Result<Connection> {
+    let ssl = file.ssl_enabled.unwrap_or(true);
+    let endpoint = match args
+        .endpoint
+        .clone()
+        .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| env("AWS_ENDPOINT_URL"))
+        .or_else(|| file.endpoint.clone())
+    {
+        Some(e) => Some(endpoint_url(&e, ssl)?),
+        None => None,
+    };
+    let region = args
+        .region
+        .clone()
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .or_else(|| file.region.clone())
+        .filter(|r| !r.trim().is_empty());
+    let path_style = if args.path_style {
+        true
+    } else if args.virtual_host {
+        false
+    } else {
+        file.path_style
+            .or(file.s3_force_path_style)
+            .unwrap_or(endpoint.is_some())
+    };
+    let credentials = match (&file.access_key_id, &file.secret_access_key) {
+        (Some(id), Some(secret)) => Some(StaticCredentials {
+            access_key_id: id.clone(),
+            secret_access_key: secret.clone(),
+            session_token: file.session_token.clone(),
+        }),
+        (Some(_), None) | (None, Some(_)) => bail!(
+            "the config file has only one of accessKeyId and secretAccessKey; give both, or \
+             neither to use the AWS credential chain"
+        ),
+        (None, None) => None,
+    };
+    let max_attempts = args
+        .retries
+        .or(file.max_retries.map(|r| r + 1))
+        .unwrap_or(5);
+    if max_attempts == 0 {
+        bail!("--retries must be at least 1");
+    }
+    Ok(Connection {
+        endpoint,
+        region,
+        profile: args.profile.clone().or_else(|| file.profile.clone()),
+        path_style,
+        ca_bundle: args
+            .ca_bundle
+            .clone()
+            .or_else(|| env("AWS_CA_BUNDLE").map(PathBuf::from))
+            .or_else(|| file.ca_bundle.clone()),
+        connect_timeout: seconds(
+            "the connect timeout",
+            args.connect_timeout
+                .or(file.connect_timeout)
+                .unwrap_or(10.0),
+        )?,
+        read_timeout: seconds(
+            "the read timeout",
+            args.read_timeout.or(file.read_timeout).unwrap_or(60.0),
+        )?,
+        max_attempts,
+        credentials,
+    })
+}
+
+/// Splits `[DIR] [s3://DEST]` and fills the gaps from the config file.
+pub fn resolve_paths(paths: &[String], file: &FileConfig) -> Result<(PathBuf, Location)> {
+    let (dir, dest) = match paths {
+        [] => (None, None),
+        [one] if one.starts_with("s3://") => (None, Some(one.as_str())),
+        [one] => (Some(one.as_str()), None),
+        [a, b] => (Some(a.as_str()), Some(b.as_str())),
+        _ => bail!("give at most a directory and an s3:// destination"),
+    };
+    if let Some(d) = dir {
+        if d.starts_with("s3://") {
+            bail!("'{d}' is an S3 location; give the local directory first: s3ma sync DIR s3://BUCKET/PREFIX");
+        }
+    }
+    let dir = match dir {
+        Some(d) => PathBuf::from(d),
+        None => file.watch_dir.clone().ok_or_else(|| {
+            anyhow!("no directory given: pass DIR, or set watchDir in the config file")
+        })?,
+    };
+    let dest = match dest {
+        Some(d) => Location::parse(d)?,
+        None => {
+            let bucket = file.bucket.as_deref().ok_or_else(|| {
+                anyhow!(
+                    "no destination given: pass s3://BUCKET[/PREFIX], or set bucket (and topPrefix) in the config file"
+                )
+            })?;
+            Location::new(bucket, file.top_prefix.as_deref().unwrap_or(""))
+                .context("in the config key \"bucket\"")?
+        }
+    };
+    Ok((dir, dest))
+}
+
+pub fn resolve_filter(args: &FilterArgs, file: &FileConfig) -> FilterConfig {
+    let mut exclude = file.exclude.clone().unwrap_or_default();
+    exclude.extend(args.exclude.iter().cloned());
+    FilterConfig {
+        exclude,
+        include_hidden: args.include_hidden || file.include_hidden.unwrap_or(false),
+        follow_symlinks: args.follow_symlinks || file.follow_symlinks.unwrap_or(false),
+    }
+}
+
+pub fn resolve_transfer(
+    args: &TransferArgs,
+    file: &FileConfig,
+    config_path: Option<&Path>,
+) -> Result<TransferConfig> {
+    let concurrency = args.concurrency.or(file.concurrency).unwrap_or(32);
+    if concurrency == 0 || concurrency > 1024 {
+        bail!("concurrency must be between 1 and 1024, not {concurrency}");
+    }
+    let size = |flag: &Option<String>, key: &Option<SizeValue>, name: &str, default: u64| match (
+        flag, key,
+    ) {
+        (Some(s), _) => parse_size(s).with_context(|| format!("in --{name}")),
+        (None, Some(v)) => v
+            .bytes()
+            .with_context(|| format!("in the config key for {name}")),
+        (None, None) => Ok(default),
+    };
+    let multipart_threshold = size(
+        &args.multipart_threshold,
+        &file.multipart_threshold,
+        "multipart-threshold",
+        64 << 20,
+    )?;
+    let chunk_size = size(
+        &args.multipart_chunk_size,
+        &file.multipart_chunk_size,
+        "multipart-chunk-size",
+        16 << 20,
+    )?;
+    if chunk_size < MIN_PART_SIZE {
+        bail!("the multipart chunk size must be at least 5MiB (S3's minimum part size)");
+    }
+    if chunk_size > 5 << 30 {
+        bail!("the multipart chunk size must be at most 5GiB (S3's maximum part size)");
+    }
+    if multipart_threshold > 5 << 30 {
+        bail!("the multipart threshold must be at most 5GiB (S3's largest single PUT)");
+    }
+    let mime = match &file.mime_config {
+        Some(p) => MimeTable::load(p).context("in the config key \"mimeConfig\"")?,
+        None => {
+            let beside = config_path
+                .and_then(Path::parent)
+                .map(|d| d.join("config_mime.types"));
+            match beside {
+                Some(p) if p.is_file() => MimeTable::load(&p)?,
+                _ => MimeTable::default(),
+            }
+        }
+    };
+    Ok(TransferConfig {
+        concurrency,
+        multipart_threshold: multipart_threshold.max(1),
+        chunk_size,
+        storage_class: args
+            .storage_class
+            .clone()
+            .or_else(|| file.storage_class.clone()),
+        mtime_metadata: file.mtime_to_meta_data.unwrap_or(true),
+        mime,
+    })
+}
+
+pub fn default_state_dir() -> PathBuf {
+    if let Some(x) = env("XDG_STATE_HOME") {
+        return PathBuf::from(x).join("s3ma");
+    }
+    match env("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/s3ma"),
+        None => PathBuf::from("/var/lib/s3ma"),
+    }
+}
+
+pub fn resolve_sync(args: &SyncArgs, loaded: &Loaded) -> Result<SyncConfig> {
+    let file = &loaded.file;
+    let (dir, dest) = resolve_paths(&args.paths, file)?;
+    Ok(SyncConfig {
+        dir,
+        dest,
+        delete: args.delete || file.delete.unwrap_or(false),
+        max_delete: args.max_delete.or(file.max_delete),
+        dry_run: args.dry_run,
+        filter: resolve_filter(&args.filter, file),
+        transfer: resolve_transfer(&args.transfer, file, loaded.path.as_deref())?,
+        state_dir: args
+            .transfer
+            .state_dir
+            .clone()
+            .or_else(|| file.state_dir.clone())
+            .unwrap_or_else(default_state_dir),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_s3ma_config_parses() {
+        let text = r#"{
+            "watchDir": "/tmp",
+            "accessKeyId": "AKIA******",
+            "secretAccessKey": "**********",
+            "region": "us-west-2",
+            "bucket": "b-oregon",
+            "topPrefix": "backup/",
+            "bucketSync": "b-ireland",
+            "topPrefixSync": "backup/",
+            "endpointSync": "https://s3-eu-west-1.amazonaws.com",
+            "storageClass": "REDUCED_REDUNDANCY",
+            "mtimeToMetaData": true,
+            "mimeConfig": "./conf/config_mime.types",
+            "syslogFacility": "local0"
+        }"#;
+        let c = parse(text).expect("valid");
+        assert_eq!(c.bucket.as_deref(), Some("b-oregon"));
+        assert_eq!(c.top_prefix.as_deref(), Some("backup/"));
+        assert_eq!(c.mtime_to_meta_data, Some(true));
+        let (dir, dest) = resolve_paths(&[], &c).expect("resolves");
+        assert_eq!(dir, PathBuf::from("/tmp"));
+        assert_eq!(dest, Location::new("b-oregon", "backup").expect("valid"));
+    }
+
+    #[test]
+    fn syntax_error_names_line_and_column() {
+        let err = parse("{\n  \"bucket\": \"x\",\n  oops\n}").expect_err("invalid");
+        let msg = err.to_string();
+        assert!(msg.contains("line 3, column 3"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_suggests() {
+        let err = parse(r#"{"bucekt": "x"}"#).expect_err("unknown key");
+        assert!(err.to_string().contains("did you mean \"bucket\""), "{err}");
+        let err = parse(r#"{"topprefix": "x"}"#).expect_err("unknown key");
+        assert!(
+            err.to_string().contains("did you mean \"topPrefix\""),
+            "{err}"
+        );
+        let err = parse(r#"{"zzzzzzzz": 1}"#).expect_err("unknown key");
+        assert!(
+            err.to_string().contains("unknown key \"zzzzzzzz\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let err = parse("{\"concurrency\": \"many\"}").expect_err("wrong type");
+        let msg = err.to_string();
+        assert!(msg.contains("key \"concurrency\""), "{msg}");
+        assert!(msg.contains("line 1"), "{msg}");
+    }
+
+    #[test]
+    fn sizes() {
+        for (s, want) in [
+            ("5242880", 5_242_880),
+            ("64MiB", 64 << 20),
+            ("64M", 64 << 20),
+            ("1.5G", 3 << 29),
+            ("512k", 512 << 10),
+        ] {
+            assert_eq!(parse_size(s).expect(s), want, "{s}");
+        }
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn endpoints_without_scheme_are_https() {
+        assert_eq!(
+            endpoint_url("b.storage.example.jp", true).expect("ok"),
+            "https://b.storage.example.jp"
+        );
+        assert_eq!(endpoint_url("h:9000/", false).expect("ok"), "http://h:9000");
+        assert_eq!(
+            endpoint_url("http://127.0.0.1:9000", true).expect("ok"),
+            "http://127.0.0.1:9000"
+        );
+        assert!(endpoint_url("ftp://x", true).is_err());
+    }
+
+    #[test]
+    fn positional_paths() {
+        let f = FileConfig::default();
+        let (d, l) = resolve_paths(&["dir".into(), "s3://b/p".into()], &f).expect("ok");
+        assert_eq!((d, l.prefix.as_str()), (PathBuf::from("dir"), "p/"));
+        assert!(
+            resolve_paths(&["s3://b/p".into()], &f).is_err(),
+            "no watchDir"
+        );
+        assert!(resolve_paths(&["dir".into()], &f).is_err(), "no bucket");
+        assert!(resolve_paths(&["s3://b".into(), "dir".into()], &f).is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let c = StaticCredentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI".into(),
+            session_token: Some("tok".into()),
+        };
+        let s = format!("{c:?}");
+        assert!(!s.contains("wJalrXUtnFEMI") && !s.contains("tok\""), "{s}");
+    }
+}

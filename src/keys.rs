@@ -1,0 +1,183 @@
+//! Mapping between local relative paths and S3 keys.
+//!
+//! Invariants: a prefix is either empty or ends with exactly one `/`; a key
+//! is `prefix + relative path` with `/` separators, valid UTF-8 and at most
+//! [`MAX_KEY_BYTES`] bytes. Names that cannot be mapped are rejected with a
+//! reason, never mangled.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+/// S3's limit on the length of an object key, in bytes of UTF-8.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// A bucket and a key prefix (`""` or ending with `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl Location {
+    /// Builds a location, treating the prefix as a folder (`site` and
+    /// `site/` are the same; leading slashes are dropped).
+    pub fn new(bucket: &str, prefix: &str) -> Result<Self> {
+        validate_bucket(bucket)?;
+        Ok(Location {
+            bucket: bucket.to_string(),
+            prefix: normalize_prefix(prefix),
+        })
+    }
+
+    /// Parses `s3://bucket[/prefix]`.
+    pub fn parse(url: &str) -> Result<Self> {
+        let Some(rest) = url.strip_prefix("s3://") else {
+            bail!("'{url}' is not an S3 location: write it as s3://BUCKET[/PREFIX]");
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("'{url}' names no bucket: write it as s3://BUCKET[/PREFIX]");
+        }
+        Location::new(bucket, prefix)
+    }
+
+    /// The key for a path relative to the mirrored directory.
+    pub fn key_for(&self, rel: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + rel.len());
+        key.push_str(&self.prefix);
+        key.push_str(rel);
+        key
+    }
+
+    /// The relative path for a key under this prefix.
+    pub fn rel_of<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(self.prefix.as_str())
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+/// `""`, `/` → `""`; `a`, `/a/`, `a//` → `a/`.
+pub fn normalize_prefix(prefix: &str) -> String {
+    let trimmed = prefix.trim_start_matches('/').trim_end_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("{trimmed}/")
+    }
+}
+
+fn validate_bucket(bucket: &str) -> Result<()> {
+    if bucket.is_empty() {
+        bail!("the bucket name is empty");
+    }
+    if bucket.len() > 255 || bucket.chars().any(|c| c.is_whitespace() || c == '/') {
+        bail!("'{bucket}' is not a valid bucket name");
+    }
+    Ok(())
+}
+
+/// Why a local name cannot become a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyError {
+    NotUtf8,
+    TooLong(usize),
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::NotUtf8 => write!(
+                f,
+                "the name is not valid UTF-8 and cannot be an S3 key; rename it (e.g. with convmv)"
+            ),
+            KeyError::TooLong(n) => write!(
+                f,
+                "the key would be {n} bytes, over S3's limit of {MAX_KEY_BYTES}; shorten the path"
+            ),
+        }
+    }
+}
+
+/// Converts a relative path (as the walk yields it) to its `/`-separated
+/// UTF-8 form and checks the full key length against the prefix.
+pub fn rel_key(rel: &Path, prefix: &str) -> Result<String, KeyError> {
+    let mut out = String::new();
+    for (i, comp) in rel.components().enumerate() {
+        let name: &OsStr = comp.as_os_str();
+        let Some(s) = name.to_str() else {
+            return Err(KeyError::NotUtf8);
+        };
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(s);
+    }
+    let total = prefix.len() + out.len();
+    if total > MAX_KEY_BYTES {
+        return Err(KeyError::TooLong(total));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::PathBuf;
+
+    #[test]
+    fn prefix_is_a_folder() {
+        for (input, want) in [
+            ("", ""),
+            ("/", ""),
+            ("site", "site/"),
+            ("site/", "site/"),
+            ("/site//", "site/"),
+            ("a/b", "a/b/"),
+        ] {
+            assert_eq!(normalize_prefix(input), want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn parses_s3_urls() {
+        let l = Location::parse("s3://b/site").expect("valid");
+        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("b", "site/"));
+        let l = Location::parse("s3://b").expect("valid");
+        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("b", ""));
+        assert_eq!(
+            Location::parse("s3://b/site/").expect("valid"),
+            Location::parse("s3://b/site").expect("valid")
+        );
+        assert!(Location::parse("b/site").is_err());
+        assert!(Location::parse("s3:///x").is_err());
+    }
+
+    #[test]
+    fn keys_join_with_slash_and_keep_special_characters() {
+        let rel = PathBuf::from("dir/a b+%#?'&=.txt");
+        assert_eq!(rel_key(&rel, "p/").expect("ok"), "dir/a b+%#?'&=.txt");
+        let l = Location::new("b", "p").expect("valid");
+        assert_eq!(l.key_for("x/y"), "p/x/y");
+        assert_eq!(l.rel_of("p/x/y"), Some("x/y"));
+        assert_eq!(l.rel_of("q/x"), None);
+    }
+
+    #[test]
+    fn rejects_non_utf8_and_long_keys() {
+        let bad = PathBuf::from(OsStr::from_bytes(b"caf\xe9.txt"));
+        assert_eq!(rel_key(&bad, ""), Err(KeyError::NotUtf8));
+        let long = PathBuf::from("x".repeat(1020));
+        assert_eq!(rel_key(&long, "pre/").map(|k| k.len()), Ok(1020));
+        let longer = PathBuf::from("x".repeat(1021));
+        assert_eq!(rel_key(&longer, "pre/"), Err(KeyError::TooLong(1025)));
+    }
+}

@@ -1,0 +1,93 @@
+//! `s3ma ls`: buckets with their creation dates, or the objects and common
+//! prefixes under `s3://bucket/prefix`, page by page (memory does not grow
+//! with the listing).
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use aws_smithy_types::date_time::Format;
+use aws_smithy_types::DateTime;
+use serde_json::json;
+
+use crate::keys::Location;
+use crate::store::Store;
+
+/// ISO 8601 in UTC, to the second: `2026-11-26T16:00:00Z`.
+fn iso(dt: Option<&DateTime>) -> String {
+    dt.and_then(|d| DateTime::from_secs(d.secs()).fmt(Format::DateTime).ok())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `2026-11-26 16:00:00` (UTC), like `aws s3 ls`.
+fn short(dt: Option<&DateTime>) -> String {
+    let s = iso(dt);
+    if s.len() >= 19 && s != "-" {
+        s[..19].replace('T', " ")
+    } else {
+        format!("{s:19}")
+    }
+}
+
+pub async fn buckets(store: &Store, json_out: bool) -> Result<()> {
+    let list = store
+        .list_buckets()
+        .await
+        .with_context(|| format!("cannot list buckets at {}", store.endpoint()))?;
+    let mut out = std::io::stdout().lock();
+    for b in &list {
+        let created = iso(b.created.as_ref());
+        if json_out {
+            writeln!(out, "{}", json!({"bucket": b.name, "created": created}))?;
+        } else {
+            writeln!(out, "{created:<20}  {}", b.name)?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn objects(store: &Store, loc: &Location, recursive: bool, json_out: bool) -> Result<()> {
+    let delimiter = (!recursive).then_some("/");
+    let mut lister = store.lister(&loc.bucket, &loc.prefix, delimiter);
+    let mut out = std::io::stdout().lock();
+    while let Some(page) = lister
+        .next_page()
+        .await
+        .with_context(|| format!("cannot list {loc}"))?
+    {
+        for p in &page.prefixes {
+            if json_out {
+                writeln!(out, "{}", json!({"prefix": p}))?;
+            } else {
+                let name = if recursive {
+                    p.as_str()
+                } else {
+                    loc.rel_of(p).unwrap_or(p)
+                };
+                writeln!(out, "{:>30} {name}", "DIR")?;
+            }
+        }
+        for o in &page.objects {
+            if json_out {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"key": o.key, "size": o.size,
+                           "last_modified": iso(o.last_modified.as_ref()), "etag": o.etag})
+                )?;
+            } else {
+                let name = if recursive {
+                    o.key.as_str()
+                } else {
+                    loc.rel_of(&o.key).unwrap_or(&o.key)
+                };
+                writeln!(
+                    out,
+                    "{} {:>10} {name}",
+                    short(o.last_modified.as_ref()),
+                    o.size
+                )?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! Everything s3ma prints: action lines and the summary on stdout, notes,
+//! warnings and errors on stderr, JSON lines with `--json`, and a progress
+//! line on stderr only when stderr is a terminal.
+//!
+//! The reporter is shared by the coordinator and the workers; it is cheap to
+//! call and never blocks on anything but the terminal.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+/// How much to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Errors only (`-q`).
+    Quiet,
+    Normal,
+    /// `-v`: decisions and skips.
+    Verbose,
+    /// `-vv`: also each request.
+    Debug,
+}
+
+/// Counters for the summary line.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub scanned: AtomicU64,
+    pub uploaded: AtomicU64,
+    pub deleted: AtomicU64,
+    pub skipped: AtomicU64,
+    pub failed: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+pub struct Reporter {
+    level: Level,
+    json: bool,
+    progress: bool,
+    last_progress: Mutex<Instant>,
+    pub counts: Counters,
+    started: Instant,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// `1536` → `1.5 KiB`.
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl Reporter {
+    pub fn new(level: Level, json: bool) -> Reporter {
+        Reporter {
+            level,
+            json,
+            progress: !json && level >= Level::Normal && std::io::stderr().is_terminal(),
+            last_progress: Mutex::new(Instant::now()),
+            counts: Counters::default(),
+            started: Instant::now(),
+        }
+    }
+
+    fn clear_progress(&self) {
+        if self.progress {
+            eprint!("\r\x1b[K");
+        }
+    }
+
+    fn out(&self, line: &str) {
+        self.clear_progress();
+        let mut o = std::io::stdout().lock();
+        let _ = writeln!(o, "{line}");
+    }
+
+    fn err(&self, line: &str) {
+        self.clear_progress();
+        eprintln!("{line}");
+    }
+
+    /// An upload (or, with `dry_run`, one that would happen).
+    pub fn uploaded(
+        &self,
+        key: &str,
+        path: &str,
+        size: u64,
+        elapsed: Duration,
+        dry_run: bool,
+        reason: &str,
+    ) {
+        add(&self.counts.uploaded, 1);
+        add(&self.counts.bytes, size);
+        if self.level == Level::Quiet {
+            return;
+        }
+        if self.json {
+            self.out(
+                &json!({"action": "upload", "key": key, "path": path, "size": size,
+                        "ms": elapsed.as_millis() as u64, "dry_run": dry_run, "reason": reason})
+                .to_string(),
+            );
+        } else if dry_run {
+            self.out(&format!(
+                "would upload {key} ({}, {reason})",
+                human_size(size)
+            ));
+        } else if self.level >= Level::Verbose {
+            self.out(&format!(
+                "upload {key} ({}, {} ms, {reason})",
+                human_size(size),
+                elapsed.as_millis()
+            ));
+        } else {
+            self.out(&format!(
+                "upload {key} ({}, {} ms)",
+                human_size(size),
+                elapsed.as_millis()
+            ));
+        }
+    }
+
+    pub fn deleted(&self, key: &str, dry_run: bool) {
+        add(&self.counts.deleted, 1);
+        if self.level == Level::Quiet {
+            return;
+        }
+        if self.json {
+            self.out(&json!({"action": "delete", "key": key, "dry_run": dry_run}).to_string());
+        } else if dry_run {
+            self.out(&format!("would delete {key}"));
+        } else {
+            self.out(&format!("delete {key}"));
+        }
+    }
+
+    /// An unchanged file; printed only at `-v`.
+    pub fn skipped(&self, key: &str, why: &str) {
+        add(&self.counts.skipped, 1);
+        if self.level >= Level::Verbose {
+            if self.json {
+                self.out(&json!({"action": "skip", "key": key, "reason": why}).to_string());
+            } else {
+                self.out(&format!("skip {key} ({why})"));
+            }
+        }
+    }
+
+    /// One file or key that failed; the run goes on.
+    pub fn failed(&self, what: &str, message: &str) {
+        add(&self.counts.failed, 1);
+        if self.json {
+            self.out(&json!({"action": "error", "path": what, "message": message}).to_string());
+        } else {
+            self.err(&format!("error: {what}: {message}"));
+        }
+    }
+
+    /// A path left alone on purpose (symlink, special file): a note, not
+    /// an error.
+    pub fn note(&self, what: &str, message: &str) {
+        add(&self.counts.skipped, 1);
+        if self.level >= Level::Normal {
+            if self.json {
+                self.out(&json!({"action": "note", "path": what, "message": message}).to_string());
+            } else {
+                self.err(&format!("note: {what}: {message}"));
+            }
+        }
+    }
+
+    pub fn warn(&self, message: &str) {
+        if self.level >= Level::Normal {
+            self.err(&format!("warning: {message}"));
+        }
+    }
+
+    pub fn debug(&self, message: &str) {
+        if self.level >= Level::Debug {
+            self.err(&format!("debug: {message}"));
+        }
+    }
+
+    pub fn scanned(&self) {
+        add(&self.counts.scanned, 1);
+        self.tick();
+    }
+
+    /// Redraws the progress line at most five times a second.
+    pub fn tick(&self) {
+        if !self.progress {
+            return;
+        }
+        let Ok(mut last) = self.last_progress.try_lock() else {
+            return;
+        };
+        if last.elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        *last = Instant::now();
+        let c = &self.counts;
+        eprint!(
+            "\r\x1b[Kscanned {}, uploaded {} ({}), deleted {}, failed {}",
+            c.scanned.load(Ordering::Relaxed),
+            c.uploaded.load(Ordering::Relaxed),
+            human_size(c.bytes.load(Ordering::Relaxed)),
+            c.deleted.load(Ordering::Relaxed),
+            c.failed.load(Ordering::Relaxed),
+        );
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.counts.failed.load(Ordering::Relaxed)
+    }
+
+    pub fn summary(&self, dry_run: bool) {
+        let c = &self.counts;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64();
+        if self.json {
+            self.out(
+                &json!({"action": "summary", "scanned": get(&c.scanned), "uploaded": get(&c.uploaded),
+                        "deleted": get(&c.deleted), "skipped": get(&c.skipped), "failed": get(&c.failed),
+                        "bytes": get(&c.bytes), "seconds": (secs * 1000.0).round() / 1000.0,
+                        "dry_run": dry_run})
+                .to_string(),
+            );
+            return;
+        }
+        self.clear_progress();
+        if self.level == Level::Quiet {
+            return;
+        }
+        let verb = if dry_run { "would upload" } else { "uploaded" };
+        let del = if dry_run { "would delete" } else { "deleted" };
+        self.out(&format!(
+            "scanned {}, {verb} {} ({}), {del} {}, skipped {}, failed {} in {secs:.2} s",
+            get(&c.scanned),
+            get(&c.uploaded),
+            human_size(get(&c.bytes)),
+            get(&c.deleted),
+            get(&c.skipped),
+            get(&c.failed),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(256 << 20), "256.0 MiB");
+    }
+}

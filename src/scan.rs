@@ -1,0 +1,373 @@
+//! Walks the mirrored directory and yields its files in S3 key order.
+//!
+//! Order: within each directory, entries are sorted by name bytes with a `/`
+//! appended to directory names, so the depth-first walk visits paths in the
+//! same byte order as ListObjectsV2 returns keys (`a.txt` < `a/b.txt` <
+//! `a0.txt`). The plan merges both streams on that invariant.
+//!
+//! Filters: hidden names (a leading `.`) and everything under hidden
+//! directories unless asked for; gitignore-style `--exclude` globs and the
+//! root's `.s3maignore`; symlinks only with `--follow-symlinks` (loops are
+//! reported); anything but regular files and directories is skipped with a
+//! note. Every skip that is not an explicit exclusion is reported. Paths
+//! that exist but are not mirrored are announced as [`ScanItem::Kept`], so
+//! the plan never deletes their objects.
+
+use std::cmp::Ordering;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use walkdir::{DirEntry, WalkDir};
+
+use crate::config::FilterConfig;
+use crate::keys;
+
+/// Name of the per-tree ignore file at the root.
+pub const IGNORE_FILE: &str = ".s3maignore";
+
+/// A regular file to mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalFile {
+    /// `/`-separated path relative to the root.
+    pub rel: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// One step of the walk, in key order.
+#[derive(Debug)]
+pub enum ScanItem {
+    File(LocalFile),
+    /// A path that exists but is not mirrored (symlink, special file, an
+    /// unreadable directory): objects at `rel` and, for a directory, under
+    /// `rel/` must not be deleted. `problem` is set when this is an error
+    /// the user must fix (exit code 1) rather than a policy skip.
+    Kept {
+        rel: String,
+        dir: bool,
+        message: String,
+        problem: bool,
+    },
+    /// An error about a path whose name cannot be a key.
+    Problem {
+        path: PathBuf,
+        message: String,
+    },
+}
+
+/// The compiled filters for one root.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    ignore: Gitignore,
+    include_hidden: bool,
+}
+
+impl Filter {
+    pub fn new(root: &Path, cfg: &FilterConfig) -> Result<Filter> {
+        let mut b = GitignoreBuilder::new(root);
+        for glob in &cfg.exclude {
+            b.add_line(None, glob)
+                .with_context(|| format!("invalid --exclude pattern '{glob}'"))?;
+        }
+        let file = root.join(IGNORE_FILE);
+        if file.is_file() {
+            if let Some(e) = b.add(&file) {
+                bail!("cannot use {}: {e}", file.display());
+            }
+        }
+        let ignore = b.build().context("cannot compile the exclude patterns")?;
+        Ok(Filter {
+            ignore,
+            include_hidden: cfg.include_hidden,
+        })
+    }
+
+    /// Is this entry (relative `/` path, last component `name`) excluded?
+    fn excludes(&self, rel: &Path, name: &[u8], is_dir: bool) -> bool {
+        (!self.include_hidden && name.first() == Some(&b'.'))
+            || self.ignore.matched(rel, is_dir).is_ignore()
+    }
+
+    /// Would a file at this relative key path be excluded (itself or any
+    /// parent directory)? Used to keep excluded remote objects on delete.
+    pub fn excludes_key(&self, rel: &str) -> bool {
+        let mut parts = rel.split('/').peekable();
+        let mut path = PathBuf::new();
+        while let Some(part) = parts.next() {
+            path.push(part);
+            let is_dir = parts.peek().is_some();
+            if self.excludes(&path, part.as_bytes(), is_dir) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+fn walk_order(a: &DirEntry, b: &DirEntry) -> Ordering {
+    let slash = |e: &DirEntry| {
+        if e.file_type().is_dir() {
+            &b"/"[..]
+        } else {
+            &b""[..]
+        }
+    };
+    let an = a.file_name().as_bytes().iter().chain(slash(a));
+    let bn = b.file_name().as_bytes().iter().chain(slash(b));
+    an.cmp(bn)
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
+}
+
+fn kind_name(ft: &std::fs::FileType) -> &'static str {
+    if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Checks that the root is a readable directory, with a message that says
+/// what to do.
+pub fn check_root(root: &Path) -> Result<()> {
+    let meta = std::fs::metadata(root).with_context(|| {
+        format!(
+            "the directory {} does not exist or cannot be reached",
+            root.display()
+        )
+    })?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", root.display());
+    }
+    std::fs::read_dir(root)
+        .with_context(|| format!("cannot read the directory {}", root.display()))?;
+    Ok(())
+}
+
+/// Walks `root`, calling `emit` for each item in key order. `prefix` is the
+/// destination prefix, needed to check key lengths. Stops early when `emit`
+/// returns false.
+pub fn walk(
+    root: &Path,
+    prefix: &str,
+    filter: &Filter,
+    follow_symlinks: bool,
+    mut emit: impl FnMut(ScanItem) -> bool,
+) {
+    let mut it = WalkDir::new(root)
+        .follow_links(follow_symlinks)
+        .sort_by(walk_order)
+        .into_iter();
+    loop {
+        let entry = match it.next() {
+            None => break,
+            Some(Ok(e)) => e,
+            Some(Err(err)) => {
+                let path = err.path().unwrap_or(root).to_path_buf();
+                let message = if err.loop_ancestor().is_some() {
+                    "symlink loop: the link points to one of its own parent directories; skipped"
+                        .to_string()
+                } else {
+                    match err.io_error() {
+                        Some(io) => format!("cannot read: {io}"),
+                        None => err.to_string(),
+                    }
+                };
+                let item = match path
+                    .strip_prefix(root)
+                    .ok()
+                    .map(|r| keys::rel_key(r, prefix))
+                {
+                    Some(Ok(rel)) if !rel.is_empty() => ScanItem::Kept {
+                        rel,
+                        // An error while reading an entry's metadata could
+                        // be about a directory: protect both forms.
+                        dir: true,
+                        message,
+                        problem: true,
+                    },
+                    _ => ScanItem::Problem { path, message },
+                };
+                if !emit(item) {
+                    return;
+                }
+                continue;
+            }
+        };
+        if entry.depth() == 0 {
+            continue;
+        }
+        let ft = entry.file_type();
+        let Ok(rel_path) = entry.path().strip_prefix(root) else {
+            continue;
+        };
+        if filter.excludes(rel_path, entry.file_name().as_bytes(), ft.is_dir()) {
+            if ft.is_dir() {
+                it.skip_current_dir();
+            }
+            continue;
+        }
+        let rel = match keys::rel_key(rel_path, prefix) {
+            Ok(r) => r,
+            Err(e) => {
+                if ft.is_dir() {
+                    it.skip_current_dir();
+                }
+                let what = if ft.is_dir() {
+                    "directory skipped with its contents: "
+                } else {
+                    ""
+                };
+                if !emit(ScanItem::Problem {
+                    path: entry.path().to_path_buf(),
+                    message: format!("{what}{e}"),
+                }) {
+                    return;
+                }
+                continue;
+            }
+        };
+        let item = if ft.is_dir() {
+            continue;
+        } else if ft.is_symlink() {
+            // Only reached when not following links (followed links report
+            // their target's type).
+            let to_dir = std::fs::metadata(entry.path())
+                .map(|m| m.is_dir())
+                .unwrap_or(false);
+            ScanItem::Kept {
+                rel,
+                dir: to_dir,
+                message: "symlink skipped (pass --follow-symlinks to upload what it points to)"
+                    .into(),
+                problem: false,
+            }
+        } else if ft.is_file() {
+            match entry.metadata() {
+                Ok(meta) => ScanItem::File(LocalFile {
+                    rel,
+                    path: entry.path().to_path_buf(),
+                    size: meta.len(),
+                    mtime_ns: mtime_ns(&meta),
+                }),
+                Err(e) => ScanItem::Kept {
+                    rel,
+                    dir: false,
+                    message: format!("cannot read metadata: {e}"),
+                    problem: true,
+                },
+            }
+        } else {
+            ScanItem::Kept {
+                rel,
+                dir: false,
+                message: format!(
+                    "skipped: {} (only regular files are mirrored)",
+                    kind_name(&ft)
+                ),
+                problem: false,
+            }
+        };
+        if !emit(item) {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> FilterConfig {
+        FilterConfig {
+            exclude: vec!["*.log".into(), "cache/".into()],
+            include_hidden: false,
+            follow_symlinks: false,
+        }
+    }
+
+    fn files(root: &Path, filter: &Filter) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(root, "", filter, false, |item| {
+            if let ScanItem::File(f) = item {
+                out.push(f.rel);
+            }
+            true
+        });
+        out
+    }
+
+    #[test]
+    fn walks_in_s3_byte_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for p in [
+            "a.txt",
+            "a/b.txt",
+            "a0.txt",
+            "a-b.txt",
+            "B.txt",
+            "日本.txt",
+            "a b.txt",
+        ] {
+            let path = root.join(p);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, p).expect("write");
+        }
+        let filter = Filter::new(root, &cfg()).expect("filter");
+        let got = files(root, &filter);
+        let mut want = got.clone();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(
+            got,
+            [
+                "B.txt",
+                "a b.txt",
+                "a-b.txt",
+                "a.txt",
+                "a/b.txt",
+                "a0.txt",
+                "日本.txt"
+            ]
+        );
+    }
+
+    #[test]
+    fn filters_hidden_and_excluded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for p in [
+            ".hidden",
+            ".git/config",
+            "keep.txt",
+            "x.log",
+            "cache/c.txt",
+            "sub/cache/d",
+            "sub/e",
+        ] {
+            let path = root.join(p);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, p).expect("write");
+        }
+        std::fs::write(root.join(IGNORE_FILE), "sub/e\n").expect("write");
+        let filter = Filter::new(root, &cfg()).expect("filter");
+        assert_eq!(files(root, &filter), ["keep.txt"]);
+        assert!(filter.excludes_key(".git/config"));
+        assert!(filter.excludes_key("sub/cache/d"));
+        assert!(filter.excludes_key("a/b.log"));
+        assert!(!filter.excludes_key("keep.txt"));
+    }
+}

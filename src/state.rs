@@ -1,0 +1,349 @@
+//! The local state database and the run lock.
+//!
+//! One SQLite file per (directory, destination) pair under the state dir
+//! remembers, per key, what was last uploaded: size, the file's mtime in
+//! nanoseconds, the MD5 and the ETag the server returned. It is a cache: a
+//! missing or corrupt database is recreated and the next run converges by
+//! asking the server (HEAD) and hashing. Writes are batched in transactions
+//! committed by [`State::flush`]; a crash loses at most the last batch,
+//! which the next run re-verifies.
+//!
+//! Beside it, `<id>.lock` holds an exclusive advisory lock while a sync of
+//! the same pair runs.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use md5::{Digest, Md5};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// What s3ma last uploaded for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub md5: [u8; 16],
+    pub etag: Option<String>,
+}
+
+/// The state database for one directory and destination.
+pub struct State {
+    conn: Option<Connection>,
+    path: PathBuf,
+    in_tx: bool,
+    pending: usize,
+    /// Set after a failed query: the database is then ignored for the rest
+    /// of the run (it is only a cache).
+    pub broken: Option<String>,
+}
+
+/// Commit after this many writes.
+const BATCH: usize = 512;
+
+/// A stable short name for a (directory, destination) identity.
+pub fn state_id(identity: &str) -> String {
+    let digest = Md5::digest(identity.as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// Holds the exclusive lock of one (directory, destination) pair.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+/// Outcome of trying to take the run lock.
+pub enum LockResult {
+    Acquired(RunLock),
+    Busy(PathBuf),
+}
+
+pub fn lock(state_dir: &Path, id: &str) -> Result<LockResult> {
+    std::fs::create_dir_all(state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {} (choose another with --state-dir)",
+            state_dir.display()
+        )
+    })?;
+    let path = state_dir.join(format!("{id}.lock"));
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(LockResult::Acquired(RunLock { _file: file })),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(LockResult::Busy(path)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+impl State {
+    /// Opens (or creates) the database `<id>.db`. A corrupt file is moved
+    /// aside to `<id>.db.corrupt` and a fresh one started; the returned
+    /// warning says so.
+    pub fn open(state_dir: &Path, id: &str, identity: &str) -> Result<(State, Option<String>)> {
+        std::fs::create_dir_all(state_dir).with_context(|| {
+            format!(
+                "cannot create the state directory {} (choose another with --state-dir)",
+                state_dir.display()
+            )
+        })?;
+        let path = state_dir.join(format!("{id}.db"));
+        match Self::try_open(&path, identity) {
+            Ok(conn) => Ok((State::with(conn, path), None)),
+            Err(first) => {
+                let aside = path.with_extension("db.corrupt");
+                let _ = std::fs::rename(&path, &aside);
+                for suffix in ["-wal", "-shm"] {
+                    let mut p = path.clone().into_os_string();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(PathBuf::from(p));
+                }
+                let conn = Self::try_open(&path, identity).with_context(|| {
+                    format!("cannot create the state database {}", path.display())
+                })?;
+                let warning = format!(
+                    "the state database {} could not be read ({first:#}); moved it to {} and \
+                     started a new one (this run re-checks objects against the server)",
+                    path.display(),
+                    aside.display()
+                );
+                Ok((State::with(conn, path), Some(warning)))
+            }
+        }
+    }
+
+    fn with(conn: Connection, path: PathBuf) -> State {
+        State {
+            conn: Some(conn),
+            path,
+            in_tx: false,
+            pending: 0,
+            broken: None,
+        }
+    }
+
+    fn try_open(path: &Path, identity: &str) -> Result<Connection> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=NORMAL;
+             CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS objects (
+                 key TEXT PRIMARY KEY,
+                 size INTEGER NOT NULL,
+                 mtime_ns INTEGER NOT NULL,
+                 md5 BLOB NOT NULL,
+                 etag TEXT
+             ) WITHOUT ROWID;",
+        )?;
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (name, value) VALUES ('identity', ?1)",
+            params![identity],
+        )?;
+        let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+        anyhow::ensure!(check == "ok", "integrity check failed: {check}");
+        Ok(conn)
+    }
+
+    /// A state that remembers nothing (for `--dry-run` without a database).
+    pub fn disabled() -> State {
+        State {
+            conn: None,
+            path: PathBuf::new(),
+            in_tx: false,
+            pending: 0,
+            broken: None,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn fail(&mut self, what: &str, e: rusqlite::Error) {
+        if self.broken.is_none() {
+            self.broken = Some(format!(
+                "the state database {} failed ({what}: {e}); continuing without it",
+                self.path.display()
+            ));
+        }
+        self.conn = None;
+    }
+
+    pub fn get(&mut self, key: &str) -> Option<Record> {
+        let conn = self.conn.as_ref()?;
+        let res = conn
+            .prepare_cached("SELECT size, mtime_ns, md5, etag FROM objects WHERE key = ?1")
+            .and_then(|mut st| {
+                st.query_row(params![key], |r| {
+                    let md5: Vec<u8> = r.get(2)?;
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, md5, r.get(3)?))
+                })
+                .optional()
+            });
+        match res {
+            Ok(Some((size, mtime_ns, md5, etag))) => Some(Record {
+                size: size.max(0) as u64,
+                mtime_ns,
+                md5: md5.try_into().ok()?,
+                etag,
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                self.fail("read", e);
+                None
+            }
+        }
+    }
+
+    fn begin(&mut self) -> bool {
+        let Some(conn) = self.conn.as_ref() else {
+            return false;
+        };
+        if !self.in_tx {
+            if let Err(e) = conn.execute_batch("BEGIN") {
+                self.fail("begin", e);
+                return false;
+            }
+            self.in_tx = true;
+        }
+        true
+    }
+
+    fn wrote(&mut self) {
+        self.pending += 1;
+        if self.pending >= BATCH {
+            self.flush();
+        }
+    }
+
+    pub fn put(&mut self, key: &str, rec: &Record) {
+        if !self.begin() {
+            return;
+        }
+        let res = self.conn.as_ref().map(|c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO objects (key, size, mtime_ns, md5, etag)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    key,
+                    rec.size as i64,
+                    rec.mtime_ns,
+                    &rec.md5[..],
+                    rec.etag
+                ])
+            })
+        });
+        match res {
+            Some(Ok(_)) => self.wrote(),
+            Some(Err(e)) => self.fail("write", e),
+            None => {}
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        if !self.begin() {
+            return;
+        }
+        let res = self.conn.as_ref().map(|c| {
+            c.prepare_cached("DELETE FROM objects WHERE key = ?1")
+                .and_then(|mut st| st.execute(params![key]))
+        });
+        match res {
+            Some(Ok(_)) => self.wrote(),
+            Some(Err(e)) => self.fail("delete", e),
+            None => {}
+        }
+    }
+
+    /// Commits pending writes.
+    pub fn flush(&mut self) {
+        if !self.in_tx {
+            return;
+        }
+        self.in_tx = false;
+        self.pending = 0;
+        if let Some(conn) = self.conn.as_ref() {
+            if let Err(e) = conn.execute_batch("COMMIT") {
+                self.fail("commit", e);
+            }
+        }
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(size: u64) -> Record {
+        Record {
+            size,
+            mtime_ns: 1_700_000_000_123_456_789,
+            md5: [7; 16],
+            etag: Some("abc".into()),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut s, w) = State::open(dir.path(), "x", "id").expect("open");
+            assert!(w.is_none());
+            s.put("a/b.txt", &rec(5));
+            s.put("c", &rec(6));
+            s.remove("c");
+            assert_eq!(s.get("a/b.txt"), Some(rec(5)));
+        }
+        let (mut s, _) = State::open(dir.path(), "x", "id").expect("reopen");
+        assert_eq!(s.get("a/b.txt"), Some(rec(5)));
+        assert_eq!(s.get("c"), None);
+    }
+
+    #[test]
+    fn corrupt_database_is_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("x.db"),
+            b"this is not sqlite at all, not at all",
+        )
+        .expect("write");
+        let (mut s, w) = State::open(dir.path(), "x", "id").expect("open");
+        assert!(w.expect("a warning").contains("could not be read"));
+        assert_eq!(s.get("a"), None);
+        s.put("a", &rec(1));
+        assert_eq!(s.get("a"), Some(rec(1)));
+        assert!(dir.path().join("x.db.corrupt").exists());
+    }
+
+    #[test]
+    fn second_lock_is_busy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = lock(dir.path(), "x").expect("lock");
+        assert!(matches!(first, LockResult::Acquired(_)));
+        assert!(matches!(
+            lock(dir.path(), "x").expect("lock"),
+            LockResult::Busy(_)
+        ));
+        drop(first);
+        assert!(matches!(
+            lock(dir.path(), "x").expect("lock"),
+            LockResult::Acquired(_)
+        ));
+    }
+}

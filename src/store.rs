@@ -1,0 +1,629 @@
+//! The only module that speaks S3.
+//!
+//! It builds one client per run (TLS via rustls with the system roots plus
+//! any private CA, retries and timeouts in the SDK's retry layer), and turns
+//! SDK errors into [`StoreError`] so callers can branch on what happened:
+//! fatal for the run (unreachable, bad credentials, missing bucket) or
+//! confined to one key. Messages never include secrets: the SDK errors are
+//! rendered from their code and message, not from request dumps.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_credential_types::Credentials;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::Client;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::DateTime;
+use base64::Engine as _;
+use md5::{Digest, Md5};
+
+use crate::config::Connection;
+
+/// What went wrong, classified for the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "bucket '{0}' does not exist on {1}; create it first or check the name and --endpoint"
+    )]
+    NoSuchBucket(String, String),
+    #[error("not found")]
+    NotFound,
+    #[error("access denied ({0}); check the credentials' permissions on this bucket and prefix")]
+    AccessDenied(String),
+    #[error(
+        "the server rejected the credentials ({0}); check accessKeyId/secretAccessKey, \
+         AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --profile"
+    )]
+    BadCredentials(String),
+    #[error("no credentials found: set accessKeyId/secretAccessKey in the config file, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use --profile ({0})")]
+    NoCredentials(String),
+    #[error("cannot reach {endpoint}: {detail}")]
+    Unreachable { endpoint: String, detail: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// Errors after which no further request can succeed.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NoSuchBucket(..)
+                | StoreError::BadCredentials(_)
+                | StoreError::NoCredentials(_)
+                | StoreError::Unreachable { .. }
+        )
+    }
+}
+
+/// One object from a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    /// The ETag without quotes, when the server sends one.
+    pub etag: Option<String>,
+    pub last_modified: Option<DateTime>,
+}
+
+/// One page of ListObjectsV2.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub objects: Vec<ObjectInfo>,
+    pub prefixes: Vec<String>,
+}
+
+/// What HeadObject tells about an object.
+#[derive(Debug, Clone)]
+pub struct HeadInfo {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// Everything written with an object besides its bytes.
+#[derive(Debug, Clone)]
+pub struct PutMeta {
+    pub content_type: String,
+    pub metadata: Vec<(&'static str, String)>,
+    pub storage_class: Option<String>,
+}
+
+/// A bucket from ListBuckets.
+#[derive(Debug, Clone)]
+pub struct BucketInfo {
+    pub name: String,
+    pub created: Option<DateTime>,
+}
+
+/// An S3 client bound to one service.
+#[derive(Clone, Debug)]
+pub struct Store {
+    client: Client,
+    endpoint: String,
+}
+
+/// Checks a PEM bundle the way the TLS layer will read it, so a bad file is
+/// an error naming the file instead of a failure deep in the client.
+fn read_ca_bundle(path: &Path) -> Result<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read the CA bundle {}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("the CA bundle {} is not valid PEM: {e:?}", path.display()))?;
+    if certs.is_empty() {
+        bail!("the CA bundle {} holds no certificate", path.display());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| {
+            anyhow!(
+                "the CA bundle {} holds a certificate that cannot be used: {e}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(pem)
+}
+
+impl Store {
+    /// Builds the client. Nothing is sent yet.
+    pub async fn connect(conn: &Connection) -> Result<Store> {
+        let mut trust = TrustStore::default();
+        if let Some(ca) = &conn.ca_bundle {
+            trust = trust.with_pem_certificate(read_ca_bundle(ca)?);
+        }
+        let tls_context = TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|e| anyhow!("cannot set up TLS: {e}"))?;
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .tls_context(tls_context)
+            .build_https();
+
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(conn.connect_timeout)
+                    .read_timeout(conn.read_timeout)
+                    .build(),
+            )
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(conn.max_attempts)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(5)),
+            );
+        if let Some(p) = &conn.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some(r) = &conn.region {
+            loader = loader.region(Region::new(r.clone()));
+        }
+        if let Some(c) = &conn.credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                c.access_key_id.clone(),
+                c.secret_access_key.clone(),
+                c.session_token.clone(),
+                None,
+                "s3ma-config-file",
+            ));
+        }
+        let sdk = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(conn.path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if sdk.region().is_none() {
+            builder = builder.region(Region::new("us-east-1"));
+        }
+        if let Some(e) = &conn.endpoint {
+            builder = builder.endpoint_url(e);
+        }
+        Ok(Store {
+            client: Client::from_conf(builder.build()),
+            endpoint: conn.describe(),
+        })
+    }
+
+    /// Where requests go, for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn classify<E>(&self, err: SdkError<E, HttpResponse>, bucket: Option<&str>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        classify(err, &self.endpoint, bucket)
+    }
+
+    pub async fn list_buckets(&self) -> Result<Vec<BucketInfo>, StoreError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let resp = self
+                .client
+                .list_buckets()
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| self.classify(e, None))?;
+            for b in resp.buckets() {
+                out.push(BucketInfo {
+                    name: b.name().unwrap_or_default().to_string(),
+                    created: b.creation_date().cloned(),
+                });
+            }
+            match resp.continuation_token() {
+                Some(t) if !t.is_empty() && Some(t) != token.as_deref() => {
+                    token = Some(t.to_string())
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// A paginated ListObjectsV2 under `prefix`; with a delimiter, common
+    /// prefixes are returned too.
+    pub fn lister(&self, bucket: &str, prefix: &str, delimiter: Option<&str>) -> Lister {
+        Lister {
+            store: self.clone(),
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            delimiter: delimiter.map(str::to_string),
+            token: None,
+            done: false,
+        }
+    }
+
+    pub async fn head(&self, bucket: &str, key: &str) -> Result<HeadInfo, StoreError> {
+        let resp = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.classify(e, Some(bucket)))?;
+        Ok(HeadInfo {
+            size: resp.content_length().unwrap_or(0).max(0) as u64,
+            etag: resp.e_tag().map(unquote),
+            metadata: resp.metadata().cloned().unwrap_or_default(),
+        })
+    }
+
+    /// A single PUT with Content-MD5 (`md5` is the raw digest).
+    pub async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: ByteStream,
+        len: u64,
+        md5: &[u8; 16],
+        meta: &PutMeta,
+    ) -> Result<Option<String>, StoreError> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body)
+            .content_length(len as i64)
+            .content_md5(b64(md5))
+            .content_type(&meta.content_type);
+        for (k, v) in &meta.metadata {
+            req = req.metadata(*k, v);
+        }
+        if let Some(sc) = &meta.storage_class {
+            req = req.storage_class(sc.as_str().into());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.classify(e, Some(bucket)))?;
+        Ok(resp.e_tag().map(unquote))
+    }
+
+    pub async fn create_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        meta: &PutMeta,
+    ) -> Result<String, StoreError> {
+        let mut req = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .content_type(&meta.content_type);
+        for (k, v) in &meta.metadata {
+            req = req.metadata(*k, v);
+        }
+        if let Some(sc) = &meta.storage_class {
+            req = req.storage_class(sc.as_str().into());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.classify(e, Some(bucket)))?;
+        resp.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Other("the server returned no upload id".into()))
+    }
+
+    /// One part, with its Content-MD5 (`md5` is the raw digest).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: ByteStream,
+        len: u64,
+        md5: &[u8; 16],
+    ) -> Result<CompletedPart, StoreError> {
+        let resp = self
+            .client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .content_length(len as i64)
+            .content_md5(b64(md5))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.classify(e, Some(bucket)))?;
+        Ok(CompletedPart::builder()
+            .part_number(part_number)
+            .set_e_tag(resp.e_tag().map(str::to_string))
+            .build())
+    }
+
+    pub async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<Option<String>, StoreError> {
+        let resp = self
+            .client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.classify(e, Some(bucket)))?;
+        Ok(resp.e_tag().map(unquote))
+    }
+
+    pub async fn abort_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), StoreError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| self.classify(e, Some(bucket)))?;
+        Ok(())
+    }
+
+    /// Deletes up to 1000 keys in one DeleteObjects request, with Content-MD5
+    /// as S3 requires. Returns the keys that failed, with the reason.
+    pub async fn delete_batch(
+        &self,
+        bucket: &str,
+        keys: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let objects = keys
+            .iter()
+            .map(|k| ObjectIdentifier::builder().key(k).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Other(e.to_string()))?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|e| StoreError::Other(e.to_string()))?;
+        let resp = self
+            .client
+            .delete_objects()
+            .bucket(bucket)
+            .delete(delete)
+            .customize()
+            .mutate_request(|req| {
+                if let Some(body) = req.body().bytes() {
+                    let md5: [u8; 16] = Md5::digest(body).into();
+                    req.headers_mut().insert("Content-MD5", b64(&md5));
+                }
+            })
+            .send()
+            .await
+            .map_err(|e| self.classify(e, Some(bucket)))?;
+        Ok(resp
+            .errors()
+            .iter()
+            .map(|e| {
+                (
+                    e.key().unwrap_or_default().to_string(),
+                    format!(
+                        "{}: {}",
+                        e.code().unwrap_or("error"),
+                        e.message().unwrap_or_default()
+                    ),
+                )
+            })
+            .collect())
+    }
+}
+
+/// Pages through ListObjectsV2; owns its continuation token.
+pub struct Lister {
+    store: Store,
+    bucket: String,
+    prefix: String,
+    delimiter: Option<String>,
+    token: Option<String>,
+    done: bool,
+}
+
+impl Lister {
+    /// The next page, or `None` after the last.
+    pub async fn next_page(&mut self) -> Result<Option<Page>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let resp = self
+            .store
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .set_delimiter(self.delimiter.clone())
+            .set_continuation_token(self.token.take())
+            .send()
+            .await
+            .map_err(|e| self.store.classify(e, Some(&self.bucket)))?;
+        let objects = resp
+            .contents()
+            .iter()
+            .map(|o| ObjectInfo {
+                key: o.key().unwrap_or_default().to_string(),
+                size: o.size().unwrap_or(0).max(0) as u64,
+                etag: o.e_tag().map(unquote).filter(|e| !e.is_empty()),
+                last_modified: o.last_modified().cloned(),
+            })
+            .collect();
+        let prefixes = resp
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_string))
+            .collect();
+        match resp.next_continuation_token() {
+            Some(t) if resp.is_truncated() == Some(true) && !t.is_empty() => {
+                self.token = Some(t.to_string())
+            }
+            _ => self.done = true,
+        }
+        Ok(Some(Page { objects, prefixes }))
+    }
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unquote(s: &str) -> String {
+    s.trim_matches('"').to_string()
+}
+
+/// The MD5 an ETag stands for: only a plain 32-hex-digit ETag (not a
+/// multipart `…-N` one) is an MD5 of the content.
+pub fn etag_md5(etag: &str) -> Option<[u8; 16]> {
+    if etag.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(etag, &mut out).ok()?;
+    Some(out)
+}
+
+fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !parts.iter().any(|p: &String| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
+fn classify<E>(err: SdkError<E, HttpResponse>, endpoint: &str, bucket: Option<&str>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let unreachable = |detail: String| StoreError::Unreachable {
+        endpoint: endpoint.to_string(),
+        detail,
+    };
+    match &err {
+        SdkError::DispatchFailure(d) => {
+            let detail = d
+                .as_connector_error()
+                .map(|c| source_chain(c))
+                .unwrap_or_else(|| source_chain(&err));
+            let hint = if detail.contains("certificate") || detail.contains("UnknownIssuer") {
+                " (the TLS certificate did not verify; for a private CA pass --ca-bundle FILE.pem or set AWS_CA_BUNDLE)"
+            } else if detail.contains("dns error") || detail.contains("failed to lookup") {
+                " (the host name does not resolve; check --endpoint)"
+            } else if detail.contains("Connection refused") {
+                " (nothing listens there; check --endpoint and that the service is up)"
+            } else {
+                ""
+            };
+            return unreachable(format!("{detail}{hint}"));
+        }
+        SdkError::TimeoutError(_) => {
+            return unreachable(
+                "timed out (raise --connect-timeout / --read-timeout if the link is slow)".into(),
+            )
+        }
+        SdkError::ConstructionFailure(_) => {
+            let detail = source_chain(&err);
+            if detail.to_ascii_lowercase().contains("credential") {
+                return StoreError::NoCredentials(detail);
+            }
+            return StoreError::Other(format!("cannot build the request: {detail}"));
+        }
+        _ => {}
+    }
+    let status = match &err {
+        SdkError::ServiceError(s) => Some(s.raw().status().as_u16()),
+        SdkError::ResponseError(r) => Some(r.raw().status().as_u16()),
+        _ => None,
+    };
+    let code = err.code().unwrap_or_default().to_string();
+    let message = err.message().unwrap_or_default().to_string();
+    let what = if message.is_empty() {
+        code.clone()
+    } else {
+        format!("{code}: {message}")
+    };
+    match code.as_str() {
+        "NoSuchBucket" => {
+            return StoreError::NoSuchBucket(bucket.unwrap_or("?").to_string(), endpoint.into())
+        }
+        "InvalidAccessKeyId"
+        | "SignatureDoesNotMatch"
+        | "InvalidToken"
+        | "ExpiredToken"
+        | "InvalidClientTokenId"
+        | "AuthorizationHeaderMalformed" => return StoreError::BadCredentials(what),
+        "AccessDenied" | "AllAccessDisabled" => return StoreError::AccessDenied(what),
+        "NoSuchKey" | "NotFound" => return StoreError::NotFound,
+        "PermanentRedirect" => {
+            return StoreError::Other(format!(
+                "{what} (the bucket is in another region: pass --region, or the right --endpoint)"
+            ))
+        }
+        _ => {}
+    }
+    match status {
+        Some(404) => StoreError::NotFound,
+        Some(403) => StoreError::AccessDenied(if what.is_empty() {
+            "HTTP 403".into()
+        } else {
+            what
+        }),
+        Some(s) if what.is_empty() => StoreError::Other(format!("HTTP {s} from {endpoint}")),
+        _ if what.is_empty() => StoreError::Other(source_chain(&err)),
+        _ => StoreError::Other(what),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_etags_are_md5() {
+        assert!(etag_md5("d41d8cd98f00b204e9800998ecf8427e").is_some());
+        assert!(etag_md5("d41d8cd98f00b204e9800998ecf8427e-2").is_none());
+        assert!(etag_md5("zz1d8cd98f00b204e9800998ecf8427e").is_none());
+        assert!(etag_md5("").is_none());
+    }
+}

@@ -1,0 +1,446 @@
+//! `s3ma sync`: one full reconcile of a directory with a bucket prefix.
+//!
+//! Pipeline: a blocking walker thread and a listing task each feed a
+//! bounded channel in key order; the coordinator (this module) merges the
+//! two streams, asks the state database, and hands work to upload tasks
+//! through the request semaphore, so a slow server slows the walk rather
+//! than growing memory. The coordinator alone owns the state database and
+//! the reporter's counters' meaning. Deletions are collected and run last,
+//! after the guards (empty tree, `--max-delete`) have been checked.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::{Connection, SyncConfig};
+use crate::plan::{self, Decision};
+use crate::report::Reporter;
+use crate::scan::{self, Filter, LocalFile, ScanItem};
+use crate::state::{self, LockResult, State};
+use crate::store::{ObjectInfo, Store, StoreError};
+use crate::transfer::{Job, Outcome, UploadError, Uploader};
+
+/// How a sync ended, when it did not fail outright.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Everything mirrored.
+    Done,
+    /// Some files failed; the rest was mirrored.
+    Partial,
+    /// Stopped by a signal after finishing in-flight work.
+    Interrupted,
+    /// Another sync of the same pair holds the lock.
+    Busy(String),
+}
+
+/// Set by the signal handler; checked between work items.
+#[derive(Debug, Default)]
+pub struct Stop(AtomicBool);
+
+impl Stop {
+    /// Returns true when a stop had already been requested.
+    pub fn request(&self) -> bool {
+        self.0.swap(true, Ordering::SeqCst)
+    }
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A fatal problem found while the run was going: the run stops and the
+/// caller exits with the fatal code.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Keys that must survive `--delete`: paths that exist locally but are not
+/// mirrored (symlinks, unreadable directories, special files).
+#[derive(Default)]
+struct Kept {
+    exact: BTreeSet<String>,
+    dirs: Vec<String>,
+}
+
+impl Kept {
+    fn add(&mut self, rel: String, dir: bool) {
+        if dir {
+            self.dirs.push(format!("{rel}/"));
+        }
+        self.exact.insert(rel);
+    }
+    fn covers(&self, rel: &str) -> bool {
+        self.exact.contains(rel) || self.dirs.iter().any(|d| rel.starts_with(d.as_str()))
+    }
+}
+
+type Done = (String, LocalFile, Outcome);
+
+struct Run<'a> {
+    cfg: &'a SyncConfig,
+    rep: &'a Reporter,
+    state: State,
+    fatal: Option<StoreError>,
+}
+
+impl Run<'_> {
+    fn finish(&mut self, (key, file, outcome): Done) {
+        let dry = self.cfg.dry_run;
+        match outcome {
+            Outcome::Uploaded {
+                record,
+                elapsed,
+                reason,
+            } => {
+                self.rep
+                    .uploaded(&key, &file.rel, record.size, elapsed, false, reason);
+                self.state.put(&key, &record);
+            }
+            Outcome::Unchanged { record, why } => {
+                self.rep.skipped(&key, why);
+                if !dry {
+                    self.state.put(&key, &record);
+                }
+            }
+            Outcome::WouldUpload { reason } => {
+                self.rep
+                    .uploaded(&key, &file.rel, file.size, Duration::ZERO, true, reason)
+            }
+            Outcome::Vanished => self.rep.note(
+                &file.path.display().to_string(),
+                "disappeared during the sync; not uploaded",
+            ),
+            Outcome::Failed(UploadError::Store(e)) if e.is_fatal() => {
+                if self.fatal.is_none() {
+                    self.fatal = Some(e);
+                }
+            }
+            Outcome::Failed(e) => {
+                let hint = match e {
+                    UploadError::Changed => "; it is written to constantly, try again later",
+                    _ => "",
+                };
+                self.rep.failed(
+                    &file.path.display().to_string(),
+                    &format!("{e}{hint} (key {key})"),
+                )
+            }
+        }
+    }
+}
+
+fn identity(dir: &Path, conn: &Connection, cfg: &SyncConfig) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    format!(
+        "{}\n{}\n{}\n{}",
+        dir.display(),
+        conn.endpoint.as_deref().unwrap_or("aws"),
+        cfg.dest.bucket,
+        cfg.dest.prefix
+    )
+}
+
+pub async fn run(
+    cfg: SyncConfig,
+    conn: &Connection,
+    rep: Arc<Reporter>,
+    stop: Arc<Stop>,
+) -> Result<Status> {
+    scan::check_root(&cfg.dir)?;
+    let filter = Filter::new(&cfg.dir, &cfg.filter)?;
+    let identity = identity(&cfg.dir, conn, &cfg);
+    let id = state::state_id(&identity);
+    let _lock = match state::lock(&cfg.state_dir, &id)? {
+        LockResult::Acquired(l) => l,
+        LockResult::Busy(path) => return Ok(Status::Busy(path.display().to_string())),
+    };
+    let state = if cfg.dry_run && !cfg.state_dir.join(format!("{id}.db")).exists() {
+        State::disabled()
+    } else {
+        let (s, warning) = State::open(&cfg.state_dir, &id, &identity)?;
+        if let Some(w) = warning {
+            rep.warn(&w);
+        }
+        s
+    };
+    let store = Store::connect(conn).await?;
+    rep.debug(&format!(
+        "sync {} -> {} via {}; state {}",
+        cfg.dir.display(),
+        cfg.dest,
+        store.endpoint(),
+        state.path().display()
+    ));
+
+    let requests = Arc::new(Semaphore::new(cfg.transfer.concurrency));
+    let uploader = Uploader::new(
+        store.clone(),
+        &cfg.dest.bucket,
+        cfg.transfer.clone(),
+        requests.clone(),
+    );
+
+    // The walk, on a blocking thread.
+    let (ltx, mut lrx) = mpsc::channel::<ScanItem>(1024);
+    let walker = {
+        let dir = cfg.dir.clone();
+        let prefix = cfg.dest.prefix.clone();
+        let filter = filter.clone();
+        let follow = cfg.filter.follow_symlinks;
+        tokio::task::spawn_blocking(move || {
+            scan::walk(&dir, &prefix, &filter, follow, |item| {
+                ltx.blocking_send(item).is_ok()
+            })
+        })
+    };
+
+    // The listing, page by page.
+    let (rtx, mut rrx) = mpsc::channel::<Result<ObjectInfo, StoreError>>(2048);
+    let lister = {
+        let mut lister = store.lister(&cfg.dest.bucket, &cfg.dest.prefix, None);
+        tokio::spawn(async move {
+            loop {
+                match lister.next_page().await {
+                    Ok(Some(page)) => {
+                        for o in page.objects {
+                            if rtx.send(Ok(o)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = rtx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        })
+    };
+
+    let mut run = Run {
+        cfg: &cfg,
+        rep: &rep,
+        state,
+        fatal: None,
+    };
+    let mut kept = Kept::default();
+    let mut saw_local = false;
+    let mut deletes: Vec<String> = Vec::new();
+    let mut tasks: JoinSet<Done> = JoinSet::new();
+    let mut last_remote: Option<String> = None;
+    let mut interrupted = false;
+
+    // Reads the next file from the walk, handling skips and problems.
+    macro_rules! next_local {
+        () => {
+            loop {
+                match lrx.recv().await {
+                    None => break None,
+                    Some(ScanItem::File(f)) => {
+                        saw_local = true;
+                        let key = cfg.dest.key_for(&f.rel);
+                        break Some((key, f));
+                    }
+                    Some(ScanItem::Kept {
+                        rel,
+                        dir,
+                        message,
+                        problem,
+                    }) => {
+                        saw_local = true;
+                        let shown = cfg.dir.join(&rel).display().to_string();
+                        if problem {
+                            rep.failed(&shown, &message);
+                        } else {
+                            rep.note(&shown, &message);
+                        }
+                        kept.add(rel, dir);
+                    }
+                    Some(ScanItem::Problem { path, message }) => {
+                        saw_local = true;
+                        rep.failed(&path.to_string_lossy(), &message);
+                    }
+                }
+            }
+        };
+    }
+    macro_rules! next_remote {
+        () => {
+            loop {
+                match rrx.recv().await {
+                    None => break None,
+                    Some(Err(e)) => {
+                        return Err(anyhow!(e)).with_context(|| format!("cannot list {}", cfg.dest))
+                    }
+                    Some(Ok(o)) => {
+                        if let Some(prev) = &last_remote {
+                            if o.key <= *prev {
+                                bail!(
+                                    "the server listed '{}' after '{}': keys are not in byte \
+                                     order, so the listing cannot be compared safely",
+                                    o.key,
+                                    prev
+                                );
+                            }
+                        }
+                        last_remote = Some(o.key.clone());
+                        // Folder markers made by consoles have no local twin.
+                        if o.key.ends_with('/') {
+                            continue;
+                        }
+                        break Some(o);
+                    }
+                }
+            }
+        };
+    }
+
+    let mut local = next_local!();
+    let mut remote = next_remote!();
+    loop {
+        if stop.requested() {
+            interrupted = true;
+            break;
+        }
+        if run.fatal.is_some() {
+            break;
+        }
+        while let Some(done) = tasks.try_join_next() {
+            run.finish(done.context("an upload task failed")?);
+        }
+        let take_local = match (&local, &remote) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some((lk, _)), Some(r)) => lk.as_str() <= r.key.as_str(),
+        };
+        if !take_local {
+            let Some(r) = remote.take() else { break };
+            if cfg.delete {
+                let rel = cfg.dest.rel_of(&r.key).unwrap_or(&r.key);
+                if !kept.covers(rel) && !filter.excludes_key(rel) {
+                    deletes.push(r.key);
+                }
+            }
+            remote = next_remote!();
+            continue;
+        }
+        let Some((key, file)) = local.take() else {
+            break;
+        };
+        let matched = remote.as_ref().filter(|r| r.key == key).cloned();
+        if matched.is_some() {
+            remote = next_remote!();
+        }
+        local = next_local!();
+        rep.scanned();
+        let record = run.state.get(&key);
+        let decision = plan::decide(&file, matched.as_ref(), record.as_ref());
+        if decision == Decision::Skip {
+            rep.skipped(&key, "unchanged");
+            continue;
+        }
+        let permit = requests
+            .clone()
+            .acquire_owned()
+            .await
+            .context("the request limiter closed")?;
+        let job = Job {
+            file: file.clone(),
+            key: key.clone(),
+            decision,
+            remote: matched,
+            state: record,
+        };
+        let up = uploader.clone();
+        let dry_run = cfg.dry_run;
+        tasks.spawn(async move {
+            let outcome = up.run(job, dry_run).await;
+            drop(permit);
+            (key, file, outcome)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        run.finish(done.context("an upload task failed")?);
+    }
+    drop(lrx);
+    drop(rrx);
+    walker.abort();
+    lister.abort();
+    let Run {
+        mut state, fatal, ..
+    } = run;
+    if let Some(e) = fatal {
+        state.flush();
+        return Err(anyhow!(e)).with_context(|| format!("cannot upload to {}", cfg.dest));
+    }
+    if interrupted {
+        state.flush();
+        return Ok(Status::Interrupted);
+    }
+
+    if !deletes.is_empty() {
+        if !saw_local {
+            bail!(Refused(format!(
+                "refusing to delete {} objects under {}: {} has nothing to mirror (is it \
+                 mounted? is it the right directory?); nothing was deleted",
+                deletes.len(),
+                cfg.dest,
+                cfg.dir.display()
+            )));
+        }
+        if let Some(max) = cfg.max_delete {
+            if deletes.len() as u64 > max {
+                bail!(Refused(format!(
+                    "refusing to delete {} objects under {}: more than --max-delete {max}; \
+                     nothing was deleted (raise --max-delete if this is intended)",
+                    deletes.len(),
+                    cfg.dest
+                )));
+            }
+        }
+        for batch in deletes.chunks(1000) {
+            if stop.requested() {
+                state.flush();
+                return Ok(Status::Interrupted);
+            }
+            if cfg.dry_run {
+                for k in batch {
+                    rep.deleted(k, true);
+                }
+                continue;
+            }
+            let failed = match store.delete_batch(&cfg.dest.bucket, batch).await {
+                Ok(f) => f,
+                Err(e) if e.is_fatal() => {
+                    return Err(anyhow!(e))
+                        .with_context(|| format!("cannot delete from {}", cfg.dest))
+                }
+                Err(e) => batch.iter().map(|k| (k.clone(), e.to_string())).collect(),
+            };
+            let failed_keys: BTreeSet<&str> = failed.iter().map(|(k, _)| k.as_str()).collect();
+            for (k, msg) in &failed {
+                rep.failed(k, &format!("cannot delete: {msg}"));
+            }
+            for k in batch.iter().filter(|k| !failed_keys.contains(k.as_str())) {
+                rep.deleted(k, false);
+                state.remove(k);
+            }
+        }
+    }
+    state.flush();
+    if let Some(w) = &state.broken {
+        rep.warn(w);
+    }
+    Ok(if rep.failures() > 0 {
+        Status::Partial
+    } else {
+        Status::Done
+    })
+}

@@ -1,0 +1,457 @@
+//! Executes per-file work: verify, hash, upload (single PUT or parallel
+//! multipart), with the object's metadata.
+//!
+//! Concurrency: the caller holds one permit of the shared request semaphore
+//! for each running job; a multipart job takes extra permits only when they
+//! are free (`try_acquire`), so it speeds up when the pipe is idle and never
+//! waits on other jobs (no deadlock). Memory: small files (up to
+//! [`SMALL_BODY`]) are read once into memory and sent from there; larger
+//! bodies and parts stream from disk, after one hashing pass that computes
+//! the whole-file MD5 (for `md5chksum`) and each part's Content-MD5.
+//! A file that changes while it is sent is detected by re-stat (and by the
+//! server's Content-MD5 check) and re-sent; a failed multipart upload is
+//! aborted.
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_smithy_types::byte_stream::Length;
+use md5::{Digest, Md5};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::config::TransferConfig;
+use crate::plan::{self, Decision, RemoteFacts};
+use crate::scan::LocalFile;
+use crate::state::Record;
+use crate::store::{ObjectInfo, PutMeta, Store, StoreError};
+
+/// Files up to this size are read into memory once (hash and body).
+pub const SMALL_BODY: u64 = 256 << 10;
+/// Parts in flight for one multipart upload, at most.
+const MAX_PARALLEL_PARTS: usize = 8;
+/// Attempts for a file that keeps changing while it is sent.
+const CHANGE_ATTEMPTS: u32 = 3;
+
+/// Why an upload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("the file changed while it was being uploaded")]
+    Changed,
+    #[error("the file disappeared before it could be uploaded")]
+    Vanished,
+    #[error("{0}")]
+    Io(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One file to bring up to date.
+#[derive(Debug)]
+pub struct Job {
+    pub file: LocalFile,
+    pub key: String,
+    pub decision: Decision,
+    pub remote: Option<ObjectInfo>,
+    pub state: Option<Record>,
+}
+
+/// What became of a job.
+#[derive(Debug)]
+pub enum Outcome {
+    Uploaded {
+        record: Record,
+        elapsed: Duration,
+        reason: &'static str,
+    },
+    /// Content already there; the record describes it.
+    Unchanged {
+        record: Record,
+        why: &'static str,
+    },
+    WouldUpload {
+        reason: &'static str,
+    },
+    Vanished,
+    Failed(UploadError),
+}
+
+/// Uploads files to one bucket.
+#[derive(Clone)]
+pub struct Uploader {
+    store: Store,
+    bucket: String,
+    cfg: Arc<TransferConfig>,
+    requests: Arc<Semaphore>,
+}
+
+fn stat(path: &Path) -> Result<(u64, i64), UploadError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok((
+            m.len(),
+            m.mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.mtime_nsec()),
+        )),
+        Ok(_) => Err(UploadError::Vanished),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(UploadError::Vanished),
+        Err(e) => Err(UploadError::Io(format!("cannot stat: {e}"))),
+    }
+}
+
+fn io_err(e: std::io::Error) -> UploadError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        UploadError::Vanished
+    } else {
+        UploadError::Io(format!("cannot read: {e}"))
+    }
+}
+
+/// Reads a file once, returning its MD5 and, with `part_size`, the MD5 of
+/// each part. Errors with `Changed` when the length is not `size`.
+fn hash_file(
+    path: &Path,
+    size: u64,
+    part_size: Option<u64>,
+) -> Result<([u8; 16], Vec<[u8; 16]>), UploadError> {
+    let mut f = std::fs::File::open(path).map_err(io_err)?;
+    let mut whole = Md5::new();
+    let mut part = Md5::new();
+    let mut parts = Vec::new();
+    let mut in_part = 0u64;
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err)?;
+        if n == 0 {
+            break;
+        }
+        let mut chunk = &buf[..n];
+        whole.update(chunk);
+        total += n as u64;
+        if let Some(ps) = part_size {
+            while !chunk.is_empty() {
+                let take = ((ps - in_part) as usize).min(chunk.len());
+                part.update(&chunk[..take]);
+                in_part += take as u64;
+                chunk = &chunk[take..];
+                if in_part == ps {
+                    parts.push(part.finalize_reset().into());
+                    in_part = 0;
+                }
+            }
+        }
+    }
+    if total != size {
+        return Err(UploadError::Changed);
+    }
+    if part_size.is_some() && (in_part > 0 || parts.is_empty()) {
+        parts.push(part.finalize().into());
+    }
+    Ok((whole.finalize().into(), parts))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, UploadError> + Send + 'static,
+) -> Result<T, UploadError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| UploadError::Io(format!("worker failed: {e}")))?
+}
+
+async fn file_body(path: &Path, offset: u64, len: u64) -> Result<ByteStream, UploadError> {
+    ByteStream::read_from()
+        .path(path)
+        .offset(offset)
+        .length(Length::Exact(len))
+        .build()
+        .await
+        .map_err(|e| UploadError::Io(format!("cannot open for upload: {e}")))
+}
+
+impl Uploader {
+    pub fn new(store: Store, bucket: &str, cfg: TransferConfig, requests: Arc<Semaphore>) -> Self {
+        Uploader {
+            store,
+            bucket: bucket.to_string(),
+            cfg: Arc::new(cfg),
+            requests,
+        }
+    }
+
+    fn meta(&self, key: &str, mtime_ns: i64, md5: &[u8; 16]) -> PutMeta {
+        let mut metadata = vec![(plan::META_MD5, crate::store::b64(md5))];
+        if self.cfg.mtime_metadata {
+            metadata.push((plan::META_MTIME, plan::format_mtime(mtime_ns)));
+        }
+        PutMeta {
+            content_type: self.cfg.mime.content_type(key),
+            metadata,
+            storage_class: self.cfg.storage_class.clone(),
+        }
+    }
+
+    /// Runs one job to its outcome. The caller holds a request permit.
+    pub async fn run(&self, job: Job, dry_run: bool) -> Outcome {
+        let start = Instant::now();
+        let reason = match job.decision {
+            Decision::Skip => {
+                return Outcome::Unchanged {
+                    record: job.state.unwrap_or(Record {
+                        size: job.file.size,
+                        mtime_ns: job.file.mtime_ns,
+                        md5: [0; 16],
+                        etag: None,
+                    }),
+                    why: "unchanged",
+                }
+            }
+            Decision::Upload(reason) => reason,
+            Decision::Verify { head } => match self.verify(&job, head).await {
+                Ok(Some(record)) => {
+                    return Outcome::Unchanged {
+                        record,
+                        why: "same content",
+                    }
+                }
+                Ok(None) => "content changed",
+                Err(UploadError::Store(StoreError::NotFound)) => "new",
+                Err(UploadError::Vanished) => return Outcome::Vanished,
+                Err(e) => return Outcome::Failed(e),
+            },
+        };
+        if dry_run {
+            return Outcome::WouldUpload { reason };
+        }
+        let mut attempt = 1;
+        loop {
+            match self.upload(&job.file.path, &job.key).await {
+                Ok(record) => {
+                    return Outcome::Uploaded {
+                        record,
+                        elapsed: start.elapsed(),
+                        reason,
+                    }
+                }
+                Err(UploadError::Changed) if attempt < CHANGE_ATTEMPTS => attempt += 1,
+                Err(UploadError::Vanished) => return Outcome::Vanished,
+                Err(e) => return Outcome::Failed(e),
+            }
+        }
+    }
+
+    /// Same size, mtime differs or unknown: is the content already there?
+    /// Returns the record to keep when it is.
+    async fn verify(&self, job: &Job, head: bool) -> Result<Option<Record>, UploadError> {
+        let local = &job.file;
+        let (facts, etag) = match (&job.state, head) {
+            (Some(s), false) => (
+                RemoteFacts {
+                    md5: Some(s.md5),
+                    mtime: Some((s.mtime_ns, 1)),
+                },
+                s.etag.clone(),
+            ),
+            _ => {
+                let h = self.store.head(&self.bucket, &job.key).await?;
+                if h.size != local.size {
+                    return Ok(None);
+                }
+                (
+                    RemoteFacts::from_head(h.etag.as_deref(), &h.metadata),
+                    h.etag,
+                )
+            }
+        };
+        let etag = job.remote.as_ref().and_then(|r| r.etag.clone()).or(etag);
+        let record = |md5| Record {
+            size: local.size,
+            mtime_ns: local.mtime_ns,
+            md5,
+            etag: etag.clone(),
+        };
+        if let (true, Some(md5)) = (facts.same_mtime(local.mtime_ns), facts.md5) {
+            return Ok(Some(record(md5)));
+        }
+        let path = local.path.clone();
+        let size = local.size;
+        let (md5, _) = blocking(move || hash_file(&path, size, None)).await?;
+        let same = match facts.md5 {
+            Some(remote) => remote == md5,
+            // No MD5 on record (multipart object without md5chksum): the
+            // recorded mtime is the only evidence.
+            None => facts.same_mtime(local.mtime_ns),
+        };
+        Ok(same.then(|| record(md5)))
+    }
+
+    /// Uploads one file as it is now; the record describes what was sent.
+    pub async fn upload(&self, path: &Path, key: &str) -> Result<Record, UploadError> {
+        let (size, mtime_ns) = stat(path)?;
+        let (md5, etag) = if size <= SMALL_BODY {
+            let data = tokio::fs::read(path).await.map_err(io_err)?;
+            if data.len() as u64 != size {
+                return Err(UploadError::Changed);
+            }
+            let md5: [u8; 16] = Md5::digest(&data).into();
+            let meta = self.meta(key, mtime_ns, &md5);
+            let etag = self
+                .store
+                .put(&self.bucket, key, ByteStream::from(data), size, &md5, &meta)
+                .await
+                .map_err(UploadError::from);
+            (md5, etag)
+        } else if size < self.cfg.multipart_threshold {
+            let p = path.to_path_buf();
+            let (md5, _) = blocking(move || hash_file(&p, size, None)).await?;
+            let meta = self.meta(key, mtime_ns, &md5);
+            let body = file_body(path, 0, size).await?;
+            let etag = self
+                .store
+                .put(&self.bucket, key, body, size, &md5, &meta)
+                .await
+                .map_err(UploadError::from);
+            (md5, etag)
+        } else {
+            let (part_size, _) = plan::part_layout(size, self.cfg.chunk_size);
+            let p = path.to_path_buf();
+            let (md5, part_md5s) = blocking(move || hash_file(&p, size, Some(part_size))).await?;
+            let meta = self.meta(key, mtime_ns, &md5);
+            let etag = self
+                .multipart(path, key, size, part_size, part_md5s, &meta)
+                .await;
+            (md5, etag)
+        };
+        // Whatever happened, a file that changed meanwhile is re-sent.
+        let now = stat(path)?;
+        if now != (size, mtime_ns) {
+            return Err(UploadError::Changed);
+        }
+        let etag = etag?;
+        Ok(Record {
+            size,
+            mtime_ns,
+            md5,
+            etag,
+        })
+    }
+
+    async fn multipart(
+        &self,
+        path: &Path,
+        key: &str,
+        size: u64,
+        part_size: u64,
+        part_md5s: Vec<[u8; 16]>,
+        meta: &PutMeta,
+    ) -> Result<Option<String>, UploadError> {
+        let upload_id = self.store.create_multipart(&self.bucket, key, meta).await?;
+        let result = self
+            .send_parts(path, key, &upload_id, size, part_size, part_md5s)
+            .await;
+        let result = match result {
+            Ok(parts) => self
+                .store
+                .complete_multipart(&self.bucket, key, &upload_id, parts)
+                .await
+                .map_err(UploadError::from),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // Never leave parts behind; an abort failure is secondary.
+            let _ = self
+                .store
+                .abort_multipart(&self.bucket, key, &upload_id)
+                .await;
+        }
+        result
+    }
+
+    async fn send_parts(
+        &self,
+        path: &Path,
+        key: &str,
+        upload_id: &str,
+        size: u64,
+        part_size: u64,
+        part_md5s: Vec<[u8; 16]>,
+    ) -> Result<Vec<aws_sdk_s3::types::CompletedPart>, UploadError> {
+        let count = part_md5s.len();
+        let mut done = Vec::with_capacity(count);
+        let mut set: JoinSet<Result<aws_sdk_s3::types::CompletedPart, UploadError>> =
+            JoinSet::new();
+        let mut extra_permits = Vec::new();
+        let mut next = 0usize;
+        loop {
+            while next < count {
+                let allowed = 1 + extra_permits.len();
+                if set.len() >= allowed {
+                    if set.len() >= MAX_PARALLEL_PARTS {
+                        break;
+                    }
+                    match self.requests.clone().try_acquire_owned() {
+                        Ok(p) => extra_permits.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let offset = next as u64 * part_size;
+                let len = part_size.min(size - offset);
+                let md5 = part_md5s[next];
+                let number = next as i32 + 1;
+                let (store, bucket, key, id): (Store, String, String, String) = (
+                    self.store.clone(),
+                    self.bucket.clone(),
+                    key.to_string(),
+                    upload_id.to_string(),
+                );
+                let path: PathBuf = path.to_path_buf();
+                set.spawn(async move {
+                    let body = file_body(&path, offset, len).await?;
+                    Ok(store
+                        .upload_part(&bucket, &key, &id, number, body, len, &md5)
+                        .await?)
+                });
+                next += 1;
+            }
+            match set.join_next().await {
+                None => break,
+                Some(Ok(Ok(part))) => done.push(part),
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(e)) => return Err(UploadError::Io(format!("part upload failed: {e}"))),
+            }
+        }
+        done.sort_by_key(|p| p.part_number());
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_whole_file_and_parts_in_one_pass() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..(2_500_000u32)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let (whole, parts) = hash_file(&path, data.len() as u64, Some(1_000_000)).expect("hash");
+        assert_eq!(whole, <[u8; 16]>::from(Md5::digest(&data)));
+        assert_eq!(parts.len(), 3);
+        for (i, chunk) in data.chunks(1_000_000).enumerate() {
+            assert_eq!(parts[i], <[u8; 16]>::from(Md5::digest(chunk)), "part {i}");
+        }
+        assert!(matches!(
+            hash_file(&path, 1, None),
+            Err(UploadError::Changed)
+        ));
+        assert!(matches!(
+            hash_file(&dir.path().join("missing"), 1, None),
+            Err(UploadError::Vanished)
+        ));
+    }
+}
