@@ -145,7 +145,14 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
                     }
                 }
                 Err(e) => {
-                    rep.summary(dry_run);
+                    if rep
+                        .counts
+                        .scanned
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        > 0
+                    {
+                        rep.summary(dry_run);
+                    }
                     fail(Exit::Fatal, e)
                 }
             }

@@ -49,6 +49,8 @@ pub enum StoreError {
     NoCredentials(String),
     #[error("cannot reach {endpoint}: {detail}")]
     Unreachable { endpoint: String, detail: String },
+    #[error("the server answered 200 but its response could not be read: {0}")]
+    UnreadableSuccess(String),
     #[error("{0}")]
     Other(String),
 }
@@ -358,6 +360,9 @@ impl Store {
             .build())
     }
 
+    /// Completes a multipart upload. A 200 answer whose body cannot be read
+    /// (some servers name the XML root differently) is
+    /// [`StoreError::UnreadableSuccess`]: the caller confirms with HEAD.
     pub async fn complete_multipart(
         &self,
         bucket: &str,
@@ -377,9 +382,17 @@ impl Store {
                     .build(),
             )
             .send()
-            .await
-            .map_err(|e| self.classify(e, Some(bucket)))?;
-        Ok(resp.e_tag().map(unquote))
+            .await;
+        match resp {
+            Ok(r) => Ok(r.e_tag().map(unquote)),
+            Err(e) => {
+                let ok_status = e.raw_response().map(|r| r.status().as_u16()) == Some(200);
+                if ok_status && e.code().is_none() {
+                    return Err(StoreError::UnreadableSuccess(source_chain(&e)));
+                }
+                Err(self.classify(e, Some(bucket)))
+            }
+        }
     }
 
     pub async fn abort_multipart(
@@ -546,6 +559,9 @@ where
                 .as_connector_error()
                 .map(|c| source_chain(c))
                 .unwrap_or_else(|| source_chain(&err));
+            if detail.contains("loading credentials") || detail.contains("no credentials") {
+                return StoreError::NoCredentials(detail);
+            }
             let hint = if detail.contains("certificate") || detail.contains("UnknownIssuer") {
                 " (the TLS certificate did not verify; for a private CA pass --ca-bundle FILE.pem or set AWS_CA_BUNDLE)"
             } else if detail.contains("dns error") || detail.contains("failed to lookup") {
@@ -609,7 +625,9 @@ where
         } else {
             what
         }),
-        Some(s) if what.is_empty() => StoreError::Other(format!("HTTP {s} from {endpoint}")),
+        Some(s) if what.is_empty() => {
+            StoreError::Other(format!("HTTP {s} from {endpoint}: {}", source_chain(&err)))
+        }
         _ if what.is_empty() => StoreError::Other(source_chain(&err)),
         _ => StoreError::Other(what),
     }

@@ -354,11 +354,18 @@ impl Uploader {
             .send_parts(path, key, &upload_id, size, part_size, part_md5s)
             .await;
         let result = match result {
-            Ok(parts) => self
-                .store
-                .complete_multipart(&self.bucket, key, &upload_id, parts)
-                .await
-                .map_err(UploadError::from),
+            Ok(parts) => {
+                match self
+                    .store
+                    .complete_multipart(&self.bucket, key, &upload_id, parts)
+                    .await
+                {
+                    Err(StoreError::UnreadableSuccess(detail)) => {
+                        self.confirm(key, size, meta, detail).await
+                    }
+                    other => other.map_err(UploadError::from),
+                }
+            }
             Err(e) => Err(e),
         };
         if result.is_err() {
@@ -369,6 +376,24 @@ impl Uploader {
                 .await;
         }
         result
+    }
+
+    /// After an unreadable "200 OK" to CompleteMultipartUpload: the upload
+    /// counts only if the object is there with our size and MD5.
+    async fn confirm(
+        &self,
+        key: &str,
+        size: u64,
+        meta: &PutMeta,
+        detail: String,
+    ) -> Result<Option<String>, UploadError> {
+        let want = meta.metadata.iter().find(|(k, _)| *k == plan::META_MD5);
+        match self.store.head(&self.bucket, key).await {
+            Ok(h) if h.size == size && want.is_some_and(|(k, v)| h.metadata.get(*k) == Some(v)) => {
+                Ok(h.etag)
+            }
+            _ => Err(UploadError::Store(StoreError::UnreadableSuccess(detail))),
+        }
     }
 
     async fn send_parts(
@@ -437,7 +462,7 @@ mod tests {
     fn hashes_whole_file_and_parts_in_one_pass() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f");
-        let data: Vec<u8> = (0..(2_500_000u32)).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).expect("write");
         let (whole, parts) = hash_file(&path, data.len() as u64, Some(1_000_000)).expect("hash");
         assert_eq!(whole, <[u8; 16]>::from(Md5::digest(&data)));

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the integration tests need, once: s3s-fs (with cargo) and
+# moto's server (in a Python venv under .ci/venv). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+S3S_FS_VERSION=0.14.1
+s3s_fs="$(command -v s3s-fs || true)"
+[ -n "$s3s_fs" ] || s3s_fs="$HOME/.cargo/bin/s3s-fs"
+if [ ! -x "$s3s_fs" ] || ! "$s3s_fs" --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
+    echo "setup: installing s3s-fs $S3S_FS_VERSION with cargo (a few minutes, once)"
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
+fi
+
+if [ ! -x .ci/venv/bin/moto_server ]; then
+    if ! command -v python3 >/dev/null || ! python3 -m venv --help >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            echo "setup: installing python3 and python3-venv with apt-get"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-pip
+        else
+            echo "setup: python3 with the venv module is needed (apt-get install python3-venv)" >&2
+            exit 1
+        fi
+    fi
+    echo "setup: installing moto's server in .ci/venv"
+    rm -rf .ci/venv
+    python3 -m venv .ci/venv
+    .ci/venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
+fi
+echo "setup: s3s-fs $("$s3s_fs" --version | awk '{print $2}'), moto $(.ci/venv/bin/python -c 'import moto; print(moto.__version__)')"

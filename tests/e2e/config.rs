@@ -1,0 +1,176 @@
+//! Configuration: node-s3ma's config.json, precedence, and bad input.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::harness::*;
+
+fn write_config(env: &TestEnv, body: &str) -> std::path::PathBuf {
+    let dir = env.work().join("conf");
+    std::fs::create_dir_all(&dir).expect("mkdir conf");
+    let path = dir.join("config.json");
+    write_file(&path, body);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
+#[test]
+fn node_s3ma_config_json_keeps_working() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        env.write("index.html", "<p>home</p>");
+        env.write("data/report.test", "custom type");
+        let mime = env.work().join("my_mime.types");
+        write_file(&mime, "# local types\napplication/x-test  test\n");
+        let config = format!(
+            r#"{{
+    "watchDir": "{tree}",
+    "accessKeyId": "{ACCESS_KEY}",
+    "secretAccessKey": "{SECRET_KEY}",
+    "region": "us-west-2",
+    "bucket": "{bucket}",
+    "topPrefix": "backup/",
+    "bucketSync": "second-bucket",
+    "topPrefixSync": "backup/",
+    "endpointSync": "https://s3-eu-west-1.amazonaws.com",
+    "mtimeToMetaData": true,
+    "mimeConfig": "{mime}"
+}}"#,
+            tree = env.tree().display(),
+            bucket = env.bucket,
+            mime = mime.display()
+        );
+        write_config(&env, &config);
+        // ./conf/config.json is found without --config; the keys in it are
+        // used before the environment's (deliberately wrong) ones.
+        let mut cmd = env.command();
+        cmd.env("AWS_ACCESS_KEY_ID", "wrong")
+            .env("AWS_SECRET_ACCESS_KEY", "wrong")
+            .args(["sync", "--json", "--endpoint", &env.endpoint]);
+        let run = TestEnv::run_cmd(cmd).ok();
+        assert!(
+            run.stderr.contains("bucketSync"),
+            "warns that *Sync is not acted on: {run}"
+        );
+        let mut env = env;
+        env.prefix = "backup/".into();
+        env.assert_mirrors(&["data/report.test", "index.html"]);
+        let (ctype, _, _) = env.head("backup/data/report.test");
+        assert_eq!(ctype, "application/x-test", "{kind:?}");
+    }
+}
+
+#[test]
+fn flags_override_the_config_file() {
+    let env = TestEnv::new(Kind::Moto);
+    env.write("a.txt", "a");
+    let config = format!(
+        r#"{{"watchDir": "/nonexistent/dir", "bucket": "{}", "topPrefix": "from-config", "endpoint": "http://127.0.0.1:9"}}"#,
+        env.bucket
+    );
+    let path = write_config(&env, &config);
+    let tree = env.tree().display().to_string();
+    let mut cmd = env.command();
+    cmd.args([
+        "--config",
+        &path.display().to_string(),
+        "sync",
+        &tree,
+        "--endpoint",
+        &env.endpoint,
+    ]);
+    TestEnv::run_cmd(cmd).ok();
+    assert_eq!(env.keys(), ["from-config/a.txt"]);
+    // S3MA_CONFIG works as --config does.
+    let mut cmd = env.command();
+    cmd.env("S3MA_CONFIG", &path)
+        .args(["sync", &tree, "s3://x/y", "--dry-run"]);
+    let run = TestEnv::run_cmd(cmd);
+    assert!(
+        run.stderr.contains("127.0.0.1:9"),
+        "endpoint from the config: {run}"
+    );
+}
+
+#[test]
+fn invalid_json_names_file_line_and_column() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let path = write_config(
+        &env,
+        "{\n  \"bucket\": \"b\",\n  \"topPrefix\": \"x\"\n  \"region\": \"r\"\n}\n",
+    );
+    let run = env
+        .s3ma(&["sync", "--config", &path.display().to_string()])
+        .code(2);
+    assert!(run.stderr.contains("config.json"), "{run}");
+    assert!(run.stderr.contains("line 4, column 3"), "{run}");
+}
+
+#[test]
+fn unknown_key_suggests_the_right_one() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let path = write_config(&env, r#"{"bucket": "b", "topPrefx": "x"}"#);
+    let run = env
+        .s3ma(&["sync", "--config", &path.display().to_string()])
+        .code(2);
+    assert!(run.stderr.contains("unknown key \"topPrefx\""), "{run}");
+    assert!(run.stderr.contains("did you mean \"topPrefix\""), "{run}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let path = write_config(&env, r#"{"bucket": "b", "mtimeToMetaData": "yes"}"#);
+    let run = env
+        .s3ma(&["sync", "--config", &path.display().to_string()])
+        .code(2);
+    assert!(run.stderr.contains("mtimeToMetaData"), "{run}");
+    assert!(run.stderr.contains("expected a boolean"), "{run}");
+}
+
+#[test]
+fn readable_secret_config_warns() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    let config = format!(
+        r#"{{"watchDir": "{}", "bucket": "{}", "accessKeyId": "{ACCESS_KEY}", "secretAccessKey": "{SECRET_KEY}"}}"#,
+        env.tree().display(),
+        env.bucket
+    );
+    let path = write_config(&env, &config);
+    let run = env
+        .s3ma(&["sync", "--config", &path.display().to_string()])
+        .ok();
+    assert!(!run.stderr.contains("chmod 600"), "0600 is fine: {run}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let run = env
+        .s3ma(&["sync", "--config", &path.display().to_string()])
+        .ok();
+    assert!(run.stderr.contains("readable by group or others"), "{run}");
+    assert!(run.stderr.contains("chmod 600"), "{run}");
+    assert!(
+        !run.all().contains(SECRET_KEY),
+        "the secret never shows: {run}"
+    );
+}
+
+#[test]
+fn missing_config_file_and_missing_destination_are_usage_errors() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let run = env
+        .s3ma(&["sync", "--config", "/nonexistent/config.json"])
+        .code(2);
+    assert!(run.stderr.contains("/nonexistent/config.json"), "{run}");
+    let tree = env.tree().display().to_string();
+    let run = env.s3ma(&["sync", &tree]).code(2);
+    assert!(run.stderr.contains("no destination given"), "{run}");
+    let run = env.s3ma(&["sync", &tree, "not-an-s3-url"]).code(2);
+    assert!(run.stderr.contains("s3://BUCKET"), "{run}");
+    let run = env
+        .s3ma(&["sync", &tree, &env.dest(), "--multipart-chunk-size", "1MiB"])
+        .code(2);
+    assert!(run.stderr.contains("at least 5MiB"), "{run}");
+    let run = env
+        .s3ma(&["sync", &tree, &env.dest(), "--frobnicate"])
+        .code(2);
+    assert!(run.stderr.contains("--frobnicate"), "{run}");
+}

@@ -1,0 +1,116 @@
+//! Errors a user meets: wrong credentials, unreachable endpoints, missing
+//! buckets; never a panic, never a hang, never a secret in the output.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+#[test]
+fn wrong_credentials_say_so_and_never_show_the_secret() {
+    // moto accepts any signature; s3s-fs checks them.
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    let secret = "WRONG-secret-value-5f3c9a";
+    let tree = env.tree().display().to_string();
+    for args in [
+        vec!["-vv", "sync", tree.as_str(), env.dest().as_str()],
+        vec!["ls", "-vv", "--json"],
+    ] {
+        let mut cmd = env.command();
+        cmd.env("AWS_SECRET_ACCESS_KEY", secret)
+            .args(&args)
+            .args(["--endpoint", &env.endpoint]);
+        let run = TestEnv::run_cmd(cmd).code(3);
+        assert!(run.stderr.contains("rejected the credentials"), "{run}");
+        assert!(!run.all().contains(secret), "secret leaked: {run}");
+        assert!(!run.all().contains("panicked"), "{run}");
+    }
+    assert!(env.keys().is_empty());
+}
+
+#[test]
+fn unreachable_endpoint_fails_fast_and_names_it() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    // Nothing listens on a port we just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let tree = env.tree().display().to_string();
+    let started = Instant::now();
+    let mut cmd = env.command();
+    cmd.args([
+        "sync",
+        &tree,
+        &env.dest(),
+        "--endpoint",
+        &url,
+        "--retries",
+        "2",
+    ]);
+    let run = TestEnv::run_cmd(cmd).code(3);
+    assert!(started.elapsed() < Duration::from_secs(60), "no hang");
+    assert!(run.stderr.contains(&format!("cannot reach {url}")), "{run}");
+    assert!(run.stderr.contains("Connection refused"), "{run}");
+}
+
+#[test]
+fn endpoint_without_scheme_means_https() {
+    let env = TestEnv::new(Kind::S3sFs);
+    // The plain-HTTP test server cannot speak TLS, so the https attempt
+    // fails, and the message shows the https URL that was tried.
+    let host = env.endpoint.trim_start_matches("http://").to_string();
+    let mut cmd = env.command();
+    cmd.args(["ls", "--endpoint", &host, "--retries", "1"]);
+    let run = TestEnv::run_cmd(cmd).code(3);
+    assert!(run.stderr.contains(&format!("https://{host}")), "{run}");
+}
+
+#[test]
+fn sync_to_a_missing_bucket_is_fatal_and_clear() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        env.write("a.txt", "a");
+        let tree = env.tree().display().to_string();
+        let run = env
+            .s3ma(&["sync", &tree, "s3://no-such-bucket-s3ma/p"])
+            .code(3);
+        assert!(
+            run.stderr
+                .contains("bucket 'no-such-bucket-s3ma' does not exist"),
+            "{kind:?}: {run}"
+        );
+    }
+}
+
+#[test]
+fn bad_ca_bundle_is_a_clear_error() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let pem = env.work().join("bad.pem");
+    write_file(&pem, "not a certificate\n");
+    let mut cmd = env.command();
+    cmd.args([
+        "ls",
+        "--endpoint",
+        &env.endpoint,
+        "--ca-bundle",
+        &pem.display().to_string(),
+    ]);
+    let run = TestEnv::run_cmd(cmd).code(3);
+    assert!(run.stderr.contains("bad.pem"), "{run}");
+    assert!(run.stderr.contains("holds no certificate"), "{run}");
+}
+
+#[test]
+fn completions_are_printed() {
+    let env = TestEnv::new(Kind::S3sFs);
+    for shell in ["bash", "zsh", "fish"] {
+        let mut cmd = env.command();
+        cmd.args(["completions", shell]);
+        let run = TestEnv::run_cmd(cmd).ok();
+        assert!(run.stdout.contains("s3ma"), "{shell}: {run}");
+        assert!(run.stdout.contains("dry-run"), "{shell}: {run}");
+    }
+}

@@ -1,0 +1,485 @@
+//! Test harness: starts real S3-compatible servers (s3s-fs and moto's
+//! server) once per test binary on free ports, gives each test its own
+//! bucket, local tree and state directory, runs the real `s3ma` binary, and
+//! inspects the bucket with an independent aws-sdk-s3 client.
+//!
+//! Servers are started through `sh`, which kills them when this process's
+//! end of a pipe closes, so no server outlives the test run.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{Credentials, Region};
+use aws_sdk_s3::Client;
+
+pub const ACCESS_KEY: &str = "s3ma-test-key";
+pub const SECRET_KEY: &str = "s3ma-test-secret-Zq9vW2";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    S3sFs,
+    Moto,
+}
+
+pub const KINDS: [Kind; 2] = [Kind::S3sFs, Kind::Moto];
+
+struct Server {
+    endpoint: String,
+    _child: Child,
+    _keepalive: ChildStdin,
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn find_tool(env_var: &str, name: &str, extra: &[PathBuf]) -> PathBuf {
+    if let Ok(p) = std::env::var(env_var) {
+        return PathBuf::from(p);
+    }
+    let mut candidates: Vec<PathBuf> = extra.to_vec();
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cargo/bin").join(name));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+            "{name} not found: run ./scripts/setup-test-env.sh (or set {env_var}) before the tests"
+        )
+        })
+}
+
+fn start(kind: Kind) -> Server {
+    let port = free_port();
+    let root = std::env::temp_dir().join(format!("s3ma-test-{}-{port}", std::process::id()));
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut argv: Vec<String> = match kind {
+        Kind::S3sFs => {
+            std::fs::create_dir_all(&root).expect("server root");
+            let bin = find_tool("S3S_FS_BIN", "s3s-fs", &[]);
+            vec![
+                bin.display().to_string(),
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port.to_string(),
+                "--access-key".into(),
+                ACCESS_KEY.into(),
+                "--secret-key".into(),
+                SECRET_KEY.into(),
+                root.display().to_string(),
+            ]
+        }
+        Kind::Moto => {
+            let bin = find_tool(
+                "MOTO_SERVER_BIN",
+                "moto_server",
+                &[manifest.join(".ci/venv/bin/moto_server")],
+            );
+            vec![
+                bin.display().to_string(),
+                "-H".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ]
+        }
+    };
+    let log = std::env::temp_dir().join(format!("s3ma-test-{kind:?}-{port}.log"));
+    // sh runs the server and kills it when our end of its stdin closes.
+    let script = r#""$@" >"$S3MA_SERVER_LOG" 2>&1 </dev/null & pid=$!; read _; kill $pid 2>/dev/null; wait $pid"#;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script).arg("sh");
+    cmd.args(argv.drain(..));
+    cmd.env("S3MA_SERVER_LOG", &log);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the server");
+    let keepalive = child.stdin.take().expect("stdin");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("{kind:?} did not start on port {port}; its log:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        _child: child,
+        _keepalive: keepalive,
+    }
+}
+
+fn server(kind: Kind) -> &'static Server {
+    static S3S: OnceLock<Server> = OnceLock::new();
+    static MOTO: OnceLock<Server> = OnceLock::new();
+    match kind {
+        Kind::S3sFs => S3S.get_or_init(|| start(Kind::S3sFs)),
+        Kind::Moto => MOTO.get_or_init(|| start(Kind::Moto)),
+    }
+}
+
+pub fn endpoint(kind: Kind) -> String {
+    server(kind).endpoint.clone()
+}
+
+/// An independent S3 client for checking what the bucket holds.
+pub fn client(kind: Kind) -> Client {
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint(kind))
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .build();
+    Client::from_conf(conf)
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The result of one run of the binary.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "s3ma failed:\n{self}");
+        self
+    }
+    pub fn code(self, want: i32) -> Run {
+        assert_eq!(self.code, want, "unexpected exit code:\n{self}");
+        self
+    }
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+    /// The `--json` summary object.
+    pub fn summary(&self) -> serde_json::Value {
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["action"] == "summary")
+            .unwrap_or_else(|| panic!("no JSON summary in:\n{self}"))
+    }
+    pub fn actions(&self, action: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["action"] == action)
+            .map(|v| v["key"].as_str().unwrap_or_default().to_string())
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// One test's world: a bucket on one server, a local tree, a state dir.
+pub struct TestEnv {
+    pub kind: Kind,
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: String,
+    pub client: Client,
+    tmp: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub fn new(kind: Kind) -> TestEnv {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let bucket = format!("t{}-{n}-{}", std::process::id(), kind_tag(kind));
+        let client = client(kind);
+        block_on(client.create_bucket().bucket(&bucket).send())
+            .unwrap_or_else(|e| panic!("create bucket {bucket} on {kind:?}: {e:?}"));
+        let tmp = tempfile::tempdir().expect("tempdir");
+        for d in ["tree", "state", "work"] {
+            std::fs::create_dir_all(tmp.path().join(d)).expect("mkdir");
+        }
+        TestEnv {
+            kind,
+            bucket,
+            prefix: "site/".into(),
+            endpoint: endpoint(kind),
+            client,
+            tmp,
+        }
+    }
+
+    /// The mirrored directory.
+    pub fn tree(&self) -> PathBuf {
+        self.tmp.path().join("tree")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+    /// The working directory the binary runs in (no conf/ there).
+    pub fn work(&self) -> PathBuf {
+        self.tmp.path().join("work")
+    }
+    pub fn dest(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    /// Writes a file under the tree, creating directories.
+    pub fn write(&self, rel: &str, data: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.tree().join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, data).expect("write");
+        p
+    }
+
+    /// A command for the binary, isolated from the user's AWS setup.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_s3ma"));
+        c.current_dir(self.work())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.tmp.path())
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("S3MA_STATE_DIR", self.state_dir())
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run_cmd(mut cmd: Command) -> Run {
+        let out = cmd.output().expect("run s3ma");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `s3ma ARGS… --endpoint URL`.
+    pub fn s3ma(&self, args: &[&str]) -> Run {
+        let mut c = self.command();
+        c.args(args).arg("--endpoint").arg(&self.endpoint);
+        Self::run_cmd(c)
+    }
+
+    /// `s3ma sync TREE s3://bucket/site/ --json EXTRA…`.
+    pub fn sync(&self, extra: &[&str]) -> Run {
+        let tree = self.tree().display().to_string();
+        let dest = self.dest();
+        let mut args = vec!["sync", tree.as_str(), dest.as_str(), "--json"];
+        args.extend_from_slice(extra);
+        self.s3ma(&args)
+    }
+
+    /// Every key in the bucket with its bytes.
+    pub fn objects(&self) -> BTreeMap<String, Vec<u8>> {
+        block_on(async {
+            let mut out = BTreeMap::new();
+            let mut token = None;
+            loop {
+                let resp = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .set_continuation_token(token)
+                    .send()
+                    .await
+                    .expect("list");
+                for o in resp.contents() {
+                    let key = o.key().expect("key").to_string();
+                    let body = self
+                        .client
+                        .get_object()
+                        .bucket(&self.bucket)
+                        .key(&key)
+                        .send()
+                        .await
+                        .expect("get")
+                        .body
+                        .collect()
+                        .await
+                        .expect("body")
+                        .into_bytes()
+                        .to_vec();
+                    out.insert(key, body);
+                }
+                match resp.next_continuation_token() {
+                    Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
+                    _ => break,
+                }
+            }
+            out
+        })
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        block_on(async {
+            let mut out = Vec::new();
+            let mut token = None;
+            loop {
+                let resp = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .set_continuation_token(token)
+                    .send()
+                    .await
+                    .expect("list");
+                out.extend(
+                    resp.contents()
+                        .iter()
+                        .filter_map(|o| o.key().map(str::to_string)),
+                );
+                match resp.next_continuation_token() {
+                    Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
+                    _ => break,
+                }
+            }
+            out
+        })
+    }
+
+    /// Content-Type and user metadata of one object.
+    pub fn head(&self, key: &str) -> (String, HashMap<String, String>, Option<String>) {
+        block_on(async {
+            let h = self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("head {key}: {e:?}"));
+            (
+                h.content_type().unwrap_or_default().to_string(),
+                h.metadata().cloned().unwrap_or_default(),
+                h.e_tag().map(|e| e.trim_matches('"').to_string()),
+            )
+        })
+    }
+
+    /// Puts an object directly (not through s3ma).
+    pub fn put(&self, key: &str, data: &[u8]) {
+        block_on(
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .body(data.to_vec().into())
+                .send(),
+        )
+        .expect("put");
+    }
+
+    /// Asserts the bucket holds exactly these keys (under any prefix) with
+    /// the bytes of the local files named by the part after the prefix.
+    pub fn assert_mirrors(&self, rels: &[&str]) {
+        let objects = self.objects();
+        let want: Vec<String> = rels.iter().map(|r| format!("{}{r}", self.prefix)).collect();
+        let got: Vec<&String> = objects.keys().collect();
+        let mut want_sorted = want.clone();
+        want_sorted.sort();
+        assert_eq!(
+            got,
+            want_sorted.iter().collect::<Vec<_>>(),
+            "keys on {:?}",
+            self.kind
+        );
+        for (rel, key) in rels.iter().zip(&want) {
+            let local = std::fs::read(self.tree().join(rel)).expect("read local");
+            assert!(objects[key] == local, "bytes of {key} on {:?}", self.kind);
+        }
+    }
+}
+
+fn kind_tag(kind: Kind) -> &'static str {
+    match kind {
+        Kind::S3sFs => "s3s",
+        Kind::Moto => "moto",
+    }
+}
+
+/// Serialises tests that need a process-wide resource.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sets a file's mtime to `secs` seconds after the epoch.
+pub fn set_mtime(path: &Path, secs: u64) {
+    let f = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open for mtime");
+    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+        .expect("set mtime");
+}
+
+pub fn md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    hex::encode(Md5::digest(data))
+}
+
+pub fn md5_b64(data: &[u8]) -> String {
+    use base64::Engine as _;
+    use md5::{Digest, Md5};
+    base64::engine::general_purpose::STANDARD.encode(Md5::digest(data))
+}
+
+pub fn write_file(path: &Path, data: &str) {
+    let mut f = std::fs::File::create(path).expect("create");
+    f.write_all(data.as_bytes()).expect("write");
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `s3ma` binary against real S3-compatible
+//! servers (s3s-fs and moto's server) started by the harness.
+
+mod harness;
+
+mod config;
+mod errors;
+mod ls;
+mod names;
+mod sync;

@@ -1,0 +1,137 @@
+//! File names: special characters, byte order, names that cannot be keys,
+//! symlinks and special files.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::harness::*;
+
+const TRICKY: &[&str] = &[
+    "a b.txt",
+    "plus+sign.txt",
+    "percent%20.txt",
+    "hash#.txt",
+    "question?.txt",
+    "quote'.txt",
+    "amp&eq=.txt",
+    "日本語/ファイル.txt",
+    "emoji-🎉.txt",
+    "B.txt",
+    "a-b.txt",
+    "a.txt",
+    "a/b.txt",
+    "a0.txt",
+    "dir with space/inner file.txt",
+];
+
+#[test]
+fn special_characters_and_byte_order_round_trip() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        for name in TRICKY {
+            env.write(name, format!("content of {name}"));
+        }
+        let run = env.sync(&["--delete"]).ok();
+        assert_eq!(run.summary()["uploaded"], TRICKY.len(), "{run}");
+        env.assert_mirrors(TRICKY);
+        // Had the walk and the listing been merged in different orders, the
+        // second run would re-upload or delete something.
+        let run = env.sync(&["--delete"]).ok();
+        let s = run.summary();
+        assert_eq!(
+            (s["uploaded"].as_u64(), s["deleted"].as_u64()),
+            (Some(0), Some(0)),
+            "{kind:?}: {run}"
+        );
+    }
+}
+
+#[test]
+fn non_utf8_name_is_reported_and_skipped_and_the_rest_is_synced() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        env.write("good.txt", "good");
+        let bad = env.tree().join(OsStr::from_bytes(b"caf\xe9.txt"));
+        std::fs::write(&bad, "latin-1 name").expect("write");
+        let bad_dir = env.tree().join(OsStr::from_bytes(b"dir\xff"));
+        std::fs::create_dir(&bad_dir).expect("mkdir");
+        std::fs::write(bad_dir.join("inside.txt"), "x").expect("write");
+        let run = env.sync(&[]).code(1);
+        assert!(
+            run.stdout.contains("caf\u{fffd}.txt"),
+            "named lossily: {run}"
+        );
+        assert!(run.stdout.contains("not valid UTF-8"), "{run}");
+        assert!(run.stdout.contains("dir\u{fffd}"), "{run}");
+        assert_eq!(run.summary()["failed"], 2, "{run}");
+        env.assert_mirrors(&["good.txt"]);
+        let tree = env.tree().display().to_string();
+        let text = env.s3ma(&["sync", &tree, &env.dest()]).code(1);
+        assert!(
+            text.stderr.contains("error: ") && text.stderr.contains("caf"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn key_over_1024_bytes_is_reported_and_skipped() {
+    let env = TestEnv::new(Kind::Moto);
+    env.write("ok.txt", "ok");
+    // 6 directories of 200 bytes plus a file name: over 1024 with the prefix.
+    let long: Vec<String> = (0..6).map(|i| format!("{i}{}", "x".repeat(199))).collect();
+    let rel = format!("{}/file.txt", long.join("/"));
+    env.write(&rel, "too long");
+    let run = env.sync(&[]).code(1);
+    assert!(run.stdout.contains("over S3's limit of 1024"), "{run}");
+    env.assert_mirrors(&["ok.txt"]);
+}
+
+#[test]
+fn symlinks_are_skipped_by_default_and_followed_on_request() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        env.write("real/file.txt", "real");
+        let outside = tempfile::tempdir().expect("outside");
+        std::fs::write(outside.path().join("secret.txt"), "outside the root").expect("write");
+        std::os::unix::fs::symlink(outside.path(), env.tree().join("link-out")).expect("symlink");
+        std::os::unix::fs::symlink("real/file.txt", env.tree().join("link.txt")).expect("symlink");
+        let run = env.sync(&[]).ok();
+        assert!(run.stdout.contains("symlink skipped"), "{run}");
+        env.assert_mirrors(&["real/file.txt"]);
+
+        let run = env.sync(&["--follow-symlinks"]).ok();
+        assert_eq!(
+            run.actions("upload"),
+            ["site/link-out/secret.txt", "site/link.txt"],
+            "{kind:?}: {run}"
+        );
+        // Back to not following: the objects of the skipped links stay.
+        let run = env.sync(&["--delete"]).ok();
+        assert!(run.actions("delete").is_empty(), "{run}");
+    }
+}
+
+#[test]
+fn symlink_loop_is_reported_not_followed_forever() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("d/f.txt", "f");
+    std::os::unix::fs::symlink("..", env.tree().join("d/loop")).expect("symlink");
+    let run = env.sync(&["--follow-symlinks"]).code(1);
+    assert!(run.stdout.contains("symlink loop"), "{run}");
+    env.assert_mirrors(&["d/f.txt"]);
+}
+
+#[test]
+fn fifo_is_skipped_with_a_note() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("f.txt", "f");
+    let status = std::process::Command::new("mkfifo")
+        .arg(env.tree().join("pipe"))
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+    let run = env.sync(&[]).ok();
+    assert!(run.stdout.contains("a FIFO"), "{run}");
+    env.assert_mirrors(&["f.txt"]);
+}
