@@ -426,7 +426,10 @@ pub fn resolve_connection(args: &ConnectionArgs, file: &FileConfig) -> Result<Co
             .or(file.s3_force_path_style)
             .unwrap_or(endpoint.is_some())
     };
+    // An explicit --profile beats keys in the file (flags win); otherwise
+    // the file's keys are used before the AWS chain, as node-s3ma did.
     let credentials = match (&file.access_key_id, &file.secret_access_key) {
+        _ if args.profile.is_some() => None,
         (Some(id), Some(secret)) => Some(StaticCredentials {
             access_key_id: id.clone(),
             secret_access_key: secret.clone(),
@@ -448,7 +451,11 @@ pub fn resolve_connection(args: &ConnectionArgs, file: &FileConfig) -> Result<Co
     Ok(Connection {
         endpoint,
         region,
-        profile: args.profile.clone().or_else(|| file.profile.clone()),
+        profile: args
+            .profile
+            .clone()
+            .or_else(|| env("AWS_PROFILE"))
+            .or_else(|| file.profile.clone()),
         path_style,
         ca_bundle: args
             .ca_bundle

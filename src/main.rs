@@ -115,6 +115,8 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
             .await;
             match result {
                 Ok(()) => Exit::Success,
+                // `s3ma ls | head`: the reader has seen enough.
+                Err(e) if is_broken_pipe(&e) => Exit::Success,
                 Err(e) => fail(Exit::Fatal, e),
             }
         }
@@ -158,6 +160,13 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
             }
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// First SIGINT/SIGTERM: stop taking work, finish what is in flight, save

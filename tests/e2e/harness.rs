@@ -326,39 +326,34 @@ impl TestEnv {
 
     /// Every key in the bucket with its bytes.
     pub fn objects(&self) -> BTreeMap<String, Vec<u8>> {
+        let keys = self.keys();
         block_on(async {
             let mut out = BTreeMap::new();
-            let mut token = None;
-            loop {
-                let resp = self
-                    .client
-                    .list_objects_v2()
-                    .bucket(&self.bucket)
-                    .set_continuation_token(token)
-                    .send()
-                    .await
-                    .expect("list");
-                for o in resp.contents() {
-                    let key = o.key().expect("key").to_string();
-                    let body = self
-                        .client
-                        .get_object()
-                        .bucket(&self.bucket)
-                        .key(&key)
-                        .send()
-                        .await
-                        .expect("get")
-                        .body
-                        .collect()
-                        .await
-                        .expect("body")
-                        .into_bytes()
-                        .to_vec();
-                    out.insert(key, body);
+            for chunk in keys.chunks(16) {
+                let mut set = tokio::task::JoinSet::new();
+                for key in chunk {
+                    let (client, bucket, key) =
+                        (self.client.clone(), self.bucket.clone(), key.clone());
+                    set.spawn(async move {
+                        let body = client
+                            .get_object()
+                            .bucket(&bucket)
+                            .key(&key)
+                            .send()
+                            .await
+                            .unwrap_or_else(|e| panic!("get {key}: {e:?}"))
+                            .body
+                            .collect()
+                            .await
+                            .expect("body")
+                            .into_bytes()
+                            .to_vec();
+                        (key, body)
+                    });
                 }
-                match resp.next_continuation_token() {
-                    Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
-                    _ => break,
+                while let Some(res) = set.join_next().await {
+                    let (key, body) = res.expect("get task");
+                    out.insert(key, body);
                 }
             }
             out

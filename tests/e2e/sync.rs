@@ -440,3 +440,57 @@ fn second_sync_of_the_same_pair_exits_already_running() {
     let second = second.code(4);
     assert!(second.stderr.contains("already running"), "{second}");
 }
+
+#[test]
+fn interrupt_finishes_in_flight_uploads_saves_state_and_exits_130() {
+    use std::io::BufRead;
+    let env = TestEnv::new(Kind::S3sFs);
+    for i in 0..600 {
+        env.write(&format!("d{}/f{i}.txt", i % 10), format!("file {i}"));
+    }
+    let tree = env.tree().display().to_string();
+    let mut cmd = env.command();
+    cmd.args(["sync", &tree, &env.dest(), "--json", "--concurrency", "1"])
+        .args(["--endpoint", &env.endpoint])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let first = lines.next().expect("a line").expect("utf-8");
+    assert!(first.contains("\"upload\""), "{first}");
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(|l| l.expect("utf-8")).collect();
+    let code = child.wait().expect("wait").code();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(rest.last().expect("summary line")).expect("json");
+    assert_eq!(summary["action"], "summary");
+    let done = summary["uploaded"].as_u64().expect("count");
+    assert!(done < 600, "stopped early: {summary}");
+    // Every object the run reported is in the bucket, whole, and the next
+    // run uploads only the rest.
+    assert_eq!(env.keys().len() as u64, done);
+    let run = env.sync(&[]).ok();
+    assert_eq!(
+        run.summary()["uploaded"].as_u64(),
+        Some(600 - done),
+        "{run}"
+    );
+    env.assert_mirrors(
+        &(0..600)
+            .map(|i| format!("d{}/f{i}.txt", i % 10))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+}
