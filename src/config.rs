@@ -303,6 +303,8 @@ pub struct Connection {
     pub region: Option<String>,
     /// Profile for the AWS credential chain.
     pub profile: Option<String>,
+    /// `--profile` was given: credentials come from that profile only.
+    pub profile_only: bool,
     /// Path-style addressing (`host/bucket`) rather than virtual host.
     pub path_style: bool,
     /// Extra CA certificates (PEM) added to the system roots.
@@ -456,6 +458,7 @@ pub fn resolve_connection(args: &ConnectionArgs, file: &FileConfig) -> Result<Co
             .clone()
             .or_else(|| env("AWS_PROFILE"))
             .or_else(|| file.profile.clone()),
+        profile_only: args.profile.is_some(),
         path_style,
         ca_bundle: args
             .ca_bundle

@@ -157,7 +157,7 @@ impl Store {
             .build_https();
 
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
+            .http_client(http.clone())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(conn.connect_timeout)
@@ -172,6 +172,18 @@ impl Store {
             );
         if let Some(p) = &conn.profile {
             loader = loader.profile_name(p);
+            if conn.profile_only {
+                let provider_config = aws_config::provider_config::ProviderConfig::without_region()
+                    .with_http_client(http.clone())
+                    .with_region(conn.region.clone().map(Region::new))
+                    .with_behavior_version(Some(BehaviorVersion::latest()));
+                loader = loader.credentials_provider(
+                    aws_config::profile::ProfileFileCredentialsProvider::builder()
+                        .configure(&provider_config)
+                        .profile_name(p)
+                        .build(),
+                );
+            }
         }
         if let Some(r) = &conn.region {
             loader = loader.region(Region::new(r.clone()));

@@ -174,3 +174,41 @@ fn missing_config_file_and_missing_destination_are_usage_errors() {
         .code(2);
     assert!(run.stderr.contains("--frobnicate"), "{run}");
 }
+
+#[test]
+fn profile_flag_uses_that_profile_alone() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    let creds = env.work().join("credentials");
+    write_file(
+        &creds,
+        &format!(
+            "[good]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n\n\
+             [bad]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = not-the-secret\n"
+        ),
+    );
+    let tree = env.tree().display().to_string();
+    let dest = env.dest();
+    let sync = |profile: &str, env_secret: &str| {
+        let mut cmd = env.command();
+        cmd.env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+            .env("AWS_CONFIG_FILE", env.work().join("no-config"))
+            .env("AWS_SECRET_ACCESS_KEY", env_secret)
+            .args([
+                "sync",
+                &tree,
+                &dest,
+                "--endpoint",
+                &env.endpoint,
+                "--profile",
+                profile,
+            ]);
+        TestEnv::run_cmd(cmd)
+    };
+    // The profile wins over (wrong) keys in the environment…
+    sync("good", "wrong-env-secret").ok();
+    // …and a wrong profile is not rescued by right keys in the environment.
+    let run = sync("bad", SECRET_KEY).code(3);
+    assert!(run.stderr.contains("rejected the credentials"), "{run}");
+    assert_eq!(env.keys(), ["site/a.txt"]);
+}

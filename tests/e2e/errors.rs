@@ -114,3 +114,15 @@ fn completions_are_printed() {
         assert!(run.stdout.contains("dry-run"), "{shell}: {run}");
     }
 }
+
+#[test]
+fn no_credentials_anywhere_says_where_to_put_them() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let mut cmd = env.command();
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args(["ls", "--endpoint", &env.endpoint]);
+    let run = TestEnv::run_cmd(cmd).code(3);
+    assert!(run.stderr.contains("no credentials found"), "{run}");
+    assert!(run.stderr.contains("--profile"), "{run}");
+}
