@@ -448,9 +448,14 @@ impl Store {
             .delete(delete)
             .customize()
             .mutate_request(|req| {
+                // Content-MD5 is what every S3 implementation understands;
+                // the SDK's CRC32 is dropped for providers that reject it.
                 if let Some(body) = req.body().bytes() {
                     let md5: [u8; 16] = Md5::digest(body).into();
-                    req.headers_mut().insert("Content-MD5", b64(&md5));
+                    let headers = req.headers_mut();
+                    headers.remove("x-amz-checksum-crc32");
+                    headers.remove("x-amz-sdk-checksum-algorithm");
+                    headers.insert("Content-MD5", b64(&md5));
                 }
             })
             .send()
