@@ -12,6 +12,16 @@ if [ ! -x "$s3s_fs" ] || ! "$s3s_fs" --version 2>/dev/null | grep -q "$S3S_FS_VE
     cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
 fi
 
+# The TLS test makes a private CA with the openssl command.
+if ! command -v openssl >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+    else
+        echo "setup: the openssl command is needed (apt-get install openssl)" >&2
+        exit 1
+    fi
+fi
+
 if [ ! -x .ci/venv/bin/moto_server ]; then
     if ! command -v python3 >/dev/null || ! python3 -m venv --help >/dev/null 2>&1; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

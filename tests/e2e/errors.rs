@@ -126,3 +126,102 @@ fn no_credentials_anywhere_says_where_to_put_them() {
     assert!(run.stderr.contains("no credentials found"), "{run}");
     assert!(run.stderr.contains("--profile"), "{run}");
 }
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it.
+fn private_ca(dir: &std::path::Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=s3ma test CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+}
+
+#[test]
+fn private_ca_needs_ca_bundle_and_works_with_it() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let dir = env.work().join("tls");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    private_ca(&dir);
+    let tls = start_tls_moto(&dir.join("server.pem"), &dir.join("server.key"));
+    let url = tls.endpoint.clone();
+
+    let mut cmd = env.command();
+    cmd.args(["ls", "--endpoint", &url, "--retries", "1"]);
+    let run = TestEnv::run_cmd(cmd).code(3);
+    assert!(run.stderr.contains("--ca-bundle"), "{run}");
+
+    let ca = dir.join("ca.pem").display().to_string();
+    let mut cmd = env.command();
+    cmd.args(["ls", "--endpoint", &url, "--ca-bundle", &ca]);
+    TestEnv::run_cmd(cmd).ok();
+    let mut cmd = env.command();
+    cmd.env("AWS_CA_BUNDLE", &ca)
+        .args(["ls", "--endpoint", &url]);
+    TestEnv::run_cmd(cmd).ok();
+}

@@ -31,8 +31,8 @@ pub enum Kind {
 
 pub const KINDS: [Kind; 2] = [Kind::S3sFs, Kind::Moto];
 
-struct Server {
-    endpoint: String,
+pub struct Server {
+    pub endpoint: String,
     _child: Child,
     _keepalive: ChildStdin,
 }
@@ -80,11 +80,15 @@ fn find_tool(env_var: &str, name: &str, extra: &[PathBuf]) -> PathBuf {
         })
 }
 
+fn moto_bin() -> PathBuf {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/venv/bin/moto_server");
+    find_tool("MOTO_SERVER_BIN", "moto_server", &[venv])
+}
+
 fn start(kind: Kind) -> Server {
     let port = free_port();
     let root = std::env::temp_dir().join(format!("s3ma-test-{}-{port}", std::process::id()));
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut argv: Vec<String> = match kind {
+    let argv: Vec<String> = match kind {
         Kind::S3sFs => {
             std::fs::create_dir_all(&root).expect("server root");
             let bin = find_tool("S3S_FS_BIN", "s3s-fs", &[]);
@@ -102,13 +106,8 @@ fn start(kind: Kind) -> Server {
             ]
         }
         Kind::Moto => {
-            let bin = find_tool(
-                "MOTO_SERVER_BIN",
-                "moto_server",
-                &[manifest.join(".ci/venv/bin/moto_server")],
-            );
             vec![
-                bin.display().to_string(),
+                moto_bin().display().to_string(),
                 "-H".into(),
                 "127.0.0.1".into(),
                 "-p".into(),
@@ -116,14 +115,20 @@ fn start(kind: Kind) -> Server {
             ]
         }
     };
-    let log = std::env::temp_dir().join(format!("s3ma-test-{kind:?}-{port}.log"));
-    // sh runs the server and kills it when our end of its stdin closes.
+    launch(&format!("{kind:?}"), port, argv, "http")
+}
+
+/// Runs `argv` through `sh`, which kills it when our end of its stdin
+/// closes, and waits until `port` accepts connections.
+fn launch(name: &str, port: u16, argv: Vec<String>, scheme: &str) -> Server {
+    let log = std::env::temp_dir().join(format!("s3ma-test-{name}-{port}.log"));
     let script = r#""$@" >"$S3MA_SERVER_LOG" 2>&1 </dev/null & pid=$!; read _; kill $pid 2>/dev/null; wait $pid"#;
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(script).arg("sh");
-    cmd.args(argv.drain(..));
-    cmd.env("S3MA_SERVER_LOG", &log);
-    let mut child = cmd
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(argv)
+        .env("S3MA_SERVER_LOG", &log)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -134,15 +139,33 @@ fn start(kind: Kind) -> Server {
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("{kind:?} did not start on port {port}; its log:\n{text}");
+            panic!("{name} did not start on port {port}; its log:\n{text}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     Server {
-        endpoint: format!("http://127.0.0.1:{port}"),
+        endpoint: format!("{scheme}://127.0.0.1:{port}"),
         _child: child,
         _keepalive: keepalive,
     }
+}
+
+/// A moto server speaking TLS with the given certificate, for this test
+/// alone (stopped when the returned value is dropped).
+pub fn start_tls_moto(cert: &Path, key: &Path) -> Server {
+    let port = free_port();
+    let argv = vec![
+        moto_bin().display().to_string(),
+        "-H".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "-c".into(),
+        cert.display().to_string(),
+        "-k".into(),
+        key.display().to_string(),
+    ];
+    launch("moto-tls", port, argv, "https")
 }
 
 fn server(kind: Kind) -> &'static Server {
