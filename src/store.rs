@@ -49,6 +49,13 @@ pub enum StoreError {
     NoCredentials(String),
     #[error("cannot reach {endpoint}: {detail}")]
     Unreachable { endpoint: String, detail: String },
+    #[error("wrong region ({0}); pass the bucket's region with --region, or the right --endpoint")]
+    WrongRegion(String),
+    #[error(
+        "the server rejected the request time ({0}); this machine's clock is off: \
+         synchronise it (timedatectl set-ntp true)"
+    )]
+    ClockSkew(String),
     #[error("the server answered 200 but its response could not be read: {0}")]
     UnreadableSuccess(String),
     #[error("{0}")]
@@ -63,6 +70,8 @@ impl StoreError {
             StoreError::NoSuchBucket(..)
                 | StoreError::BadCredentials(_)
                 | StoreError::NoCredentials(_)
+                | StoreError::WrongRegion(_)
+                | StoreError::ClockSkew(_)
                 | StoreError::Unreachable { .. }
         )
     }
@@ -236,7 +245,7 @@ impl Store {
                 .set_continuation_token(token.clone())
                 .send()
                 .await
-                .map_err(|e| self.classify(e, None))?;
+                .map_err(|e| not_s3(self.classify(e, None), &self.endpoint))?;
             for b in resp.buckets() {
                 out.push(BucketInfo {
                     name: b.name().unwrap_or_default().to_string(),
@@ -504,7 +513,12 @@ impl Lister {
             .set_continuation_token(self.token.take())
             .send()
             .await
-            .map_err(|e| self.store.classify(e, Some(&self.bucket)))?;
+            .map_err(|e| {
+                not_s3(
+                    self.store.classify(e, Some(&self.bucket)),
+                    &self.store.endpoint,
+                )
+            })?;
         let objects = resp
             .contents()
             .iter()
@@ -527,6 +541,20 @@ impl Lister {
             _ => self.done = true,
         }
         Ok(Some(Page { objects, prefixes }))
+    }
+}
+
+/// A listing answered "404" without an S3 error code: the endpoint is not
+/// an S3 service, or it wants the other addressing style.
+fn not_s3(e: StoreError, endpoint: &str) -> StoreError {
+    match e {
+        StoreError::NotFound => StoreError::Unreachable {
+            endpoint: endpoint.to_string(),
+            detail: "it answered 404 Not Found to a listing: is it an S3 endpoint? check \
+                     --endpoint, and try --path-style or --virtual-host"
+                .into(),
+        },
+        other => other,
     }
 }
 
@@ -624,15 +652,13 @@ where
         | "SignatureDoesNotMatch"
         | "InvalidToken"
         | "ExpiredToken"
-        | "InvalidClientTokenId"
-        | "AuthorizationHeaderMalformed" => return StoreError::BadCredentials(what),
+        | "InvalidClientTokenId" => return StoreError::BadCredentials(what),
+        "AuthorizationHeaderMalformed"
+        | "PermanentRedirect"
+        | "IllegalLocationConstraintException" => return StoreError::WrongRegion(what),
+        "RequestTimeTooSkewed" => return StoreError::ClockSkew(what),
         "AccessDenied" | "AllAccessDisabled" => return StoreError::AccessDenied(what),
         "NoSuchKey" | "NotFound" => return StoreError::NotFound,
-        "PermanentRedirect" => {
-            return StoreError::Other(format!(
-                "{what} (the bucket is in another region: pass --region, or the right --endpoint)"
-            ))
-        }
         _ => {}
     }
     match status {

@@ -225,3 +225,49 @@ fn private_ca_needs_ca_bundle_and_works_with_it() {
         .args(["ls", "--endpoint", &url]);
     TestEnv::run_cmd(cmd).ok();
 }
+
+#[test]
+fn an_endpoint_that_is_not_s3_is_named_as_such() {
+    let env = TestEnv::new(Kind::S3sFs);
+    // A plain web server: every S3 path is a 404 page there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let web = env.work().join("www");
+    std::fs::create_dir_all(&web).expect("mkdir");
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(&web)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://127.0.0.1:{port}");
+    let mut cmd = env.command();
+    cmd.args([
+        "ls",
+        "s3://bucket/prefix/",
+        "--endpoint",
+        &url,
+        "--retries",
+        "1",
+    ]);
+    let run = TestEnv::run_cmd(cmd);
+    let _ = server.kill();
+    let _ = server.wait();
+    let run = run.code(3);
+    assert!(run.stderr.contains(&url), "{run}");
+    assert!(run.stderr.contains("is it an S3 endpoint?"), "{run}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run}");
+}
