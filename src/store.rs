@@ -110,6 +110,19 @@ pub struct PutMeta {
     pub storage_class: Option<String>,
 }
 
+impl PutMeta {
+    fn user_metadata(&self) -> HashMap<String, String> {
+        self.metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    fn class(&self) -> Option<aws_sdk_s3::types::StorageClass> {
+        self.storage_class.as_deref().map(Into::into)
+    }
+}
+
 /// A bucket from ListBuckets.
 #[derive(Debug, Clone)]
 pub struct BucketInfo {
@@ -301,7 +314,7 @@ impl Store {
         md5: &[u8; 16],
         meta: &PutMeta,
     ) -> Result<Option<String>, StoreError> {
-        let mut req = self
+        let req = self
             .client
             .put_object()
             .bucket(bucket)
@@ -309,13 +322,9 @@ impl Store {
             .body(body)
             .content_length(len as i64)
             .content_md5(b64(md5))
-            .content_type(&meta.content_type);
-        for (k, v) in &meta.metadata {
-            req = req.metadata(*k, v);
-        }
-        if let Some(sc) = &meta.storage_class {
-            req = req.storage_class(sc.as_str().into());
-        }
+            .content_type(&meta.content_type)
+            .set_metadata(Some(meta.user_metadata()))
+            .set_storage_class(meta.class());
         let resp = req
             .send()
             .await
@@ -329,18 +338,14 @@ impl Store {
         key: &str,
         meta: &PutMeta,
     ) -> Result<String, StoreError> {
-        let mut req = self
+        let req = self
             .client
             .create_multipart_upload()
             .bucket(bucket)
             .key(key)
-            .content_type(&meta.content_type);
-        for (k, v) in &meta.metadata {
-            req = req.metadata(*k, v);
-        }
-        if let Some(sc) = &meta.storage_class {
-            req = req.storage_class(sc.as_str().into());
-        }
+            .content_type(&meta.content_type)
+            .set_metadata(Some(meta.user_metadata()))
+            .set_storage_class(meta.class());
         let resp = req
             .send()
             .await
