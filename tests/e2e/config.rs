@@ -212,3 +212,24 @@ fn profile_flag_uses_that_profile_alone() {
     assert!(run.stderr.contains("rejected the credentials"), "{run}");
     assert_eq!(env.keys(), ["site/a.txt"]);
 }
+
+#[test]
+fn mtime_to_meta_data_false_leaves_out_mtime() {
+    let env = TestEnv::new(Kind::Moto);
+    env.write("a.txt", "a");
+    let path = write_config(&env, r#"{"mtimeToMetaData": false}"#);
+    let tree = env.tree().display().to_string();
+    let config = path.display().to_string();
+    env.s3ma(&["sync", &tree, &env.dest(), "--config", &config])
+        .ok();
+    let (_, meta, _) = env.head("site/a.txt");
+    assert!(!meta.contains_key("mtime"), "{meta:?}");
+    assert_eq!(meta["md5chksum"], md5_b64(b"a"));
+    // Without the mtime, a re-run after losing the state still finds the
+    // content unchanged through the MD5.
+    std::fs::remove_dir_all(env.state_dir()).expect("drop state");
+    let run = env
+        .s3ma(&["sync", &tree, &env.dest(), "--config", &config, "--json"])
+        .ok();
+    assert_eq!(run.summary()["uploaded"], 0, "{run}");
+}

@@ -494,3 +494,22 @@ fn interrupt_finishes_in_flight_uploads_saves_state_and_exits_130() {
             .collect::<Vec<_>>(),
     );
 }
+
+#[test]
+fn storage_class_is_applied() {
+    let env = TestEnv::new(Kind::Moto);
+    env.write("cold.txt", "cold");
+    env.sync(&["--storage-class", "STANDARD_IA"]).ok();
+    let head = block_on(
+        env.client
+            .head_object()
+            .bucket(&env.bucket)
+            .key("site/cold.txt")
+            .send(),
+    )
+    .expect("head");
+    assert_eq!(
+        head.storage_class().map(|c| c.as_str()),
+        Some("STANDARD_IA")
+    );
+}
