@@ -309,7 +309,12 @@ impl TestEnv {
 
     /// A command for the binary, isolated from the user's AWS setup.
     pub fn command(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_s3ma"));
+        self.command_for(env!("CARGO_BIN_EXE_s3ma"))
+    }
+
+    /// Another program run in the same isolated environment.
+    pub fn command_for(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
         c.current_dir(self.work())
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())

@@ -513,3 +513,29 @@ fn storage_class_is_applied() {
         Some("STANDARD_IA")
     );
 }
+
+#[test]
+fn progress_line_only_on_a_terminal() {
+    let env = TestEnv::new(Kind::S3sFs);
+    for i in 0..400 {
+        env.write(&format!("p/f{i}.txt"), "x");
+    }
+    let tree = env.tree().display().to_string();
+    let dest = env.dest();
+    // Not a terminal: no progress line.
+    let run = env
+        .s3ma(&["sync", &tree, &dest, "--concurrency", "1", "--dry-run"])
+        .ok();
+    assert!(!run.stderr.contains("scanned"), "{run}");
+    // Under a pseudo-terminal (script(1)), the progress line is drawn.
+    let inner = format!(
+        "{} sync {tree} {dest} --endpoint {} --concurrency 1",
+        env!("CARGO_BIN_EXE_s3ma"),
+        env.endpoint
+    );
+    let mut script = env.command_for("script");
+    script.args(["-qec", &inner, "/dev/null"]);
+    let run = TestEnv::run_cmd(script).ok();
+    assert!(run.stdout.contains("\r\x1b[Kscanned "), "{run}");
+    assert_eq!(env.keys().len(), 400);
+}
