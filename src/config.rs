@@ -394,8 +394,8 @@ pub fn endpoint_url(value: &str, ssl: bool) -> Result<String> {
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration> {
-    if !(v.is_finite() && v > 0.0) {
-        bail!("{name} must be a positive number of seconds, not {v}");
+    if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+        bail!("{name} must be a number of seconds above 0 and at most 86400, not {v}");
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -445,10 +445,13 @@ pub fn resolve_connection(args: &ConnectionArgs, file: &FileConfig) -> Result<Co
     };
     let max_attempts = args
         .retries
-        .or(file.max_retries.map(|r| r + 1))
+        .or(file.max_retries.map(|r| r.saturating_add(1)))
         .unwrap_or(5);
-    if max_attempts == 0 {
-        bail!("--retries must be at least 1");
+    if !(1..=100).contains(&max_attempts) {
+        bail!(
+            "the number of attempts (--retries, or maxRetries + 1) must be between 1 and 100, \
+             not {max_attempts}"
+        );
     }
     Ok(Connection {
         endpoint,

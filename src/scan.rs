@@ -57,6 +57,12 @@ pub enum ScanItem {
         path: PathBuf,
         message: String,
     },
+    /// An error that leaves an unknown part of the tree unread: deletions
+    /// are unsafe for the rest of the run.
+    Blind {
+        path: PathBuf,
+        message: String,
+    },
 }
 
 /// The compiled filters for one root.
@@ -108,14 +114,17 @@ impl Filter {
     }
 }
 
-fn walk_order(a: &DirEntry, b: &DirEntry) -> Ordering {
-    let slash = |e: &DirEntry| {
-        if e.file_type().is_dir() {
-            &b"/"[..]
-        } else {
-            &b""[..]
-        }
+/// Key order of two siblings: name bytes, with `/` after directories.
+/// When links are followed, a link to a directory counts as a directory
+/// (walkdir sorts before it resolves links, so ask the file system).
+fn walk_order(a: &DirEntry, b: &DirEntry, follow: bool) -> Ordering {
+    let is_dir = |e: &DirEntry| {
+        e.file_type().is_dir()
+            || (follow
+                && e.path_is_symlink()
+                && std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir()))
     };
+    let slash = |e: &DirEntry| if is_dir(e) { &b"/"[..] } else { &b""[..] };
     let an = a.file_name().as_bytes().iter().chain(slash(a));
     let bn = b.file_name().as_bytes().iter().chain(slash(b));
     an.cmp(bn)
@@ -168,7 +177,7 @@ pub fn walk(
 ) {
     let mut it = WalkDir::new(root)
         .follow_links(follow_symlinks)
-        .sort_by(walk_order)
+        .sort_by(move |a, b| walk_order(a, b, follow_symlinks))
         .into_iter();
     loop {
         let entry = match it.next() {
@@ -198,7 +207,11 @@ pub fn walk(
                         message,
                         problem: true,
                     },
-                    _ => ScanItem::Problem { path, message },
+                    // No path (a read failed part-way through a directory)
+                    // or the root itself: the walk cannot vouch for any
+                    // absence, so nothing may be deleted.
+                    Some(Ok(_)) | None => ScanItem::Blind { path, message },
+                    Some(Err(_)) => ScanItem::Problem { path, message },
                 };
                 if !emit(item) {
                     return;

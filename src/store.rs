@@ -284,6 +284,7 @@ impl Store {
             prefix: prefix.to_string(),
             delimiter: delimiter.map(str::to_string),
             token: None,
+            start_after: None,
             done: false,
         }
     }
@@ -499,6 +500,7 @@ pub struct Lister {
     prefix: String,
     delimiter: Option<String>,
     token: Option<String>,
+    start_after: Option<String>,
     done: bool,
 }
 
@@ -516,6 +518,7 @@ impl Lister {
             .prefix(&self.prefix)
             .set_delimiter(self.delimiter.clone())
             .set_continuation_token(self.token.take())
+            .set_start_after(self.start_after.take())
             .send()
             .await
             .map_err(|e| {
@@ -539,11 +542,28 @@ impl Lister {
             .iter()
             .filter_map(|p| p.prefix().map(str::to_string))
             .collect();
-        match resp.next_continuation_token() {
-            Some(t) if resp.is_truncated() == Some(true) && !t.is_empty() => {
-                self.token = Some(t.to_string())
-            }
-            _ => self.done = true,
+        let last = resp
+            .contents()
+            .last()
+            .and_then(|o| o.key())
+            .map(str::to_string);
+        match (
+            resp.is_truncated() == Some(true),
+            resp.next_continuation_token(),
+        ) {
+            (true, Some(t)) if !t.is_empty() => self.token = Some(t.to_string()),
+            // A truncated page without a token (servers in ListObjects V1
+            // style): go on after the last key seen.
+            (true, _) => match last {
+                Some(k) => self.start_after = Some(k),
+                None => {
+                    return Err(StoreError::Other(format!(
+                        "the listing of s3://{}/{} is truncated but gives no way to continue",
+                        self.bucket, self.prefix
+                    )))
+                }
+            },
+            (false, _) => self.done = true,
         }
         Ok(Some(Page { objects, prefixes }))
     }

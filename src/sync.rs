@@ -86,6 +86,7 @@ struct Run<'a> {
     rep: &'a Reporter,
     state: State,
     fatal: Option<StoreError>,
+    upload_failures: u64,
 }
 
 impl Run<'_> {
@@ -121,6 +122,7 @@ impl Run<'_> {
                 }
             }
             Outcome::Failed(e) => {
+                self.upload_failures += 1;
                 let hint = match e {
                     UploadError::Changed => "; it is written to constantly, try again later",
                     _ => "",
@@ -228,165 +230,126 @@ pub async fn run(
         rep: &rep,
         state,
         fatal: None,
+        upload_failures: 0,
     };
-    let mut kept = Kept::default();
-    let mut saw_local = false;
-    let mut deletes: Vec<String> = Vec::new();
+    let mut merge = Merge {
+        kept: Kept::default(),
+        saw_local: false,
+        blind: None,
+        deletes: Vec::new(),
+        last_local: None,
+        last_remote: None,
+    };
     let mut tasks: JoinSet<Done> = JoinSet::new();
-    let mut last_remote: Option<String> = None;
     let mut interrupted = false;
 
-    // Reads the next file from the walk, handling skips and problems.
-    macro_rules! next_local {
-        () => {
-            loop {
-                match lrx.recv().await {
-                    None => break None,
-                    Some(ScanItem::File(f)) => {
-                        saw_local = true;
-                        let key = cfg.dest.key_for(&f.rel);
-                        break Some((key, f));
-                    }
-                    Some(ScanItem::Kept {
-                        rel,
-                        dir,
-                        message,
-                        problem,
-                    }) => {
-                        saw_local = true;
-                        let shown = cfg.dir.join(&rel).display().to_string();
-                        if problem {
-                            rep.failed(&shown, &message);
-                        } else {
-                            rep.note(&shown, &message);
-                        }
-                        kept.add(rel, dir);
-                    }
-                    Some(ScanItem::Problem { path, message }) => {
-                        saw_local = true;
-                        rep.failed(&path.to_string_lossy(), &message);
+    // The merge; on any error it stops spawning, and the in-flight uploads
+    // are drained below either way (so multipart uploads get aborted or
+    // completed, never cut off).
+    let merged: Result<()> = async {
+        let mut local = merge.next_local(&mut lrx, &cfg, &rep).await?;
+        let mut remote = merge.next_remote(&mut rrx, &cfg).await?;
+        loop {
+            if stop.requested() {
+                interrupted = true;
+                break;
+            }
+            if run.fatal.is_some() {
+                break;
+            }
+            while let Some(done) = tasks.try_join_next() {
+                run.finish(done.context("an upload task failed")?);
+            }
+            let take_local = match (&local, &remote) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((lk, _)), Some(r)) => lk.as_str() <= r.key.as_str(),
+            };
+            if !take_local {
+                let Some(r) = remote.take() else { break };
+                if cfg.delete {
+                    let rel = cfg.dest.rel_of(&r.key).unwrap_or(&r.key);
+                    if !merge.kept.covers(rel) && !filter.excludes_key(rel) {
+                        merge.deletes.push(r.key);
                     }
                 }
+                remote = merge.next_remote(&mut rrx, &cfg).await?;
+                continue;
             }
-        };
-    }
-    macro_rules! next_remote {
-        () => {
-            loop {
-                match rrx.recv().await {
-                    None => break None,
-                    Some(Err(e)) => {
-                        return Err(anyhow!(e)).with_context(|| format!("cannot list {}", cfg.dest))
-                    }
-                    Some(Ok(o)) => {
-                        if let Some(prev) = &last_remote {
-                            if o.key <= *prev {
-                                bail!(
-                                    "the server listed '{}' after '{}': keys are not in byte \
-                                     order, so the listing cannot be compared safely",
-                                    o.key,
-                                    prev
-                                );
-                            }
-                        }
-                        last_remote = Some(o.key.clone());
-                        // Folder markers made by consoles have no local twin.
-                        if o.key.ends_with('/') {
-                            continue;
-                        }
-                        break Some(o);
-                    }
-                }
+            let Some((key, file)) = local.take() else {
+                break;
+            };
+            let matched = remote.as_ref().filter(|r| r.key == key).cloned();
+            if matched.is_some() {
+                remote = merge.next_remote(&mut rrx, &cfg).await?;
             }
-        };
-    }
-
-    let mut local = next_local!();
-    let mut remote = next_remote!();
-    loop {
-        if stop.requested() {
-            interrupted = true;
-            break;
-        }
-        if run.fatal.is_some() {
-            break;
-        }
-        while let Some(done) = tasks.try_join_next() {
-            run.finish(done.context("an upload task failed")?);
-        }
-        let take_local = match (&local, &remote) {
-            (None, None) => break,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (Some((lk, _)), Some(r)) => lk.as_str() <= r.key.as_str(),
-        };
-        if !take_local {
-            let Some(r) = remote.take() else { break };
-            if cfg.delete {
-                let rel = cfg.dest.rel_of(&r.key).unwrap_or(&r.key);
-                if !kept.covers(rel) && !filter.excludes_key(rel) {
-                    deletes.push(r.key);
-                }
+            local = merge.next_local(&mut lrx, &cfg, &rep).await?;
+            rep.scanned();
+            let record = run.state.get(&key);
+            let decision = plan::decide(&file, matched.as_ref(), record.as_ref());
+            if decision == Decision::Skip {
+                rep.skipped(&key, "unchanged");
+                continue;
             }
-            remote = next_remote!();
-            continue;
+            let permit = requests
+                .clone()
+                .acquire_owned()
+                .await
+                .context("the request limiter closed")?;
+            let job = Job {
+                file: file.clone(),
+                key: key.clone(),
+                decision,
+                remote: matched,
+                state: record,
+            };
+            let up = uploader.clone();
+            let dry_run = cfg.dry_run;
+            tasks.spawn(async move {
+                let outcome = up.run(job, dry_run).await;
+                drop(permit);
+                (key, file, outcome)
+            });
         }
-        let Some((key, file)) = local.take() else {
-            break;
-        };
-        let matched = remote.as_ref().filter(|r| r.key == key).cloned();
-        if matched.is_some() {
-            remote = next_remote!();
-        }
-        local = next_local!();
-        rep.scanned();
-        let record = run.state.get(&key);
-        let decision = plan::decide(&file, matched.as_ref(), record.as_ref());
-        if decision == Decision::Skip {
-            rep.skipped(&key, "unchanged");
-            continue;
-        }
-        let permit = requests
-            .clone()
-            .acquire_owned()
-            .await
-            .context("the request limiter closed")?;
-        let job = Job {
-            file: file.clone(),
-            key: key.clone(),
-            decision,
-            remote: matched,
-            state: record,
-        };
-        let up = uploader.clone();
-        let dry_run = cfg.dry_run;
-        tasks.spawn(async move {
-            let outcome = up.run(job, dry_run).await;
-            drop(permit);
-            (key, file, outcome)
-        });
+        Ok(())
     }
+    .await;
     while let Some(done) = tasks.join_next().await {
-        run.finish(done.context("an upload task failed")?);
+        match done {
+            Ok(done) => run.finish(done),
+            Err(e) => {
+                run.upload_failures += 1;
+                rep.failed("upload task", &format!("failed: {e}"));
+            }
+        }
     }
     drop(lrx);
     drop(rrx);
-    walker.abort();
     lister.abort();
+    // The walk must have ended normally for its silence to mean absence.
+    let walked = walker.await;
     let Run {
-        mut state, fatal, ..
+        mut state,
+        fatal,
+        upload_failures,
+        ..
     } = run;
+    state.flush();
+    merged?;
     if let Some(e) = fatal {
-        state.flush();
         return Err(anyhow!(e)).with_context(|| format!("cannot upload to {}", cfg.dest));
     }
     if interrupted {
-        state.flush();
         return Ok(Status::Interrupted);
     }
+    if walked.is_err() {
+        bail!("the directory walk stopped unexpectedly; nothing was deleted");
+    }
 
+    let deletes = merge.deletes;
     if !deletes.is_empty() {
-        if !saw_local {
+        if !merge.saw_local {
             bail!(Refused(format!(
                 "refusing to delete {} objects under {}: {} has nothing to mirror (is it \
                  mounted? is it the right directory?); nothing was deleted",
@@ -405,42 +368,170 @@ pub async fn run(
                 )));
             }
         }
-        for batch in deletes.chunks(1000) {
-            if stop.requested() {
-                state.flush();
-                return Ok(Status::Interrupted);
-            }
-            if cfg.dry_run {
-                for k in batch {
-                    rep.deleted(k, true);
-                }
-                continue;
-            }
-            let failed = match store.delete_batch(&cfg.dest.bucket, batch).await {
-                Ok(f) => f,
-                Err(e) if e.is_fatal() => {
-                    return Err(anyhow!(e))
-                        .with_context(|| format!("cannot delete from {}", cfg.dest))
-                }
-                Err(e) => batch.iter().map(|k| (k.clone(), e.to_string())).collect(),
-            };
-            let failed_keys: BTreeSet<&str> = failed.iter().map(|(k, _)| k.as_str()).collect();
-            for (k, msg) in &failed {
-                rep.failed(k, &format!("cannot delete: {msg}"));
-            }
-            for k in batch.iter().filter(|k| !failed_keys.contains(k.as_str())) {
-                rep.deleted(k, false);
-                state.remove(k);
-            }
+        if let Some(why) = &merge.blind {
+            rep.warn(&format!(
+                "not deleting {} objects: part of {} could not be read ({why}), so their \
+                 files may still exist",
+                deletes.len(),
+                cfg.dir.display()
+            ));
+        } else if upload_failures > 0 {
+            // A failed upload may be a renamed file: deleting its old name
+            // now would leave the content under neither name.
+            rep.warn(&format!(
+                "not deleting {} objects because {upload_failures} uploads failed; fix them \
+                 and run again",
+                deletes.len()
+            ));
+        } else {
+            delete_all(&store, &cfg, &rep, &mut state, &stop, &deletes).await?;
         }
     }
     state.flush();
     if let Some(w) = &state.broken {
         rep.warn(w);
     }
-    Ok(if rep.failures() > 0 {
+    Ok(if stop.requested() {
+        Status::Interrupted
+    } else if rep.failures() > 0 {
         Status::Partial
     } else {
         Status::Done
     })
+}
+
+/// Runs the deletions in batches of 1,000 (the DeleteObjects limit).
+async fn delete_all(
+    store: &Store,
+    cfg: &SyncConfig,
+    rep: &Reporter,
+    state: &mut State,
+    stop: &Stop,
+    deletes: &[String],
+) -> Result<()> {
+    for batch in deletes.chunks(1000) {
+        if stop.requested() {
+            return Ok(());
+        }
+        if cfg.dry_run {
+            for k in batch {
+                rep.deleted(k, true);
+            }
+            continue;
+        }
+        let failed = match store.delete_batch(&cfg.dest.bucket, batch).await {
+            Ok(f) => f,
+            Err(e) if e.is_fatal() => {
+                return Err(anyhow!(e)).with_context(|| format!("cannot delete from {}", cfg.dest))
+            }
+            Err(e) => batch.iter().map(|k| (k.clone(), e.to_string())).collect(),
+        };
+        let failed_keys: BTreeSet<&str> = failed.iter().map(|(k, _)| k.as_str()).collect();
+        for (k, msg) in &failed {
+            rep.failed(k, &format!("cannot delete: {msg}"));
+        }
+        for k in batch.iter().filter(|k| !failed_keys.contains(k.as_str())) {
+            rep.deleted(k, false);
+            state.remove(k);
+        }
+        state.flush();
+    }
+    Ok(())
+}
+
+/// The merge's view of both streams.
+struct Merge {
+    kept: Kept,
+    saw_local: bool,
+    /// Set when part of the tree could not be read at all.
+    blind: Option<String>,
+    deletes: Vec<String>,
+    last_local: Option<String>,
+    last_remote: Option<String>,
+}
+
+impl Merge {
+    /// The next file from the walk, reporting skips and problems on the way.
+    async fn next_local(
+        &mut self,
+        rx: &mut mpsc::Receiver<ScanItem>,
+        cfg: &SyncConfig,
+        rep: &Reporter,
+    ) -> Result<Option<(String, LocalFile)>> {
+        loop {
+            let Some(item) = rx.recv().await else {
+                return Ok(None);
+            };
+            self.saw_local = true;
+            match item {
+                ScanItem::File(f) => {
+                    let key = cfg.dest.key_for(&f.rel);
+                    if let Some(prev) = &self.last_local {
+                        if key <= *prev {
+                            bail!(
+                                "the directory walk yielded '{key}' after '{prev}', out of key \
+                                 order; stopping before anything is deleted"
+                            );
+                        }
+                    }
+                    self.last_local = Some(key.clone());
+                    return Ok(Some((key, f)));
+                }
+                ScanItem::Kept {
+                    rel,
+                    dir,
+                    message,
+                    problem,
+                } => {
+                    let shown = cfg.dir.join(&rel).display().to_string();
+                    if problem {
+                        rep.failed(&shown, &message);
+                    } else {
+                        rep.note(&shown, &message);
+                    }
+                    self.kept.add(rel, dir);
+                }
+                ScanItem::Problem { path, message } => {
+                    rep.failed(&path.to_string_lossy(), &message);
+                }
+                ScanItem::Blind { path, message } => {
+                    rep.failed(&path.to_string_lossy(), &message);
+                    self.blind.get_or_insert(message);
+                }
+            }
+        }
+    }
+
+    /// The next object from the listing, checking the byte order the merge
+    /// relies on.
+    async fn next_remote(
+        &mut self,
+        rx: &mut mpsc::Receiver<Result<ObjectInfo, StoreError>>,
+        cfg: &SyncConfig,
+    ) -> Result<Option<ObjectInfo>> {
+        loop {
+            let o = match rx.recv().await {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(anyhow!(e)).with_context(|| format!("cannot list {}", cfg.dest))
+                }
+                Some(Ok(o)) => o,
+            };
+            if let Some(prev) = &self.last_remote {
+                if o.key <= *prev {
+                    bail!(
+                        "the server listed '{}' after '{}': keys are not in byte order, so the \
+                         listing cannot be compared safely",
+                        o.key,
+                        prev
+                    );
+                }
+            }
+            self.last_remote = Some(o.key.clone());
+            // Folder markers made by consoles have no local twin.
+            if !o.key.ends_with('/') {
+                return Ok(Some(o));
+            }
+        }
+    }
 }

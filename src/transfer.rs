@@ -130,6 +130,10 @@ fn hash_file(
         if n == 0 {
             break;
         }
+        if total + n as u64 > size {
+            // Growing while we read: stop now, the caller starts over.
+            return Err(UploadError::Changed);
+        }
         let mut chunk = &buf[..n];
         whole.update(chunk);
         total += n as u64;
@@ -293,7 +297,17 @@ impl Uploader {
     pub async fn upload(&self, path: &Path, key: &str) -> Result<Record, UploadError> {
         let (size, mtime_ns) = stat(path)?;
         let (md5, etag) = if size <= SMALL_BODY {
-            let data = tokio::fs::read(path).await.map_err(io_err)?;
+            let p = path.to_path_buf();
+            // Read at most one byte more than expected: a file replaced by
+            // a huge one is noticed without reading it whole.
+            let data = blocking(move || {
+                let mut data = Vec::with_capacity(size as usize + 1);
+                std::fs::File::open(&p)
+                    .and_then(|f| f.take(size + 1).read_to_end(&mut data))
+                    .map_err(io_err)?;
+                Ok(data)
+            })
+            .await?;
             if data.len() as u64 != size {
                 return Err(UploadError::Changed);
             }

@@ -135,3 +135,25 @@ fn fifo_is_skipped_with_a_note() {
     assert!(run.stdout.contains("a FIFO"), "{run}");
     env.assert_mirrors(&["f.txt"]);
 }
+
+#[test]
+fn regression_followed_dir_symlink_sorts_as_a_directory() {
+    // `docs` (a link to a directory) must sort as `docs/`, after
+    // `docs.html`; sorted as `docs`, the merge saw docs.html as remote-only
+    // and deleted it after uploading it.
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        env.write("real/page.txt", "page");
+        env.write("docs.html", "docs page");
+        std::os::unix::fs::symlink("real", env.tree().join("docs")).expect("symlink");
+        env.sync(&["--follow-symlinks", "--delete"]).ok();
+        let run = env.sync(&["--follow-symlinks", "--delete"]).ok();
+        let s = run.summary();
+        assert_eq!(
+            (s["uploaded"].as_u64(), s["deleted"].as_u64()),
+            (Some(0), Some(0)),
+            "{kind:?}: {run}"
+        );
+        env.assert_mirrors(&["docs.html", "docs/page.txt", "real/page.txt"]);
+    }
+}

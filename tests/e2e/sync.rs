@@ -539,3 +539,24 @@ fn progress_line_only_on_a_terminal() {
     assert!(run.stdout.contains("\r\x1b[Kscanned "), "{run}");
     assert_eq!(env.keys().len(), 400);
 }
+
+#[test]
+fn failed_uploads_hold_back_deletions() {
+    // s3s-fs cannot store a key component this long (a server-side
+    // failure for one file); the old name of a "renamed" file must stay.
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("keep.txt", "k");
+    env.write("old-name.txt", "content");
+    env.sync(&[]).ok();
+    std::fs::remove_file(env.tree().join("old-name.txt")).expect("rm");
+    env.write(&"n".repeat(240), "content");
+    let run = env.sync(&["--delete"]).code(1);
+    assert_eq!(run.summary()["failed"], 1, "{run}");
+    assert!(
+        run.stderr
+            .contains("not deleting 1 objects because 1 uploads failed"),
+        "{run}"
+    );
+    let keys = env.keys();
+    assert!(keys.contains(&"site/old-name.txt".to_string()), "{keys:?}");
+}
