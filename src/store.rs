@@ -49,6 +49,12 @@ pub enum StoreError {
     NoCredentials(String),
     #[error("cannot reach {endpoint}: {detail}")]
     Unreachable { endpoint: String, detail: String },
+    /// One request timed out (after its retries); others may still work.
+    #[error(
+        "{endpoint} did not answer in time (raise --connect-timeout / --read-timeout if the \
+         link is slow)"
+    )]
+    TimedOut { endpoint: String },
     #[error("wrong region ({0}); pass the bucket's region with --region, or the right --endpoint")]
     WrongRegion(String),
     #[error(
@@ -135,6 +141,8 @@ pub struct BucketInfo {
 pub struct Store {
     client: Client,
     endpoint: String,
+    connect_timeout: Duration,
+    read_timeout: Duration,
 }
 
 /// Checks a PEM bundle the way the TLS layer will read it, so a bad file is
@@ -233,7 +241,21 @@ impl Store {
         Ok(Store {
             client: Client::from_conf(builder.build()),
             endpoint: conn.describe(),
+            connect_timeout: conn.connect_timeout,
+            read_timeout: conn.read_timeout,
         })
+    }
+
+    /// The read timeout covers sending the body too (the response comes
+    /// after it): allow for a slow uplink of 64 KiB/s on top.
+    fn upload_timeouts(&self, len: u64) -> aws_sdk_s3::config::Builder {
+        let extra = Duration::from_secs(len / (64 << 10));
+        aws_sdk_s3::config::Builder::default().timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(self.connect_timeout)
+                .read_timeout(self.read_timeout + extra)
+                .build(),
+        )
     }
 
     /// Where requests go, for messages.
@@ -327,6 +349,8 @@ impl Store {
             .set_metadata(Some(meta.user_metadata()))
             .set_storage_class(meta.class());
         let resp = req
+            .customize()
+            .config_override(self.upload_timeouts(len))
             .send()
             .await
             .map_err(|e| self.classify(e, Some(bucket)))?;
@@ -378,6 +402,8 @@ impl Store {
             .content_length(len as i64)
             .content_md5(b64(md5))
             .body(body)
+            .customize()
+            .config_override(self.upload_timeouts(len))
             .send()
             .await
             .map_err(|e| self.classify(e, Some(bucket)))?;
@@ -573,6 +599,12 @@ impl Lister {
 /// an S3 service, or it wants the other addressing style.
 fn not_s3(e: StoreError, endpoint: &str) -> StoreError {
     match e {
+        StoreError::TimedOut { endpoint } => StoreError::Unreachable {
+            endpoint,
+            detail: "no answer in time (raise --connect-timeout / --read-timeout if the link \
+                     is slow)"
+                .into(),
+        },
         StoreError::NotFound => StoreError::Unreachable {
             endpoint: endpoint.to_string(),
             detail: "it answered 404 Not Found to a listing: is it an S3 endpoint? check \
@@ -624,6 +656,11 @@ where
         detail,
     };
     match &err {
+        SdkError::DispatchFailure(d) if d.is_timeout() => {
+            return StoreError::TimedOut {
+                endpoint: endpoint.to_string(),
+            }
+        }
         SdkError::DispatchFailure(d) => {
             let detail = d
                 .as_connector_error()
@@ -644,9 +681,9 @@ where
             return unreachable(format!("{detail}{hint}"));
         }
         SdkError::TimeoutError(_) => {
-            return unreachable(
-                "timed out (raise --connect-timeout / --read-timeout if the link is slow)".into(),
-            )
+            return StoreError::TimedOut {
+                endpoint: endpoint.to_string(),
+            }
         }
         SdkError::ConstructionFailure(_) => {
             let detail = source_chain(&err);

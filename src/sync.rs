@@ -87,11 +87,20 @@ struct Run<'a> {
     state: State,
     fatal: Option<StoreError>,
     upload_failures: u64,
+    timeouts_in_a_row: usize,
 }
 
 impl Run<'_> {
     fn finish(&mut self, (key, file, outcome): Done) {
         let dry = self.cfg.dry_run;
+        if matches!(
+            outcome,
+            Outcome::Failed(UploadError::Store(StoreError::TimedOut { .. }))
+        ) {
+            self.timeouts_in_a_row += 1;
+        } else {
+            self.timeouts_in_a_row = 0;
+        }
         match outcome {
             Outcome::Uploaded {
                 record,
@@ -120,6 +129,19 @@ impl Run<'_> {
                 if self.fatal.is_none() {
                     self.fatal = Some(e);
                 }
+            }
+            Outcome::Failed(UploadError::Store(StoreError::TimedOut { endpoint }))
+                if self.timeouts_in_a_row >= self.cfg.transfer.concurrency =>
+            {
+                // Every request in flight timed out, none got through: the
+                // endpoint is gone, not one file slow.
+                self.fatal = Some(StoreError::Unreachable {
+                    endpoint,
+                    detail: format!(
+                        "{} requests in a row timed out (raise --read-timeout if the link is slow)",
+                        self.timeouts_in_a_row + 1
+                    ),
+                });
             }
             Outcome::Failed(e) => {
                 self.upload_failures += 1;
@@ -231,6 +253,7 @@ pub async fn run(
         state,
         fatal: None,
         upload_failures: 0,
+        timeouts_in_a_row: 0,
     };
     let mut merge = Merge {
         kept: Kept::default(),

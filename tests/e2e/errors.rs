@@ -271,3 +271,24 @@ fn an_endpoint_that_is_not_s3_is_named_as_such() {
     assert!(run.stderr.contains("is it an S3 endpoint?"), "{run}");
     assert_eq!(run.stderr.lines().count(), 1, "{run}");
 }
+
+#[test]
+fn a_silent_endpoint_times_out_instead_of_hanging() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    // Accepts connections, never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let tree = env.tree().display().to_string();
+    for args in [vec!["ls"], vec!["sync", tree.as_str(), "s3://b/p"]] {
+        let started = Instant::now();
+        let mut cmd = env.command();
+        cmd.args(&args)
+            .args(["--endpoint", &url, "--read-timeout", "1", "--retries", "2"]);
+        let run = TestEnv::run_cmd(cmd).code(3);
+        assert!(started.elapsed() < Duration::from_secs(30), "{run}");
+        assert!(run.stderr.contains(&url), "{run}");
+        assert!(run.stderr.contains("no answer in time"), "{run}");
+    }
+    drop(listener);
+}
