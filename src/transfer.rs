@@ -28,12 +28,15 @@ use crate::config::TransferConfig;
 use crate::plan::{self, Decision, RemoteFacts};
 use crate::scan::LocalFile;
 use crate::state::Record;
-use crate::store::{ObjectInfo, PutMeta, Store, StoreError};
+use crate::store::{etag_md5, ObjectInfo, PutMeta, Store, StoreError};
 
 /// Files up to this size are read into memory once (hash and body).
 pub const SMALL_BODY: u64 = 256 << 10;
 /// Parts in flight for one multipart upload, at most.
 const MAX_PARALLEL_PARTS: usize = 8;
+/// Without state, files up to this size are hashed and compared with a
+/// plain-MD5 ETag from the listing instead of sending a HEAD request.
+const HASH_BEFORE_HEAD: u64 = 8 << 20;
 /// Attempts for a file that keeps changing while it is sent.
 const CHANGE_ATTEMPTS: u32 = 3;
 
@@ -261,14 +264,30 @@ impl Uploader {
                 s.etag.clone(),
             ),
             _ => {
-                let h = self.store.head(&self.bucket, &job.key).await?;
-                if h.size != local.size {
-                    return Ok(None);
+                let listed_md5 = job
+                    .remote
+                    .as_ref()
+                    .and_then(|r| r.etag.as_deref())
+                    .and_then(etag_md5);
+                let listed = || RemoteFacts {
+                    md5: listed_md5,
+                    mtime: None,
+                };
+                match listed_md5 {
+                    // A small file is cheaper to hash than a HEAD request.
+                    Some(_) if local.size <= HASH_BEFORE_HEAD => (listed(), None),
+                    _ => match self.store.head(&self.bucket, &job.key).await {
+                        Ok(h) if h.size != local.size => return Ok(None),
+                        Ok(h) => (
+                            RemoteFacts::from_head(h.etag.as_deref(), &h.metadata),
+                            h.etag,
+                        ),
+                        // Credentials that may list and write but not read:
+                        // the listing's ETag is all there is to compare.
+                        Err(StoreError::AccessDenied(_)) => (listed(), None),
+                        Err(e) => return Err(e.into()),
+                    },
                 }
-                (
-                    RemoteFacts::from_head(h.etag.as_deref(), &h.metadata),
-                    h.etag,
-                )
             }
         };
         let etag = job.remote.as_ref().and_then(|r| r.etag.clone()).or(etag);
