@@ -89,6 +89,8 @@ fn validate_bucket(bucket: &str) -> Result<()> {
 pub enum KeyError {
     NotUtf8,
     TooLong(usize),
+    /// A control character that XML 1.0 listings cannot carry intact.
+    Control(char),
 }
 
 impl fmt::Display for KeyError {
@@ -97,6 +99,12 @@ impl fmt::Display for KeyError {
             KeyError::NotUtf8 => write!(
                 f,
                 "the name is not valid UTF-8 and cannot be an S3 key; rename it (e.g. with convmv)"
+            ),
+            KeyError::Control(c) => write!(
+                f,
+                "the name contains the control character U+{:04X}, which S3 listings (XML) \
+                 cannot carry intact; rename it",
+                *c as u32
             ),
             KeyError::TooLong(n) => write!(
                 f,
@@ -115,6 +123,14 @@ pub fn rel_key(rel: &Path, prefix: &str) -> Result<String, KeyError> {
         let Some(s) = name.to_str() else {
             return Err(KeyError::NotUtf8);
         };
+        // Tab and newline survive XML; carriage return is normalised away
+        // and the rest are not XML 1.0 characters at all.
+        if let Some(c) = s
+            .chars()
+            .find(|c| c.is_ascii_control() && !matches!(c, '\t' | '\n' | '\x7f'))
+        {
+            return Err(KeyError::Control(c));
+        }
         if i > 0 {
             out.push('/');
         }
@@ -169,6 +185,16 @@ mod tests {
         assert_eq!(l.key_for("x/y"), "p/x/y");
         assert_eq!(l.rel_of("p/x/y"), Some("x/y"));
         assert_eq!(l.rel_of("q/x"), None);
+    }
+
+    #[test]
+    fn rejects_control_characters_xml_cannot_carry() {
+        assert_eq!(rel_key(Path::new("a\rb"), ""), Err(KeyError::Control('\r')));
+        assert_eq!(
+            rel_key(Path::new("d\x01/x"), ""),
+            Err(KeyError::Control('\u{1}'))
+        );
+        assert!(rel_key(Path::new("tab\there/new\nline"), "").is_ok());
     }
 
     #[test]

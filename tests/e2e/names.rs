@@ -22,6 +22,7 @@ const TRICKY: &[&str] = &[
     "a/b.txt",
     "a0.txt",
     "dir with space/inner file.txt",
+    "tab\there.txt",
 ];
 
 #[test]
@@ -156,4 +157,14 @@ fn regression_followed_dir_symlink_sorts_as_a_directory() {
         );
         env.assert_mirrors(&["docs.html", "docs/page.txt", "real/page.txt"]);
     }
+}
+
+#[test]
+fn control_characters_xml_cannot_carry_are_reported_and_skipped() {
+    let env = TestEnv::new(Kind::Moto);
+    env.write("ok.txt", "ok");
+    env.write("carriage\rreturn.txt", "cr");
+    let run = env.sync(&[]).code(1);
+    assert!(run.stdout.contains("U+000D"), "{run}");
+    env.assert_mirrors(&["ok.txt"]);
 }
