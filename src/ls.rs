@@ -10,7 +10,7 @@ use aws_smithy_types::DateTime;
 use serde_json::json;
 
 use crate::keys::Location;
-use crate::store::Store;
+use crate::store::{ObjectInfo, Store};
 
 /// ISO 8601 in UTC, to the second: `2026-11-26T16:00:00Z`.
 fn iso(dt: Option<&DateTime>) -> String {
@@ -45,49 +45,89 @@ pub async fn buckets(store: &Store, json_out: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn objects(store: &Store, loc: &Location, recursive: bool, json_out: bool) -> Result<()> {
+/// Lists the objects under a prefix (a folder), one level or all. When the
+/// folder is empty and the target did not end with `/`, it may name one
+/// object (`s3ma ls s3://b/file.txt`): that object is shown.
+pub async fn objects(
+    store: &Store,
+    loc: &Location,
+    target: &str,
+    recursive: bool,
+    json_out: bool,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     let delimiter = (!recursive).then_some("/");
     let mut lister = store.lister(&loc.bucket, &loc.prefix, delimiter);
-    let mut out = std::io::stdout().lock();
+    let mut shown = 0usize;
     while let Some(page) = lister
         .next_page()
         .await
         .with_context(|| format!("cannot list {loc}"))?
     {
         for p in &page.prefixes {
-            if json_out {
-                writeln!(out, "{}", json!({"prefix": p}))?;
+            let name = if recursive {
+                p.as_str()
             } else {
-                let name = if recursive {
-                    p.as_str()
-                } else {
-                    loc.rel_of(p).unwrap_or(p)
-                };
-                writeln!(out, "{:>30} {name}", "DIR")?;
-            }
+                loc.rel_of(p).unwrap_or(p)
+            };
+            print_prefix(&mut out, p, name, json_out)?;
+            shown += 1;
         }
         for o in &page.objects {
-            if json_out {
-                writeln!(
-                    out,
-                    "{}",
-                    json!({"key": o.key, "size": o.size,
-                           "last_modified": iso(o.last_modified.as_ref()), "etag": o.etag})
-                )?;
+            let name = if recursive {
+                o.key.as_str()
             } else {
+                loc.rel_of(&o.key).unwrap_or(&o.key)
+            };
+            print_object(&mut out, o, name, json_out)?;
+            shown += 1;
+        }
+    }
+    let key = loc.prefix.trim_end_matches('/');
+    if shown == 0 && !key.is_empty() && !target.ends_with('/') {
+        let mut lister = store.lister(&loc.bucket, key, Some("/"));
+        while let Some(page) = lister
+            .next_page()
+            .await
+            .with_context(|| format!("cannot list s3://{}/{key}", loc.bucket))?
+        {
+            for o in page.objects.iter().filter(|o| o.key == key) {
                 let name = if recursive {
                     o.key.as_str()
                 } else {
-                    loc.rel_of(&o.key).unwrap_or(&o.key)
+                    o.key.rsplit('/').next().unwrap_or(key)
                 };
-                writeln!(
-                    out,
-                    "{} {:>10} {name}",
-                    short(o.last_modified.as_ref()),
-                    o.size
-                )?;
+                print_object(&mut out, o, name, json_out)?;
             }
         }
+    }
+    Ok(())
+}
+
+fn print_prefix(out: &mut impl Write, prefix: &str, name: &str, json_out: bool) -> Result<()> {
+    if json_out {
+        writeln!(out, "{}", json!({"prefix": prefix}))?;
+    } else {
+        writeln!(out, "{:>30} {name}", "DIR")?;
+    }
+    Ok(())
+}
+
+fn print_object(out: &mut impl Write, o: &ObjectInfo, name: &str, json_out: bool) -> Result<()> {
+    if json_out {
+        writeln!(
+            out,
+            "{}",
+            json!({"key": o.key, "size": o.size,
+                   "last_modified": iso(o.last_modified.as_ref()), "etag": o.etag})
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{} {:>10} {name}",
+            short(o.last_modified.as_ref()),
+            o.size
+        )?;
     }
     Ok(())
 }

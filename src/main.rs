@@ -109,7 +109,10 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
                 let store = Store::connect(&conn).await?;
                 match loc {
                     None => ls::buckets(&store, cli.global.json).await,
-                    Some(loc) => ls::objects(&store, &loc, args.recursive, cli.global.json).await,
+                    Some(loc) => {
+                        let target = args.target.as_deref().unwrap_or_default();
+                        ls::objects(&store, &loc, target, args.recursive, cli.global.json).await
+                    }
                 }
             }
             .await;

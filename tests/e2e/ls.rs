@@ -91,3 +91,25 @@ fn ls_of_a_missing_bucket_is_one_clear_line() {
         assert_eq!(run.stderr.lines().count(), 1, "{run}");
     }
 }
+
+#[test]
+fn ls_of_one_object_shows_it() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        env.write("page.html", "12345");
+        env.write("page.html.bak/inner", "x");
+        env.sync(&["--include-hidden"]).ok();
+        let run = env
+            .s3ma(&["ls", &format!("s3://{}/site/page.html", env.bucket)])
+            .ok();
+        // The folder "page.html/" is empty, so the object itself is shown.
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "{kind:?}: {run}");
+        assert!(lines[0].ends_with("         5 page.html"), "{run}");
+        // With a trailing slash it is a folder, and an empty one.
+        let run = env
+            .s3ma(&["ls", &format!("s3://{}/site/page.html/", env.bucket)])
+            .ok();
+        assert_eq!(run.stdout, "", "{run}");
+    }
+}
