@@ -71,6 +71,10 @@ pub struct SyncArgs {
     #[arg(long, help_heading = "Sync")]
     pub delete: bool,
 
+    /// Delete nothing, even if the config file says `"delete": true`.
+    #[arg(long, overrides_with = "delete", help_heading = "Sync")]
+    pub no_delete: bool,
+
     /// Refuse to delete anything when more than N objects would be deleted.
     #[arg(long, value_name = "N", help_heading = "Sync")]
     pub max_delete: Option<u64>,

@@ -608,7 +608,7 @@ pub fn resolve_sync(args: &SyncArgs, loaded: &Loaded) -> Result<SyncConfig> {
     Ok(SyncConfig {
         dir,
         dest,
-        delete: args.delete || file.delete.unwrap_or(false),
+        delete: !args.no_delete && (args.delete || file.delete.unwrap_or(false)),
         max_delete: args.max_delete.or(file.max_delete),
         dry_run: args.dry_run,
         filter: resolve_filter(&args.filter, file),

@@ -233,3 +233,26 @@ fn mtime_to_meta_data_false_leaves_out_mtime() {
         .ok();
     assert_eq!(run.summary()["uploaded"], 0, "{run}");
 }
+
+#[test]
+fn no_delete_overrides_delete_in_the_config() {
+    let env = TestEnv::new(Kind::Moto);
+    env.write("a.txt", "a");
+    env.put("site/extra.txt", b"e");
+    let path = write_config(&env, r#"{"delete": true}"#);
+    let config = path.display().to_string();
+    let tree = env.tree().display().to_string();
+    env.s3ma(&[
+        "sync",
+        &tree,
+        &env.dest(),
+        "--config",
+        &config,
+        "--no-delete",
+    ])
+    .ok();
+    assert_eq!(env.keys(), ["site/a.txt", "site/extra.txt"]);
+    env.s3ma(&["sync", &tree, &env.dest(), "--config", &config])
+        .ok();
+    assert_eq!(env.keys(), ["site/a.txt"]);
+}
