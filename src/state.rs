@@ -59,13 +59,17 @@ pub enum LockResult {
     Busy(PathBuf),
 }
 
-pub fn lock(state_dir: &Path, id: &str) -> Result<LockResult> {
+fn ensure_dir(state_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(state_dir).with_context(|| {
         format!(
             "cannot create the state directory {} (choose another with --state-dir)",
             state_dir.display()
         )
-    })?;
+    })
+}
+
+pub fn lock(state_dir: &Path, id: &str) -> Result<LockResult> {
+    ensure_dir(state_dir)?;
     let path = state_dir.join(format!("{id}.lock"));
     let file = OpenOptions::new()
         .create(true)
@@ -87,12 +91,7 @@ impl State {
     /// aside to `<id>.db.corrupt` and a fresh one started; the returned
     /// warning says so.
     pub fn open(state_dir: &Path, id: &str, identity: &str) -> Result<(State, Option<String>)> {
-        std::fs::create_dir_all(state_dir).with_context(|| {
-            format!(
-                "cannot create the state directory {} (choose another with --state-dir)",
-                state_dir.display()
-            )
-        })?;
+        ensure_dir(state_dir)?;
         let path = state_dir.join(format!("{id}.db"));
         match Self::try_open(&path, identity) {
             Ok(conn) => Ok((State::with(conn, path), None)),
