@@ -143,7 +143,7 @@ impl State {
              ) WITHOUT ROWID;",
         )?;
         conn.execute(
-            "INSERT OR REPLACE INTO meta (name, value) VALUES ('identity', ?1)",
+            "INSERT OR IGNORE INTO meta (name, value) VALUES ('identity', ?1)",
             params![identity],
         )?;
         let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
