@@ -92,39 +92,33 @@ fn flags_override_the_config_file() {
 }
 
 #[test]
-fn invalid_json_names_file_line_and_column() {
+fn bad_config_files_are_usage_errors_that_say_what_and_where() {
     let env = TestEnv::new(Kind::S3sFs);
-    let path = write_config(
-        &env,
-        "{\n  \"bucket\": \"b\",\n  \"topPrefix\": \"x\"\n  \"region\": \"r\"\n}\n",
-    );
-    let run = env
-        .s3ma(&["sync", "--config", &path.display().to_string()])
-        .code(2);
-    assert!(run.stderr.contains("config.json"), "{run}");
-    assert!(run.stderr.contains("line 4, column 3"), "{run}");
-}
-
-#[test]
-fn unknown_key_suggests_the_right_one() {
-    let env = TestEnv::new(Kind::S3sFs);
-    let path = write_config(&env, r#"{"bucket": "b", "topPrefx": "x"}"#);
-    let run = env
-        .s3ma(&["sync", "--config", &path.display().to_string()])
-        .code(2);
-    assert!(run.stderr.contains("unknown key \"topPrefx\""), "{run}");
-    assert!(run.stderr.contains("did you mean \"topPrefix\""), "{run}");
-}
-
-#[test]
-fn wrong_type_names_the_key() {
-    let env = TestEnv::new(Kind::S3sFs);
-    let path = write_config(&env, r#"{"bucket": "b", "mtimeToMetaData": "yes"}"#);
-    let run = env
-        .s3ma(&["sync", "--config", &path.display().to_string()])
-        .code(2);
-    assert!(run.stderr.contains("mtimeToMetaData"), "{run}");
-    assert!(run.stderr.contains("expected a boolean"), "{run}");
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "{\n  \"bucket\": \"b\",\n  \"topPrefix\": \"x\"\n  \"region\": \"r\"\n}\n",
+            &["config.json", "invalid JSON at line 4, column 3"],
+        ),
+        (
+            r#"{"bucket": "b", "topPrefx": "x"}"#,
+            &["unknown key \"topPrefx\"", "did you mean \"topPrefix\""],
+        ),
+        (
+            r#"{"bucket": "b", "mtimeToMetaData": "yes"}"#,
+            &["key \"mtimeToMetaData\"", "expected a boolean"],
+        ),
+        (r#"{"concurrency": -3}"#, &["key \"concurrency\"", "line 1"]),
+        (r#"["not", "an", "object"]"#, &["must be a JSON object"]),
+    ];
+    for (body, wanted) in cases {
+        let path = write_config(&env, body);
+        let run = env
+            .s3ma(&["sync", "--config", &path.display().to_string()])
+            .code(2);
+        for w in *wanted {
+            assert!(run.stderr.contains(w), "{body}: wanted {w:?} in {run}");
+        }
+    }
 }
 
 #[test]
