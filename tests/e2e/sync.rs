@@ -459,8 +459,9 @@ fn interrupt_finishes_in_flight_uploads_saves_state_and_exits_130() {
     let mut lines = std::io::BufReader::new(stdout).lines();
     let first = lines.next().expect("a line").expect("utf-8");
     assert!(first.contains("\"upload\""), "{first}");
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    // The shell's own kill: no procps needed.
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", child.id())])
         .status()
         .expect("kill");
     assert!(status.success());
