@@ -12,30 +12,30 @@ if [ ! -x "$s3s_fs" ] || ! "$s3s_fs" --version 2>/dev/null | grep -q "$S3S_FS_VE
     cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
 fi
 
-# The TLS test makes a private CA with the openssl command.
-if ! command -v openssl >/dev/null; then
+apt_install() {
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+        echo "setup: installing $* with apt-get"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
     else
-        echo "setup: the openssl command is needed (apt-get install openssl)" >&2
+        echo "setup: please install $* (apt-get install $*)" >&2
         exit 1
     fi
-fi
+}
 
 if [ ! -x .ci/venv/bin/moto_server ]; then
-    if ! command -v python3 >/dev/null || ! python3 -m venv --help >/dev/null 2>&1; then
-        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-            echo "setup: installing python3 and python3-venv with apt-get"
-            apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-pip
-        else
-            echo "setup: python3 with the venv module is needed (apt-get install python3-venv)" >&2
-            exit 1
-        fi
+    command -v python3 >/dev/null || apt_install python3 python3-venv
+    rm -rf .ci/venv
+    if ! python3 -m venv .ci/venv >/dev/null 2>&1; then
+        # Debian's python3 needs python3-venv for ensurepip.
+        rm -rf .ci/venv
+        apt_install python3-venv
+        python3 -m venv .ci/venv
     fi
     echo "setup: installing moto's server in .ci/venv"
-    rm -rf .ci/venv
-    python3 -m venv .ci/venv
     .ci/venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
 fi
+# The TLS test makes a private CA with the openssl command.
+command -v openssl >/dev/null || apt_install openssl
+
 echo "setup: s3s-fs $("$s3s_fs" --version | awk '{print $2}'), moto $(.ci/venv/bin/python -c 'import moto; print(moto.__version__)')"
