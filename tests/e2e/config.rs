@@ -250,3 +250,23 @@ fn no_delete_overrides_delete_in_the_config() {
         .ok();
     assert_eq!(env.keys(), ["site/a.txt"]);
 }
+
+#[test]
+fn endpoint_and_region_from_the_environment_and_any_region_name() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    let tree = env.tree().display().to_string();
+    for var in ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"] {
+        let mut cmd = env.command();
+        cmd.env(var, &env.endpoint)
+            .env("AWS_REGION", "ap-northeast1")
+            .args(["sync", &tree, &env.dest(), "--json"]);
+        let run = TestEnv::run_cmd(cmd).ok();
+        assert_eq!(run.summary()["scanned"], 1, "{var}: {run}");
+    }
+    let mut cmd = env.command();
+    cmd.args(["ls", "--endpoint", &env.endpoint, "--region", "jp-north-1"]);
+    let run = TestEnv::run_cmd(cmd).ok();
+    assert!(run.stdout.contains(&env.bucket), "{run}");
+    assert_eq!(env.keys(), ["site/a.txt"]);
+}
