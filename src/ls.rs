@@ -10,6 +10,7 @@ use aws_smithy_types::DateTime;
 use serde_json::json;
 
 use crate::keys::Location;
+use crate::report::printable;
 use crate::store::{ObjectInfo, Store};
 
 /// ISO 8601 in UTC, to the second: `2026-11-26T16:00:00Z`.
@@ -39,7 +40,7 @@ pub async fn buckets(store: &Store, json_out: bool) -> Result<()> {
         if json_out {
             writeln!(out, "{}", json!({"bucket": b.name, "created": created}))?;
         } else {
-            writeln!(out, "{created:<20}  {}", b.name)?;
+            writeln!(out, "{created:<20}  {}", printable(&b.name))?;
         }
     }
     Ok(())
@@ -108,7 +109,7 @@ fn print_prefix(out: &mut impl Write, prefix: &str, name: &str, json_out: bool) 
     if json_out {
         writeln!(out, "{}", json!({"prefix": prefix}))?;
     } else {
-        writeln!(out, "{:>30} {name}", "DIR")?;
+        writeln!(out, "{:>30} {}", "DIR", printable(name))?;
     }
     Ok(())
 }
@@ -124,9 +125,10 @@ fn print_object(out: &mut impl Write, o: &ObjectInfo, name: &str, json_out: bool
     } else {
         writeln!(
             out,
-            "{} {:>10} {name}",
+            "{} {:>10} {}",
             short(o.last_modified.as_ref()),
-            o.size
+            o.size,
+            printable(name)
         )?;
     }
     Ok(())

@@ -48,6 +48,25 @@ fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+/// A name as one line of text: control characters (a newline in a file
+/// name, say) are shown escaped (`\n`), everything else as it is.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
+}
+
 /// `1536` → `1.5 KiB`.
 pub fn human_size(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -115,17 +134,20 @@ impl Reporter {
                 .to_string(),
             );
         } else if dry_run {
+            let key = printable(key);
             self.out(&format!(
                 "would upload {key} ({}, {reason})",
                 human_size(size)
             ));
         } else if self.level >= Level::Verbose {
+            let key = printable(key);
             self.out(&format!(
                 "upload {key} ({}, {} ms, {reason})",
                 human_size(size),
                 elapsed.as_millis()
             ));
         } else {
+            let key = printable(key);
             self.out(&format!(
                 "upload {key} ({}, {} ms)",
                 human_size(size),
@@ -142,9 +164,9 @@ impl Reporter {
         if self.json {
             self.out(&json!({"action": "delete", "key": key, "dry_run": dry_run}).to_string());
         } else if dry_run {
-            self.out(&format!("would delete {key}"));
+            self.out(&format!("would delete {}", printable(key)));
         } else {
-            self.out(&format!("delete {key}"));
+            self.out(&format!("delete {}", printable(key)));
         }
     }
 
@@ -155,7 +177,7 @@ impl Reporter {
             if self.json {
                 self.out(&json!({"action": "skip", "key": key, "reason": why}).to_string());
             } else {
-                self.out(&format!("skip {key} ({why})"));
+                self.out(&format!("skip {} ({why})", printable(key)));
             }
         }
     }
@@ -166,7 +188,11 @@ impl Reporter {
         if self.json {
             self.out(&json!({"action": "error", "path": what, "message": message}).to_string());
         } else {
-            self.err(&format!("error: {what}: {message}"));
+            self.err(&format!(
+                "error: {}: {}",
+                printable(what),
+                printable(message)
+            ));
         }
     }
 
@@ -178,7 +204,11 @@ impl Reporter {
             if self.json {
                 self.out(&json!({"action": "note", "path": what, "message": message}).to_string());
             } else {
-                self.err(&format!("note: {what}: {message}"));
+                self.err(&format!(
+                    "note: {}: {}",
+                    printable(what),
+                    printable(message)
+                ));
             }
         }
     }
@@ -262,6 +292,12 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_stay_on_one_line() {
+        assert_eq!(printable("new\nline\t.txt"), "new\\nline\\t.txt");
+        assert_eq!(printable("日本 a+b"), "日本 a+b");
+    }
 
     #[test]
     fn sizes_read_well() {
