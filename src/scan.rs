@@ -130,7 +130,8 @@ fn walk_order(a: &DirEntry, b: &DirEntry, follow: bool) -> Ordering {
     an.cmp(bn)
 }
 
-fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+/// A file's mtime in nanoseconds since the epoch.
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     meta.mtime()
         .saturating_mul(1_000_000_000)
         .saturating_add(meta.mtime_nsec())

@@ -13,7 +13,6 @@
 //! aborted.
 
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,12 +93,7 @@ pub struct Uploader {
 
 fn stat(path: &Path) -> Result<(u64, i64), UploadError> {
     match std::fs::metadata(path) {
-        Ok(m) if m.is_file() => Ok((
-            m.len(),
-            m.mtime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(m.mtime_nsec()),
-        )),
+        Ok(m) if m.is_file() => Ok((m.len(), crate::scan::mtime_ns(&m))),
         Ok(_) => Err(UploadError::Vanished),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(UploadError::Vanished),
         Err(e) => Err(UploadError::Io(format!("cannot stat: {e}"))),
@@ -205,20 +199,22 @@ impl Uploader {
     /// Runs one job to its outcome. The caller holds a request permit.
     pub async fn run(&self, job: Job, dry_run: bool) -> Outcome {
         let start = Instant::now();
-        let reason = match job.decision {
-            Decision::Skip => {
+        let verify_head = match (&job.decision, &job.state) {
+            (Decision::Skip, Some(record)) => {
                 return Outcome::Unchanged {
-                    record: job.state.unwrap_or(Record {
-                        size: job.file.size,
-                        mtime_ns: job.file.mtime_ns,
-                        md5: [0; 16],
-                        etag: None,
-                    }),
+                    record: record.clone(),
                     why: "unchanged",
                 }
             }
-            Decision::Upload(reason) => reason,
-            Decision::Verify { head } => match self.verify(&job, head).await {
+            // Nothing on record vouches for the object: ask the server.
+            (Decision::Skip, None) => Some(true),
+            (Decision::Verify { head }, _) => Some(*head),
+            (Decision::Upload(_), _) => None,
+        };
+        let reason = match (verify_head, &job.decision) {
+            (None, Decision::Upload(reason)) => *reason,
+            (None, _) => "new",
+            (Some(head), _) => match self.verify(&job, head).await {
                 Ok(Some(record)) => {
                     return Outcome::Unchanged {
                         record,
