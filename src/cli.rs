@@ -50,6 +50,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Make the bucket an exact copy of a directory, once.
     Sync(SyncArgs),
+    /// Reconcile, then keep the bucket up to date as files change (a daemon).
+    Watch(WatchArgs),
     /// List buckets, or the objects under s3://BUCKET/PREFIX.
     Ls(LsArgs),
     /// Print a shell completion script.
@@ -59,8 +61,9 @@ pub enum Command {
     },
 }
 
+/// What `sync` and `watch` share: the pair to mirror and how.
 #[derive(Debug, Args)]
-pub struct SyncArgs {
+pub struct MirrorArgs {
     /// The directory to mirror (default: the config's watchDir), then the
     /// destination s3://BUCKET[/PREFIX] (default: the config's bucket and
     /// topPrefix). A lone argument that starts with s3:// is the destination.
@@ -68,20 +71,17 @@ pub struct SyncArgs {
     pub paths: Vec<String>,
 
     /// Delete remote objects under the prefix that have no local file.
-    #[arg(long, help_heading = "Sync")]
+    #[arg(long, help_heading = "Mirror")]
     pub delete: bool,
 
     /// Delete nothing, even if the config file says `"delete": true`.
-    #[arg(long, overrides_with = "delete", help_heading = "Sync")]
+    #[arg(long, overrides_with = "delete", help_heading = "Mirror")]
     pub no_delete: bool,
 
-    /// Refuse to delete anything when more than N objects would be deleted.
-    #[arg(long, value_name = "N", help_heading = "Sync")]
+    /// Refuse to delete anything when more than N objects would be deleted
+    /// in one reconcile.
+    #[arg(long, value_name = "N", help_heading = "Mirror")]
     pub max_delete: Option<u64>,
-
-    /// Print what would be done and change nothing.
-    #[arg(short = 'n', long, help_heading = "Sync")]
-    pub dry_run: bool,
 
     #[command(flatten)]
     pub filter: FilterArgs,
@@ -91,6 +91,32 @@ pub struct SyncArgs {
 
     #[command(flatten)]
     pub conn: ConnectionArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
+
+    /// Print what would be done and change nothing.
+    #[arg(short = 'n', long, help_heading = "Mirror")]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
+
+    /// Milliseconds a file must stay unchanged before it is uploaded
+    /// [default: 200].
+    #[arg(long, value_name = "MS", help_heading = "Watch")]
+    pub debounce: Option<u64>,
+
+    /// Full reconcile this often, to catch what the kernel never reported:
+    /// 30s, 15m, 1h, 1d; 0 turns it off [default: 1h].
+    #[arg(long, value_name = "DURATION", help_heading = "Watch")]
+    pub rescan_interval: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +132,11 @@ pub struct FilterArgs {
     /// Follow symbolic links (loops are detected and reported).
     #[arg(short = 'L', long, help_heading = "Filters")]
     pub follow_symlinks: bool,
+
+    /// Also mirror editors' temporary and backup files (x~, .#x, #x#,
+    /// *.swp, 4913, …), which are skipped by default.
+    #[arg(long, help_heading = "Filters")]
+    pub include_temp_files: bool,
 }
 
 #[derive(Debug, Args)]

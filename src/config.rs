@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use crate::cli::{ConnectionArgs, FilterArgs, SyncArgs, TransferArgs};
+use crate::cli::{ConnectionArgs, FilterArgs, MirrorArgs, TransferArgs, WatchArgs};
 use crate::keys::Location;
 use crate::mime::MimeTable;
 
@@ -53,6 +53,9 @@ const KNOWN_KEYS: &[&str] = &[
     "stateDir",
     "connectTimeout",
     "readTimeout",
+    "includeTempFiles",
+    "debounce",
+    "rescanInterval",
 ];
 
 /// The config file as written. Every field is optional.
@@ -94,6 +97,19 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     pub connect_timeout: Option<f64>,
     pub read_timeout: Option<f64>,
+    pub include_temp_files: Option<bool>,
+    /// Milliseconds.
+    pub debounce: Option<u64>,
+    /// A duration such as `"1h"`, or seconds as a number.
+    pub rescan_interval: Option<DurationValue>,
+}
+
+/// A duration written as seconds or a string such as `"15m"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DurationValue {
+    Seconds(u64),
+    Text(String),
 }
 
 /// A size written as a number of bytes or a string such as `"64MiB"`.
@@ -350,6 +366,8 @@ pub struct FilterConfig {
     pub exclude: Vec<String>,
     pub include_hidden: bool,
     pub follow_symlinks: bool,
+    /// Mirror editors' temporary and backup files too.
+    pub include_temp_files: bool,
 }
 
 /// How objects are written.
@@ -525,6 +543,7 @@ pub fn resolve_filter(args: &FilterArgs, file: &FileConfig) -> FilterConfig {
         exclude,
         include_hidden: args.include_hidden || file.include_hidden.unwrap_or(false),
         follow_symlinks: args.follow_symlinks || file.follow_symlinks.unwrap_or(false),
+        include_temp_files: args.include_temp_files || file.include_temp_files.unwrap_or(false),
     }
 }
 
@@ -602,7 +621,7 @@ pub fn default_state_dir() -> PathBuf {
     }
 }
 
-pub fn resolve_sync(args: &SyncArgs, loaded: &Loaded) -> Result<SyncConfig> {
+pub fn resolve_sync(args: &MirrorArgs, dry_run: bool, loaded: &Loaded) -> Result<SyncConfig> {
     let file = &loaded.file;
     let (dir, dest) = resolve_paths(&args.paths, file)?;
     Ok(SyncConfig {
@@ -610,7 +629,7 @@ pub fn resolve_sync(args: &SyncArgs, loaded: &Loaded) -> Result<SyncConfig> {
         dest,
         delete: !args.no_delete && (args.delete || file.delete.unwrap_or(false)),
         max_delete: args.max_delete.or(file.max_delete),
-        dry_run: args.dry_run,
+        dry_run,
         filter: resolve_filter(&args.filter, file),
         transfer: resolve_transfer(&args.transfer, file, loaded.path.as_deref())?,
         state_dir: args
@@ -620,6 +639,58 @@ pub fn resolve_sync(args: &SyncArgs, loaded: &Loaded) -> Result<SyncConfig> {
             .or_else(|| file.state_dir.clone())
             .unwrap_or_else(default_state_dir),
     })
+}
+
+/// What `watch` needs beyond a sync.
+#[derive(Debug)]
+pub struct WatchConfig {
+    pub sync: SyncConfig,
+    /// How long a path must be quiet before it is uploaded.
+    pub debounce: Duration,
+    /// Full reconcile this often; `None` never.
+    pub rescan_interval: Option<Duration>,
+}
+
+pub fn resolve_watch(args: &WatchArgs, loaded: &Loaded) -> Result<WatchConfig> {
+    let file = &loaded.file;
+    let ms = args.debounce.or(file.debounce).unwrap_or(200);
+    if ms > 600_000 {
+        bail!("the debounce window must be at most 600000 ms (10 minutes), not {ms}");
+    }
+    let rescan = match (&args.rescan_interval, &file.rescan_interval) {
+        (Some(s), _) => parse_duration(s).context("in --rescan-interval")?,
+        (None, Some(DurationValue::Seconds(n))) => Duration::from_secs(*n),
+        (None, Some(DurationValue::Text(s))) => {
+            parse_duration(s).context("in the config key \"rescanInterval\"")?
+        }
+        (None, None) => Duration::from_secs(3600),
+    };
+    Ok(WatchConfig {
+        sync: resolve_sync(&args.mirror, false, loaded)?,
+        debounce: Duration::from_millis(ms),
+        rescan_interval: (!rescan.is_zero()).then_some(rescan),
+    })
+}
+
+/// Parses `90`, `90s`, `15m`, `1h`, `1d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow!("'{s}' is not a duration; write it like 30s, 15m, 1h or 1d"))?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        other => bail!("unknown unit '{other}' in '{s}'; use s, m, h or d"),
+    };
+    n.checked_mul(mult)
+        .filter(|secs| *secs <= 366 * 86400)
+        .map(Duration::from_secs)
+        .ok_or_else(|| anyhow!("'{s}' is too long; at most a year"))
 }
 
 #[cfg(test)]
@@ -681,6 +752,27 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("key \"concurrency\""), "{msg}");
         assert!(msg.contains("line 1"), "{msg}");
+    }
+
+    #[test]
+    fn durations() {
+        for (s, want) in [
+            ("0", 0),
+            ("90", 90),
+            ("30s", 30),
+            ("15m", 900),
+            ("1h", 3600),
+            ("2d", 172_800),
+        ] {
+            assert_eq!(
+                parse_duration(s).expect(s),
+                Duration::from_secs(want),
+                "{s}"
+            );
+        }
+        for bad in ["", "h", "1x", "1.5h", "-1s", "99999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

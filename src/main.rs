@@ -16,6 +16,7 @@ mod state;
 mod store;
 mod sync;
 mod transfer;
+mod watch;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -59,7 +60,8 @@ fn main() -> ExitCode {
         (false, 1) => Level::Verbose,
         (false, _) => Level::Debug,
     };
-    let rep = Arc::new(Reporter::new(level, cli.global.json));
+    let progress = matches!(cli.command, Command::Sync(_));
+    let rep = Arc::new(Reporter::new(level, cli.global.json, progress));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -123,9 +125,15 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
                 Err(e) => fail(Exit::Fatal, e),
             }
         }
+        Command::Watch(args) => watch(args, &loaded, rep).await,
         Command::Sync(args) => {
-            let resolved = config::resolve_connection(&args.conn, &loaded.file)
-                .and_then(|c| Ok((c, config::resolve_sync(&args, &loaded)?)));
+            let resolved =
+                config::resolve_connection(&args.mirror.conn, &loaded.file).and_then(|c| {
+                    Ok((
+                        c,
+                        config::resolve_sync(&args.mirror, args.dry_run, &loaded)?,
+                    ))
+                });
             let (conn, cfg) = match resolved {
                 Ok(v) => v,
                 Err(e) => return fail(Exit::Usage, e),
@@ -165,6 +173,29 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
     }
 }
 
+/// `s3ma watch`: runs until stopped; a stop by signal is a normal exit.
+async fn watch(args: cli::WatchArgs, loaded: &config::Loaded, rep: Arc<Reporter>) -> Exit {
+    let resolved = config::resolve_connection(&args.mirror.conn, &loaded.file)
+        .and_then(|c| Ok((c, config::resolve_watch(&args, loaded)?)));
+    let (conn, cfg) = match resolved {
+        Ok(v) => v,
+        Err(e) => return fail(Exit::Usage, e),
+    };
+    let stop = Arc::new(sync::Stop::default());
+    spawn_signal_handler(stop.clone(), rep.clone());
+    match watch::run(cfg, &conn, rep, stop).await {
+        Ok(sync::Status::Busy(lock)) => {
+            eprintln!(
+                "error: another s3ma run for this directory and destination is active (lock \
+                 {lock}); this one did nothing"
+            );
+            Exit::Busy
+        }
+        Ok(_) => Exit::Success,
+        Err(e) => fail(Exit::Fatal, e),
+    }
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
@@ -188,11 +219,12 @@ fn spawn_signal_handler(stop: Arc<sync::Stop>, rep: Arc<Reporter>) {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-            if stop.request() {
+            if stop.requested() {
                 eprintln!("interrupted again: exiting now");
                 std::process::exit(Exit::Interrupted as i32);
             }
             rep.warn("interrupted: finishing uploads in flight and saving state (interrupt again to exit now)");
+            stop.request();
         }
     });
 }

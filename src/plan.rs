@@ -25,6 +25,9 @@ pub enum Decision {
     /// Same size but mtime differs or is unknown: find the remote MD5
     /// (`head` says whether a HEAD request is needed) and compare.
     Verify { head: bool },
+    /// Size and mtime match the state, but something (a watch event) says
+    /// the content may have changed: hash and compare with the state's MD5.
+    Hash,
 }
 
 /// What the first pass decides for one local file.

@@ -30,6 +30,7 @@ pub struct Counters {
     pub scanned: AtomicU64,
     pub uploaded: AtomicU64,
     pub deleted: AtomicU64,
+    pub copied: AtomicU64,
     pub skipped: AtomicU64,
     pub failed: AtomicU64,
     pub bytes: AtomicU64,
@@ -84,11 +85,15 @@ pub fn human_size(n: u64) -> String {
 }
 
 impl Reporter {
-    pub fn new(level: Level, json: bool) -> Reporter {
+    /// `progress`: draw a progress line when stderr is a terminal.
+    pub fn new(level: Level, json: bool, progress: bool) -> Reporter {
         Reporter {
             level,
             json,
-            progress: !json && level >= Level::Normal && std::io::stderr().is_terminal(),
+            progress: progress
+                && !json
+                && level >= Level::Normal
+                && std::io::stderr().is_terminal(),
             last_progress: Mutex::new(Instant::now()),
             counts: Counters::default(),
             started: Instant::now(),
@@ -156,17 +161,69 @@ impl Reporter {
         }
     }
 
-    pub fn deleted(&self, key: &str, dry_run: bool) {
+    /// A deleted key; `done` is its size and how long the request took,
+    /// when known.
+    pub fn deleted(&self, key: &str, done: Option<(u64, Duration)>, dry_run: bool) {
         add(&self.counts.deleted, 1);
         if self.level == Level::Quiet {
             return;
         }
         if self.json {
-            self.out(&json!({"action": "delete", "key": key, "dry_run": dry_run}).to_string());
+            let mut v = json!({"action": "delete", "key": key, "dry_run": dry_run});
+            if let Some((size, elapsed)) = done {
+                v["size"] = json!(size);
+                v["ms"] = json!(elapsed.as_millis() as u64);
+            }
+            self.out(&v.to_string());
         } else if dry_run {
             self.out(&format!("would delete {}", printable(key)));
+        } else if let Some((size, elapsed)) = done {
+            self.out(&format!(
+                "delete {} ({}, {} ms)",
+                printable(key),
+                human_size(size),
+                elapsed.as_millis()
+            ));
         } else {
             self.out(&format!("delete {}", printable(key)));
+        }
+    }
+
+    /// A server-side copy (a renamed file).
+    pub fn copied(&self, key: &str, from: &str, size: u64, elapsed: Duration) {
+        add(&self.counts.copied, 1);
+        if self.level == Level::Quiet {
+            return;
+        }
+        if self.json {
+            self.out(
+                &json!({"action": "copy", "key": key, "from": from, "size": size,
+                        "ms": elapsed.as_millis() as u64})
+                .to_string(),
+            );
+        } else {
+            self.out(&format!(
+                "copy {} from {} ({}, {} ms)",
+                printable(key),
+                printable(from),
+                human_size(size),
+                elapsed.as_millis()
+            ));
+        }
+    }
+
+    /// A line about the run itself (the daemon is ready, a reconcile
+    /// finished); `fields` go into the JSON object.
+    pub fn status(&self, action: &str, text: &str, mut fields: serde_json::Value) {
+        if self.level == Level::Quiet {
+            return;
+        }
+        if self.json {
+            fields["action"] = json!(action);
+            fields["message"] = json!(text);
+            self.out(&fields.to_string());
+        } else {
+            self.out(text);
         }
     }
 

@@ -65,11 +65,32 @@ pub enum ScanItem {
     },
 }
 
+/// Editors' temporary, lock and backup files, skipped unless
+/// `--include-temp-files` (the list is in the README).
+pub fn is_temp_name(name: &[u8]) -> bool {
+    let ends = |s: &[u8]| name.ends_with(s);
+    let starts = |s: &[u8]| name.starts_with(s);
+    name == b"4913"
+        || ends(b"~")
+        || starts(b".#")
+        || (name.len() > 1 && starts(b"#") && ends(b"#"))
+        || ends(b".swp")
+        || ends(b".swo")
+        || ends(b".swx")
+        || ends(b".swpx")
+        || ends(b".kate-swp")
+        || starts(b".goutputstream-")
+        || (starts(b".~lock.") && ends(b"#"))
+        || ends(b"___jb_tmp___")
+        || ends(b"___jb_old___")
+}
+
 /// The compiled filters for one root.
 #[derive(Debug, Clone)]
 pub struct Filter {
     ignore: Gitignore,
     include_hidden: bool,
+    include_temp: bool,
 }
 
 impl Filter {
@@ -89,23 +110,30 @@ impl Filter {
         Ok(Filter {
             ignore,
             include_hidden: cfg.include_hidden,
+            include_temp: cfg.include_temp_files,
         })
     }
 
     /// Is this entry (relative `/` path, last component `name`) excluded?
     fn excludes(&self, rel: &Path, name: &[u8], is_dir: bool) -> bool {
         (!self.include_hidden && name.first() == Some(&b'.'))
+            || (!self.include_temp && !is_dir && is_temp_name(name))
             || self.ignore.matched(rel, is_dir).is_ignore()
     }
 
     /// Would a file at this relative key path be excluded (itself or any
     /// parent directory)? Used to keep excluded remote objects on delete.
     pub fn excludes_key(&self, rel: &str) -> bool {
+        self.excludes_path(rel, false)
+    }
+
+    /// Like [`Filter::excludes_key`], for a path that may be a directory.
+    pub fn excludes_path(&self, rel: &str, is_dir: bool) -> bool {
         let mut parts = rel.split('/').peekable();
         let mut path = PathBuf::new();
         while let Some(part) = parts.next() {
             path.push(part);
-            let is_dir = parts.peek().is_some();
+            let is_dir = is_dir || parts.peek().is_some();
             if self.excludes(&path, part.as_bytes(), is_dir) {
                 return true;
             }
@@ -174,9 +202,22 @@ pub fn walk(
     prefix: &str,
     filter: &Filter,
     follow_symlinks: bool,
+    emit: impl FnMut(ScanItem) -> bool,
+) {
+    walk_under(root, root, prefix, filter, follow_symlinks, emit)
+}
+
+/// Like [`walk`], but only the directory `start` inside `root` (which the
+/// caller has checked is not excluded); names stay relative to `root`.
+pub fn walk_under(
+    root: &Path,
+    start: &Path,
+    prefix: &str,
+    filter: &Filter,
+    follow_symlinks: bool,
     mut emit: impl FnMut(ScanItem) -> bool,
 ) {
-    let mut it = WalkDir::new(root)
+    let mut it = WalkDir::new(start)
         .follow_links(follow_symlinks)
         .sort_by(move |a, b| walk_order(a, b, follow_symlinks))
         .into_iter();
@@ -309,6 +350,7 @@ mod tests {
             exclude: vec!["*.log".into(), "cache/".into()],
             include_hidden: false,
             follow_symlinks: false,
+            include_temp_files: false,
         }
     }
 
@@ -383,5 +425,38 @@ mod tests {
         assert!(filter.excludes_key("sub/cache/d"));
         assert!(filter.excludes_key("a/b.log"));
         assert!(!filter.excludes_key("keep.txt"));
+    }
+
+    #[test]
+    fn editor_temp_files_are_skipped_by_default() {
+        for name in [
+            "a.txt~",
+            ".#a.txt",
+            "#a.txt#",
+            ".a.txt.swp",
+            "a.swx",
+            "4913",
+            ".goutputstream-XYZ1",
+            ".~lock.doc.odt#",
+            "a.txt___jb_tmp___",
+        ] {
+            assert!(is_temp_name(name.as_bytes()), "{name}");
+        }
+        for name in ["a.txt", "#", "49130", "swp", "lock.odt", "~a"] {
+            assert!(!is_temp_name(name.as_bytes()), "{name}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let filter = Filter::new(dir.path(), &cfg()).expect("filter");
+        assert!(filter.excludes_key("sub/a.txt~"));
+        assert!(!filter.excludes_key("sub~/a.txt"), "only file names");
+        let all = Filter::new(
+            dir.path(),
+            &FilterConfig {
+                include_temp_files: true,
+                ..cfg()
+            },
+        )
+        .expect("filter");
+        assert!(!all.excludes_key("sub/a.txt~"));
     }
 }

@@ -140,7 +140,8 @@ impl State {
                  mtime_ns INTEGER NOT NULL,
                  md5 BLOB NOT NULL,
                  etag TEXT
-             ) WITHOUT ROWID;",
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS dirty (rel TEXT PRIMARY KEY) WITHOUT ROWID;",
         )?;
         conn.execute(
             "INSERT OR IGNORE INTO meta (name, value) VALUES ('identity', ?1)",
@@ -264,6 +265,80 @@ impl State {
         }
     }
 
+    /// Records changed paths (relative to the root) in the watch journal
+    /// and commits, so they survive a crash from the moment this returns.
+    pub fn mark_dirty<'a>(&mut self, rels: impl IntoIterator<Item = &'a str>) {
+        if !self.begin() {
+            return;
+        }
+        for rel in rels {
+            let res = self.conn.as_ref().map(|c| {
+                c.prepare_cached("INSERT OR IGNORE INTO dirty (rel) VALUES (?1)")
+                    .and_then(|mut st| st.execute(params![rel]))
+            });
+            if let Some(Err(e)) = res {
+                self.fail("journal", e);
+                return;
+            }
+        }
+        self.flush();
+    }
+
+    /// Takes a path off the journal once its change is mirrored.
+    pub fn clear_dirty(&mut self, rel: &str) {
+        if !self.begin() {
+            return;
+        }
+        let res = self.conn.as_ref().map(|c| {
+            c.prepare_cached("DELETE FROM dirty WHERE rel = ?1")
+                .and_then(|mut st| st.execute(params![rel]))
+        });
+        match res {
+            Some(Ok(_)) => self.wrote(),
+            Some(Err(e)) => self.fail("journal", e),
+            None => {}
+        }
+    }
+
+    /// The journal: paths changed but not yet known to be mirrored.
+    pub fn dirty(&mut self) -> Vec<String> {
+        let Some(conn) = self.conn.as_ref() else {
+            return Vec::new();
+        };
+        let res = conn
+            .prepare("SELECT rel FROM dirty ORDER BY rel")
+            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect());
+        match res {
+            Ok(v) => v,
+            Err(e) => {
+                self.fail("journal read", e);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Keys on record under `dir/` (`dir` a key without the trailing `/`).
+    pub fn keys_under(&mut self, dir: &str) -> Vec<String> {
+        let Some(conn) = self.conn.as_ref() else {
+            return Vec::new();
+        };
+        // Keys starting with "dir/" sort between "dir/" and "dir0" ('0' is
+        // the byte after '/').
+        let res = conn
+            .prepare_cached("SELECT key FROM objects WHERE key >= ?1 AND key < ?2 ORDER BY key")
+            .and_then(|mut st| {
+                st.query_map(params![format!("{dir}/"), format!("{dir}0")], |r| r.get(0))?
+                    .collect()
+            });
+        match res {
+            Ok(v) => v,
+            Err(e) => {
+                self.fail("read", e);
+                Vec::new()
+            }
+        }
+    }
+
     /// Commits pending writes.
     pub fn flush(&mut self) {
         if !self.in_tx {
@@ -312,6 +387,25 @@ mod tests {
         let (mut s, _) = State::open(dir.path(), "x", "id").expect("reopen");
         assert_eq!(s.get("a/b.txt"), Some(rec(5)));
         assert_eq!(s.get("c"), None);
+    }
+
+    #[test]
+    fn journal_survives_reopen_until_cleared() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut s, _) = State::open(dir.path(), "x", "id").expect("open");
+            s.mark_dirty(["b/c.txt", "a.txt", "a.txt"]);
+            s.put("d/1", &rec(1));
+            s.put("d/2/3", &rec(1));
+            s.put("d0", &rec(1));
+            s.put("d", &rec(1));
+            assert_eq!(s.keys_under("d"), ["d/1", "d/2/3"]);
+        }
+        let (mut s, _) = State::open(dir.path(), "x", "id").expect("reopen");
+        assert_eq!(s.dirty(), ["a.txt", "b/c.txt"]);
+        s.clear_dirty("a.txt");
+        s.flush();
+        assert_eq!(s.dirty(), ["b/c.txt"]);
     }
 
     #[test]

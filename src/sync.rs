@@ -8,7 +8,7 @@
 //! the reporter's counters' meaning. Deletions are collected and run last,
 //! after the guards (empty tree, `--max-delete`) have been checked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use crate::config::{Connection, SyncConfig};
 use crate::plan::{self, Decision};
 use crate::report::Reporter;
 use crate::scan::{self, Filter, LocalFile, ScanItem};
-use crate::state::{self, LockResult, State};
+use crate::state::{self, LockResult, RunLock, State};
 use crate::store::{ObjectInfo, Store, StoreError};
 use crate::transfer::{Job, Outcome, UploadError, Uploader};
 
@@ -41,15 +41,30 @@ pub enum Status {
 
 /// Set by the signal handler; checked between work items.
 #[derive(Debug, Default)]
-pub struct Stop(AtomicBool);
+pub struct Stop {
+    flag: AtomicBool,
+    wake: tokio::sync::Notify,
+}
 
 impl Stop {
     /// Returns true when a stop had already been requested.
     pub fn request(&self) -> bool {
-        self.0.swap(true, Ordering::SeqCst)
+        let again = self.flag.swap(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+        again
     }
     pub fn requested(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.flag.load(Ordering::SeqCst)
+    }
+    /// Resolves once a stop has been requested.
+    pub async fn wait(&self) {
+        loop {
+            let woken = self.wake.notified();
+            if self.requested() {
+                return;
+            }
+            woken.await;
+        }
     }
 }
 
@@ -84,7 +99,8 @@ type Done = (String, LocalFile, Outcome);
 struct Run<'a> {
     cfg: &'a SyncConfig,
     rep: &'a Reporter,
-    state: State,
+    state: &'a mut State,
+    failed_rels: &'a mut Vec<String>,
     fatal: Option<StoreError>,
     upload_failures: u64,
     timeouts_in_a_row: usize,
@@ -109,6 +125,14 @@ impl Run<'_> {
             } => {
                 self.rep
                     .uploaded(&key, &file.rel, record.size, elapsed, false, reason);
+                self.state.put(&key, &record);
+            }
+            Outcome::Copied {
+                record,
+                elapsed,
+                from,
+            } => {
+                self.rep.copied(&key, &from, record.size, elapsed);
                 self.state.put(&key, &record);
             }
             Outcome::Unchanged { record, why } => {
@@ -145,6 +169,7 @@ impl Run<'_> {
             }
             Outcome::Failed(e) => {
                 self.upload_failures += 1;
+                self.failed_rels.push(file.rel.clone());
                 let hint = match e {
                     UploadError::Changed => "; it is written to constantly, try again later",
                     _ => "",
@@ -169,19 +194,35 @@ fn identity(dir: &Path, conn: &Connection, cfg: &SyncConfig) -> String {
     )
 }
 
-pub async fn run(
-    cfg: SyncConfig,
-    conn: &Connection,
-    rep: Arc<Reporter>,
-    stop: Arc<Stop>,
-) -> Result<Status> {
+/// What a run of one (directory, destination) pair holds while it goes:
+/// the lock, the state database, the client and the shared request limit.
+pub struct Session {
+    pub store: Store,
+    pub state: State,
+    pub filter: Filter,
+    pub uploader: Uploader,
+    pub requests: Arc<Semaphore>,
+    /// Paths (relative to the root) whose upload failed in the last
+    /// reconcile.
+    pub failed_rels: Vec<String>,
+    _lock: RunLock,
+}
+
+pub enum Opened {
+    Ready(Box<Session>),
+    /// Another run holds the lock (its path).
+    Busy(String),
+}
+
+/// Takes the lock, opens the state database and builds the client.
+pub async fn open(cfg: &SyncConfig, conn: &Connection, rep: &Reporter) -> Result<Opened> {
     scan::check_root(&cfg.dir)?;
     let filter = Filter::new(&cfg.dir, &cfg.filter)?;
-    let identity = identity(&cfg.dir, conn, &cfg);
+    let identity = identity(&cfg.dir, conn, cfg);
     let id = state::state_id(&identity);
-    let _lock = match state::lock(&cfg.state_dir, &id)? {
+    let lock = match state::lock(&cfg.state_dir, &id)? {
         LockResult::Acquired(l) => l,
-        LockResult::Busy(path) => return Ok(Status::Busy(path.display().to_string())),
+        LockResult::Busy(path) => return Ok(Opened::Busy(path.display().to_string())),
     };
     let state = if cfg.dry_run && !cfg.state_dir.join(format!("{id}.db")).exists() {
         State::disabled()
@@ -194,13 +235,12 @@ pub async fn run(
     };
     let store = Store::connect(conn).await?;
     rep.debug(&format!(
-        "sync {} -> {} via {}; state {}",
+        "{} -> {} via {}; state {}",
         cfg.dir.display(),
         cfg.dest,
         store.endpoint(),
         state.path().display()
     ));
-
     let requests = Arc::new(Semaphore::new(cfg.transfer.concurrency));
     let uploader = Uploader::new(
         store.clone(),
@@ -208,6 +248,53 @@ pub async fn run(
         cfg.transfer.clone(),
         requests.clone(),
     );
+    Ok(Opened::Ready(Box::new(Session {
+        store,
+        state,
+        filter,
+        uploader,
+        requests,
+        failed_rels: Vec::new(),
+        _lock: lock,
+    })))
+}
+
+/// `s3ma sync`: one reconcile.
+pub async fn run(
+    cfg: SyncConfig,
+    conn: &Connection,
+    rep: Arc<Reporter>,
+    stop: Arc<Stop>,
+) -> Result<Status> {
+    let mut session = match open(&cfg, conn, &rep).await? {
+        Opened::Ready(s) => s,
+        Opened::Busy(path) => return Ok(Status::Busy(path)),
+    };
+    reconcile(&mut session, &cfg, &rep, &stop, &HashSet::new()).await
+}
+
+/// Makes the destination match the directory: walk, list, merge, upload,
+/// then the guarded deletions. `recheck` holds paths (relative to the root)
+/// whose content must be hashed even when size and mtime look unchanged.
+pub async fn reconcile(
+    session: &mut Session,
+    cfg: &SyncConfig,
+    rep: &Reporter,
+    stop: &Stop,
+    recheck: &HashSet<String>,
+) -> Result<Status> {
+    let failures_before = rep.failures();
+    let Session {
+        store,
+        state,
+        filter,
+        uploader,
+        requests,
+        failed_rels,
+        ..
+    } = session;
+    failed_rels.clear();
+    let (store, filter, uploader, requests) = (&*store, &*filter, &*uploader, &*requests);
 
     // The walk, on a blocking thread.
     let (ltx, mut lrx) = mpsc::channel::<ScanItem>(1024);
@@ -248,9 +335,10 @@ pub async fn run(
     };
 
     let mut run = Run {
-        cfg: &cfg,
-        rep: &rep,
+        cfg,
+        rep,
         state,
+        failed_rels,
         fatal: None,
         upload_failures: 0,
         timeouts_in_a_row: 0,
@@ -270,8 +358,8 @@ pub async fn run(
     // are drained below either way (so multipart uploads get aborted or
     // completed, never cut off).
     let merged: Result<()> = async {
-        let mut local = merge.next_local(&mut lrx, &cfg, &rep).await?;
-        let mut remote = merge.next_remote(&mut rrx, &cfg).await?;
+        let mut local = merge.next_local(&mut lrx, cfg, rep).await?;
+        let mut remote = merge.next_remote(&mut rrx, cfg).await?;
         loop {
             if stop.requested() {
                 interrupted = true;
@@ -297,7 +385,7 @@ pub async fn run(
                         merge.deletes.push(r.key);
                     }
                 }
-                remote = merge.next_remote(&mut rrx, &cfg).await?;
+                remote = merge.next_remote(&mut rrx, cfg).await?;
                 continue;
             }
             let Some((key, file)) = local.take() else {
@@ -305,12 +393,15 @@ pub async fn run(
             };
             let matched = remote.as_ref().filter(|r| r.key == key).cloned();
             if matched.is_some() {
-                remote = merge.next_remote(&mut rrx, &cfg).await?;
+                remote = merge.next_remote(&mut rrx, cfg).await?;
             }
-            local = merge.next_local(&mut lrx, &cfg, &rep).await?;
+            local = merge.next_local(&mut lrx, cfg, rep).await?;
             rep.scanned();
             let record = run.state.get(&key);
-            let decision = plan::decide(&file, matched.as_ref(), record.as_ref());
+            let mut decision = plan::decide(&file, matched.as_ref(), record.as_ref());
+            if decision == Decision::Skip && recheck.contains(&file.rel) {
+                decision = Decision::Hash;
+            }
             if decision == Decision::Skip {
                 rep.skipped(&key, "unchanged");
                 continue;
@@ -353,7 +444,7 @@ pub async fn run(
     // The walk must have ended normally for its silence to mean absence.
     let walked = walker.await;
     let Run {
-        mut state,
+        state,
         fatal,
         upload_failures,
         ..
@@ -407,7 +498,7 @@ pub async fn run(
                 deletes.len()
             ));
         } else {
-            delete_all(&store, &cfg, &rep, &mut state, &stop, &deletes).await?;
+            delete_all(store, cfg, rep, state, stop, &deletes).await?;
         }
     }
     state.flush();
@@ -416,7 +507,7 @@ pub async fn run(
     }
     Ok(if stop.requested() {
         Status::Interrupted
-    } else if rep.failures() > 0 {
+    } else if rep.failures() > failures_before {
         Status::Partial
     } else {
         Status::Done
@@ -438,7 +529,7 @@ async fn delete_all(
         }
         if cfg.dry_run {
             for k in batch {
-                rep.deleted(k, true);
+                rep.deleted(k, None, true);
             }
             continue;
         }
@@ -454,7 +545,7 @@ async fn delete_all(
             rep.failed(k, &format!("cannot delete: {msg}"));
         }
         for k in batch.iter().filter(|k| !failed_keys.contains(k.as_str())) {
-            rep.deleted(k, false);
+            rep.deleted(k, None, false);
             state.remove(k);
         }
         state.flush();

@@ -38,6 +38,8 @@ const MAX_PARALLEL_PARTS: usize = 8;
 const HASH_BEFORE_HEAD: u64 = 8 << 20;
 /// Attempts for a file that keeps changing while it is sent.
 const CHANGE_ATTEMPTS: u32 = 3;
+/// CopyObject's limit; larger objects are uploaded again instead.
+pub const MAX_COPY: u64 = 5 << 30;
 
 /// Why an upload did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,12 @@ pub enum Outcome {
         record: Record,
         elapsed: Duration,
         reason: &'static str,
+    },
+    /// A server-side copy of `from` (a renamed file's old key).
+    Copied {
+        record: Record,
+        elapsed: Duration,
+        from: String,
     },
     /// Content already there; the record describes it.
     Unchanged {
@@ -209,6 +217,7 @@ impl Uploader {
             // Nothing on record vouches for the object: ask the server.
             (Decision::Skip, None) => Some(true),
             (Decision::Verify { head }, _) => Some(*head),
+            (Decision::Hash, record) => Some(record.is_none()),
             (Decision::Upload(_), _) => None,
         };
         let reason = match (verify_head, &job.decision) {
@@ -247,6 +256,48 @@ impl Uploader {
         }
     }
 
+    /// A renamed file: copies the object at `from` (described by `source`,
+    /// which the caller has matched with the file's size and mtime) to the
+    /// job's key on the server. When the server cannot copy (the source is
+    /// gone or was replaced, copying is not supported) or the file changed
+    /// meanwhile, uploads instead.
+    pub async fn copy_or_upload(&self, job: Job, from: String, source: Record) -> Outcome {
+        let start = Instant::now();
+        let meta = self.meta(&job.key, job.file.mtime_ns, &source.md5);
+        let copied = self
+            .store
+            .copy(&self.bucket, &from, &job.key, source.etag.as_deref(), &meta)
+            .await;
+        match copied {
+            Ok(etag) => {
+                let still = stat(&job.file.path);
+                if still.as_ref().ok() == Some(&(job.file.size, job.file.mtime_ns)) {
+                    return Outcome::Copied {
+                        record: Record {
+                            size: source.size,
+                            mtime_ns: job.file.mtime_ns,
+                            md5: source.md5,
+                            etag: etag.or(source.etag),
+                        },
+                        elapsed: start.elapsed(),
+                        from,
+                    };
+                }
+            }
+            // The server is in trouble: retrying later beats uploading now.
+            Err(e @ (StoreError::Unreachable { .. } | StoreError::TimedOut { .. })) => {
+                return Outcome::Failed(e.into())
+            }
+            Err(e) if e.is_fatal() => return Outcome::Failed(e.into()),
+            Err(_) => {}
+        }
+        let job = Job {
+            decision: Decision::Upload("renamed"),
+            ..job
+        };
+        self.run(job, false).await
+    }
+
     /// Same size, mtime differs or unknown: is the content already there?
     /// Returns the record to keep when it is.
     async fn verify(&self, job: &Job, head: bool) -> Result<Option<Record>, UploadError> {
@@ -255,7 +306,8 @@ impl Uploader {
             (Some(s), false) => (
                 RemoteFacts {
                     md5: Some(s.md5),
-                    mtime: Some((s.mtime_ns, 1)),
+                    // Hash: the mtime alone may not vouch for the content.
+                    mtime: (job.decision != Decision::Hash).then_some((s.mtime_ns, 1)),
                 },
                 s.etag.clone(),
             ),

@@ -183,10 +183,14 @@ pub fn endpoint(kind: Kind) -> String {
 
 /// An independent S3 client for checking what the bucket holds.
 pub fn client(kind: Kind) -> Client {
+    client_for(&endpoint(kind))
+}
+
+pub fn client_for(endpoint: &str) -> Client {
     let conf = aws_sdk_s3::config::Builder::new()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint(kind))
+        .endpoint_url(endpoint)
         .force_path_style(true)
         .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
         .http_client(
@@ -263,11 +267,77 @@ pub struct TestEnv {
     tmp: tempfile::TempDir,
 }
 
+/// An s3s-fs server for one test, which it may stop and start again (same
+/// port, same data).
+pub struct OwnServer {
+    pub port: u16,
+    root: PathBuf,
+    server: Option<Server>,
+}
+
+impl OwnServer {
+    pub fn start() -> OwnServer {
+        let port = free_port();
+        let root = std::env::temp_dir().join(format!("s3ma-own-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&root).expect("server root");
+        let mut s = OwnServer {
+            port,
+            root,
+            server: None,
+        };
+        s.up();
+        s
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn up(&mut self) {
+        let bin = find_tool("S3S_FS_BIN", "s3s-fs", &[]);
+        let argv = vec![
+            bin.display().to_string(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            self.port.to_string(),
+            "--access-key".into(),
+            ACCESS_KEY.into(),
+            "--secret-key".into(),
+            SECRET_KEY.into(),
+            self.root.display().to_string(),
+        ];
+        self.server = Some(launch("s3s-fs-own", self.port, argv, "http"));
+    }
+
+    /// Stops the server and waits until its port refuses connections.
+    pub fn down(&mut self) {
+        self.server = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "the server did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.server = None;
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
 impl TestEnv {
     pub fn new(kind: Kind) -> TestEnv {
+        Self::on(kind, &endpoint(kind))
+    }
+
+    /// A test world on a server at `endpoint` (of the given kind).
+    pub fn on(kind: Kind, endpoint: &str) -> TestEnv {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let bucket = format!("t{}-{n}-{}", std::process::id(), kind_tag(kind));
-        let client = client(kind);
+        let client = client_for(endpoint);
         block_on(client.create_bucket().bucket(&bucket).send())
             .unwrap_or_else(|e| panic!("create bucket {bucket} on {kind:?}: {e:?}"));
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -278,7 +348,7 @@ impl TestEnv {
             kind,
             bucket,
             prefix: "site/".into(),
-            endpoint: endpoint(kind),
+            endpoint: endpoint.to_string(),
             client,
             tmp,
         }
@@ -386,6 +456,117 @@ impl TestEnv {
             }
             out
         })
+    }
+
+    /// Every key in the bucket with its size.
+    pub fn listing(&self) -> BTreeMap<String, u64> {
+        block_on(async {
+            let mut out = BTreeMap::new();
+            let mut token = None;
+            loop {
+                let resp = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .set_continuation_token(token)
+                    .send()
+                    .await?;
+                for o in resp.contents() {
+                    if let Some(k) = o.key() {
+                        out.insert(k.to_string(), o.size().unwrap_or(0) as u64);
+                    }
+                }
+                match resp.next_continuation_token() {
+                    Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
+                    _ => break,
+                }
+            }
+            Ok::<_, aws_sdk_s3::Error>(out)
+        })
+        .unwrap_or_default()
+    }
+
+    /// What the bucket should hold: each mirrored file of the tree (hidden
+    /// names and editors' temp files left out) as key and size.
+    pub fn expected(&self) -> BTreeMap<String, u64> {
+        let tree = self.tree();
+        walkdir::WalkDir::new(&tree)
+            .min_depth(1)
+            .into_iter()
+            .filter_entry(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .filter(|e| !e.file_name().to_string_lossy().ends_with('~'))
+            .filter_map(|e| {
+                let rel = e.path().strip_prefix(&tree).ok()?.to_str()?.to_string();
+                let size = e.metadata().ok()?.len();
+                Some((format!("{}{rel}", self.prefix), size))
+            })
+            .collect()
+    }
+
+    /// Polls until the bucket holds exactly the tree's files, bytes
+    /// included; panics with the difference (and `context`) at the
+    /// deadline.
+    pub fn converge(&self, within: Duration, context: &dyn Fn() -> String) -> Duration {
+        let start = Instant::now();
+        loop {
+            let want = self.expected();
+            let got = self.listing();
+            if want == got {
+                let objects = self.objects();
+                let same = want.keys().all(|k| {
+                    let rel = &k[self.prefix.len()..];
+                    std::fs::read(self.tree().join(rel)).ok().as_ref() == objects.get(k)
+                });
+                if same {
+                    return start.elapsed();
+                }
+            }
+            if start.elapsed() > within {
+                let missing: Vec<_> = want
+                    .iter()
+                    .filter(|(k, v)| got.get(*k) != Some(v))
+                    .take(20)
+                    .collect();
+                let extra: Vec<_> = got
+                    .iter()
+                    .filter(|(k, v)| want.get(*k) != Some(v))
+                    .take(20)
+                    .collect();
+                panic!(
+                    "the bucket did not converge within {within:?} on {:?}\nwanted but not there \
+                     (or other size): {missing:?}\nthere but not wanted: {extra:?}\n{}",
+                    self.kind,
+                    context()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts `s3ma watch TREE DEST --json --debounce 100 EXTRA…`.
+    pub fn watch(&self, extra: &[&str]) -> Daemon {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let out = self.tmp.path().join(format!("watch-{n}.out"));
+        let err = self.tmp.path().join(format!("watch-{n}.err"));
+        let mut c = self.command();
+        c.arg("watch")
+            .arg(self.tree())
+            .arg(self.dest())
+            .args(["--json", "--endpoint", &self.endpoint])
+            .args(extra)
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&err).expect("stderr file"));
+        if !extra.contains(&"--debounce") {
+            c.args(["--debounce", "100"]);
+        }
+        let child = c.spawn().expect("start s3ma watch");
+        Daemon {
+            child: Some(child),
+            out,
+            err,
+        }
     }
 
     pub fn keys(&self) -> Vec<String> {
@@ -505,4 +686,119 @@ pub fn md5_b64(data: &[u8]) -> String {
 pub fn write_file(path: &Path, data: &str) {
     let mut f = std::fs::File::create(path).expect("create");
     f.write_all(data.as_bytes()).expect("write");
+}
+
+/// A running `s3ma watch`; killed when dropped.
+pub struct Daemon {
+    child: Option<Child>,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Daemon {
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+    pub fn logs(&self) -> String {
+        format!(
+            "--- watch stdout\n{}--- watch stderr\n{}",
+            self.stdout(),
+            self.stderr()
+        )
+    }
+
+    /// The JSON lines with this action.
+    pub fn actions(&self, action: &str) -> Vec<serde_json::Value> {
+        self.stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["action"] == action)
+            .collect()
+    }
+
+    /// Keys of the lines with this action.
+    pub fn keys(&self, action: &str) -> Vec<String> {
+        let mut k: Vec<String> = self
+            .actions(action)
+            .iter()
+            .map(|v| v["key"].as_str().unwrap_or_default().to_string())
+            .collect();
+        k.sort();
+        k
+    }
+
+    /// Waits for the "ready" line (the initial reconcile is done).
+    pub fn ready(&mut self) -> &mut Self {
+        self.wait_for("ready", Duration::from_secs(60));
+        self
+    }
+
+    /// Waits until a JSON line with this action appears.
+    pub fn wait_for(&mut self, action: &str, within: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = self.actions(action).pop() {
+                return v;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "s3ma watch exited ({status}) before '{action}':\n{}",
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no '{action}' line within {within:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -s {sig} {}", self.pid()))
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -s {sig}");
+    }
+
+    /// SIGTERM, then the exit code (panics if it takes over 60 s).
+    pub fn term(&mut self) -> i32 {
+        self.signal("TERM");
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("s3ma watch did not exit after SIGTERM:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -8,3 +8,4 @@ mod errors;
 mod ls;
 mod names;
 mod sync;
+mod watch;

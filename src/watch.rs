@@ -1,0 +1,1254 @@
+//! `s3ma watch`: reconcile once, then keep the destination up to date from
+//! file-system events, for as long as the daemon runs.
+//!
+//! notify (inotify) feeds notify-debouncer-full, which pairs the two halves
+//! of a rename and turns a removed tree into one event. Every changed path
+//! is written to the state database's journal before anything else happens
+//! to it, and leaves the journal only once its change is mirrored: a crash
+//! at any moment loses nothing, because the next start re-checks (hashes)
+//! the journal's paths during its first reconcile.
+//!
+//! A path is acted on once it has been quiet for the debounce window: a
+//! file is uploaded through the same transfer code as `sync` (or copied on
+//! the server when it is a renamed file whose old object is on record), a
+//! new directory is walked (files may exist before its watch does), and a
+//! path that is gone is deleted with `--delete`. Deletions stop while the
+//! root is missing or empty (an unmounted disk must not empty the bucket).
+//!
+//! Failures are retried with capped exponential backoff: an error from the
+//! server pauses all work (one gate, so a dead endpoint costs one probe per
+//! backoff step), an error about one file delays that file only.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Result};
+use notify_debouncer_full::notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify_debouncer_full::notify::{self, EventKind, RecursiveMode};
+use notify_debouncer_full::{
+    new_debouncer_opt, DebounceEventResult, DebouncedEvent, Debouncer, NoCache,
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::{Connection, SyncConfig, WatchConfig};
+use crate::keys;
+use crate::plan::Decision;
+use crate::report::Reporter;
+use crate::scan::{self, LocalFile, ScanItem};
+use crate::store::StoreError;
+use crate::sync::{self, Opened, Refused, Session, Status, Stop};
+use crate::transfer::{Job, Outcome, UploadError, MAX_COPY};
+
+/// Longest pause after server errors.
+const MAX_GATE: Duration = Duration::from_secs(60);
+/// Longest delay for a file that keeps failing.
+const MAX_RETRY: Duration = Duration::from_secs(300);
+/// How often a missing or empty root is looked at again.
+const ROOT_POLL: Duration = Duration::from_secs(2);
+/// Full reconciles this often while the inotify watch limit is hit.
+const LIMITED_RESCAN: Duration = Duration::from_secs(300);
+/// How long in-flight work may take to finish after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+/// How long the debouncer holds events to pair the halves of a rename.
+const PAIRING: Duration = Duration::from_millis(100);
+/// The same message is printed at most once per this long.
+const REPEAT_QUIET: Duration = Duration::from_secs(60);
+
+type Watcher = Debouncer<notify::RecommendedWatcher, NoCache>;
+
+enum Input {
+    Events(Vec<DebouncedEvent>),
+    Errors(Vec<notify::Error>),
+    Rescan(&'static str),
+}
+
+enum Wake {
+    Stop,
+    Input(Option<Input>),
+    Done(Result<Finished, tokio::task::JoinError>),
+    Timer,
+}
+
+/// A changed path waiting to be mirrored.
+#[derive(Debug)]
+struct Pending {
+    /// Not to be looked at before this.
+    due: Instant,
+    /// The last event for it.
+    marked: Instant,
+    attempts: u32,
+    /// The path it was renamed from, when the rename was seen whole.
+    copy_from: Option<String>,
+    /// When its current transfer started.
+    started: Option<Instant>,
+}
+
+enum Finished {
+    File {
+        rel: String,
+        key: String,
+        file: LocalFile,
+        outcome: Outcome,
+        copy_from: Option<String>,
+    },
+    Deleted {
+        rel: String,
+        /// key, size, and the error when it failed.
+        results: Vec<(String, u64, Option<String>)>,
+        elapsed: Duration,
+        error: Option<StoreError>,
+    },
+}
+
+/// Where the root stands; deletions only happen when it is `Present`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Root {
+    Present,
+    Empty,
+    Gone,
+}
+
+/// Prints a repeated message at most once per [`REPEAT_QUIET`].
+#[derive(Default)]
+struct Quiet(HashMap<String, (Instant, u32)>);
+
+impl Quiet {
+    /// The text to print now, if any (with how often it was held back).
+    fn pass(&mut self, msg: &str) -> Option<String> {
+        let now = Instant::now();
+        match self.0.get_mut(msg) {
+            Some((last, held)) if now.duration_since(*last) < REPEAT_QUIET => {
+                *held += 1;
+                None
+            }
+            Some((last, held)) => {
+                let text = if *held > 0 {
+                    format!("{msg} (repeated {held} more times)")
+                } else {
+                    msg.to_string()
+                };
+                *last = now;
+                *held = 0;
+                Some(text)
+            }
+            None => {
+                if self.0.len() > 10_000 {
+                    self.0.clear();
+                }
+                self.0.insert(msg.to_string(), (now, 0));
+                Some(msg.to_string())
+            }
+        }
+    }
+}
+
+/// The inotify limits, for the message that says how to raise them.
+fn sysctl(name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/sys/fs/inotify/{name}"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn watch_limit_message(dir: &Path) -> String {
+    format!(
+        "the inotify watch limit is reached (fs.inotify.max_user_watches = {}): changes in some \
+         directories under {} are not seen as they happen. Raise it with \
+         `sudo sysctl fs.inotify.max_user_watches=1048576`, and keep it with \
+         `echo fs.inotify.max_user_watches=1048576 | sudo tee /etc/sysctl.d/90-s3ma.conf`, then \
+         restart s3ma. Until then the whole tree is reconciled every {} minutes",
+        sysctl("max_user_watches"),
+        dir.display(),
+        LIMITED_RESCAN.as_secs() / 60
+    )
+}
+
+fn start_watcher(
+    dir: &Path,
+    cfg: &WatchConfig,
+    tx: mpsc::UnboundedSender<Input>,
+) -> Result<(Watcher, bool)> {
+    let handler = move |res: DebounceEventResult| {
+        let _ = tx.send(match res {
+            Ok(events) => Input::Events(events),
+            Err(errors) => Input::Errors(errors),
+        });
+    };
+    let config = notify::Config::default().with_follow_symlinks(cfg.sync.filter.follow_symlinks);
+    // The debouncer only pairs renames and folds a removed tree into one
+    // event; the quiet window is ours (`Pending::due`), so a path reaches
+    // the journal within about PAIRING of its event.
+    let pairing = cfg.debounce.clamp(Duration::from_millis(10), PAIRING);
+    let mut watcher = new_debouncer_opt::<_, notify::RecommendedWatcher, NoCache>(
+        pairing,
+        Some(pairing / 2),
+        handler,
+        NoCache,
+        config,
+    )
+    .map_err(|e| {
+        anyhow!(
+            "cannot start watching for changes: {e}; if it says too many open files, raise \
+             fs.inotify.max_user_instances (now {}) with `sudo sysctl \
+             fs.inotify.max_user_instances=1024`",
+            sysctl("max_user_instances")
+        )
+    })?;
+    let limited = match tokio::task::block_in_place(|| watcher.watch(dir, RecursiveMode::Recursive))
+    {
+        Ok(()) => false,
+        Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => true,
+        Err(e) => return Err(anyhow!("cannot watch {}: {e}", dir.display())),
+    };
+    Ok((watcher, limited))
+}
+
+fn count_dirs(dir: &Path, follow: bool) -> usize {
+    walkdir::WalkDir::new(dir)
+        .follow_links(follow)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_dir())
+        .count()
+}
+
+fn root_id(dir: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The error chain's store error, if any.
+fn store_error(e: &anyhow::Error) -> Option<&StoreError> {
+    e.chain().find_map(|c| c.downcast_ref::<StoreError>())
+}
+
+/// Errors that say the server (not one file) is in trouble.
+fn is_server_trouble(e: &UploadError) -> bool {
+    matches!(e, UploadError::Store(s) if !matches!(s, StoreError::AccessDenied(_) | StoreError::NotFound))
+}
+
+fn backoff(attempts: u32, cap: Duration) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1 << attempts.min(16))).min(cap)
+}
+
+struct Daemon<'a> {
+    cfg: &'a WatchConfig,
+    sync: &'a SyncConfig,
+    rep: &'a Reporter,
+    stop: &'a Stop,
+    session: Box<Session>,
+    tx: mpsc::UnboundedSender<Input>,
+    watcher: Option<Watcher>,
+    root_id: Option<(u64, u64)>,
+    root: Root,
+    limited: bool,
+    pending: BTreeMap<String, Pending>,
+    in_flight: HashSet<String>,
+    /// Paths that renamed files will be copied from: not deleted before.
+    sources: BTreeMap<String, usize>,
+    tasks: JoinSet<Finished>,
+    /// No work is started before this (server errors).
+    gate: Option<Instant>,
+    gate_steps: u32,
+    rescan: Option<&'static str>,
+    next_rescan: Option<Instant>,
+    quiet: Quiet,
+    /// Pending paths not yet written to the journal.
+    unjournaled: Vec<String>,
+}
+
+pub async fn run(
+    mut cfg: WatchConfig,
+    conn: &Connection,
+    rep: Arc<Reporter>,
+    stop: Arc<Stop>,
+) -> Result<Status> {
+    scan::check_root(&cfg.sync.dir)?;
+    // Events name paths under the watched path as given: use one spelling.
+    if let Ok(dir) = std::fs::canonicalize(&cfg.sync.dir) {
+        cfg.sync.dir = dir;
+    }
+    let cfg = cfg;
+    let sync = &cfg.sync;
+    let session = match sync::open(sync, conn, &rep).await? {
+        Opened::Ready(s) => s,
+        Opened::Busy(path) => return Ok(Status::Busy(path)),
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Watch first, then reconcile: nothing changed during the reconcile is
+    // missed.
+    let (watcher, limited) = start_watcher(&sync.dir, &cfg, tx.clone())?;
+    spawn_hangup(tx.clone());
+    let mut d = Daemon {
+        cfg: &cfg,
+        sync,
+        rep: &rep,
+        stop: &stop,
+        session,
+        tx,
+        watcher: Some(watcher),
+        root_id: root_id(&sync.dir),
+        root: Root::Present,
+        limited,
+        pending: BTreeMap::new(),
+        in_flight: HashSet::new(),
+        sources: BTreeMap::new(),
+        tasks: JoinSet::new(),
+        gate: None,
+        gate_steps: 0,
+        rescan: None,
+        next_rescan: None,
+        quiet: Quiet::default(),
+        unjournaled: Vec::new(),
+    };
+    if limited {
+        rep.warn(&watch_limit_message(&sync.dir));
+    }
+    // What the journal holds was changed before a crash or a stop: hash it.
+    let now = Instant::now();
+    for rel in d.session.state.dirty() {
+        d.pending.insert(
+            rel,
+            Pending {
+                due: now,
+                marked: now,
+                attempts: 0,
+                copy_from: None,
+                started: None,
+            },
+        );
+    }
+    let started = Instant::now();
+    let first = d.reconcile("start").await;
+    if let Err(e) = first {
+        match store_error(&e) {
+            // Fix the configuration first: systemd shows the error.
+            Some(se) if se.is_fatal() && !matches!(se, StoreError::Unreachable { .. }) => {
+                return Err(e)
+            }
+            _ => d.reconcile_failed(&e),
+        }
+    }
+    let dirs = count_dirs(&sync.dir, sync.filter.follow_symlinks);
+    let c = &rep.counts;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    rep.status(
+        "ready",
+        &format!(
+            "initial reconcile done in {:.2} s (uploaded {}, deleted {}, failed {}); watching {} \
+             director{} under {} for changes to {}",
+            started.elapsed().as_secs_f64(),
+            get(&c.uploaded),
+            get(&c.deleted),
+            get(&c.failed),
+            dirs,
+            if dirs == 1 { "y" } else { "ies" },
+            sync.dir.display(),
+            sync.dest
+        ),
+        json!({"directories": dirs, "uploaded": get(&c.uploaded), "deleted": get(&c.deleted),
+               "failed": get(&c.failed), "seconds": started.elapsed().as_secs_f64()}),
+    );
+    d.schedule_rescan();
+    d.run(&mut rx).await;
+    d.shutdown(&mut rx).await;
+    Ok(Status::Done)
+}
+
+/// SIGHUP (`systemctl reload`): a full reconcile now.
+fn spawn_hangup(tx: mpsc::UnboundedSender<Input>) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if tx.send(Input::Rescan("SIGHUP")).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+impl Daemon<'_> {
+    async fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<Input>) {
+        loop {
+            if self.stop.requested() {
+                return;
+            }
+            if let Some(why) = self.rescan.take() {
+                if let Err(e) = self.reconcile(why).await {
+                    self.reconcile_failed(&e);
+                }
+                self.schedule_rescan();
+                continue;
+            }
+            self.dispatch();
+            let wake = self.next_wake();
+            let stop = self.stop;
+            let busy = !self.tasks.is_empty();
+            let woke = tokio::select! {
+                _ = stop.wait() => Wake::Stop,
+                input = rx.recv() => Wake::Input(input),
+                Some(done) = self.tasks.join_next(), if busy => Wake::Done(done),
+                _ = tokio::time::sleep_until(wake.into()) => Wake::Timer,
+            };
+            match woke {
+                Wake::Stop | Wake::Input(None) => return,
+                Wake::Input(Some(input)) => {
+                    self.take(input);
+                    // Batch whatever else is queued into one journal commit.
+                    while let Ok(more) = rx.try_recv() {
+                        self.take(more);
+                    }
+                    self.journal();
+                }
+                Wake::Done(done) => self.finish_joined(done),
+                Wake::Timer => self.tick(),
+            }
+        }
+    }
+
+    /// Stops intake, after journaling the events still on their way (the
+    /// debouncer holds each for up to [`PAIRING`]); lets in-flight work
+    /// finish for a bounded time.
+    async fn shutdown(&mut self, rx: &mut mpsc::UnboundedReceiver<Input>) {
+        tokio::time::sleep(PAIRING * 2).await;
+        self.watcher = None;
+        while let Ok(input) = rx.try_recv() {
+            self.take(input);
+        }
+        self.journal();
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(done)) => self.finish_joined(done),
+                Ok(None) => break,
+                Err(_) => {
+                    self.rep.warn(&format!(
+                        "{} transfers did not finish within {} s of the stop; they will be \
+                         redone at the next start",
+                        self.tasks.len(),
+                        STOP_GRACE.as_secs()
+                    ));
+                    self.tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        self.session.state.flush();
+        if let Some(w) = &self.session.state.broken {
+            self.rep.warn(w);
+        }
+        let waiting = self.pending.len();
+        self.rep.status(
+            "stopped",
+            &format!("stopped; {waiting} changes are journaled for the next start"),
+            json!({"waiting": waiting}),
+        );
+    }
+
+    fn schedule_rescan(&mut self) {
+        let every = match (self.cfg.rescan_interval, self.limited) {
+            (Some(i), true) => Some(i.min(LIMITED_RESCAN)),
+            (None, true) => Some(LIMITED_RESCAN),
+            (i, false) => i,
+        };
+        self.next_rescan = every.map(|i| Instant::now() + i);
+    }
+
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let mut wake = now + Duration::from_secs(3600);
+        if let Some(t) = self.next_rescan {
+            wake = wake.min(t);
+        }
+        wake = wake.min(now + ROOT_POLL);
+        let earliest = self
+            .pending
+            .iter()
+            .filter(|(rel, _)| !self.in_flight.contains(*rel))
+            .map(|(_, p)| p.due)
+            .min();
+        if let Some(due) = earliest {
+            // While gated, nothing starts before the gate opens.
+            wake = wake.min(self.gate.map_or(due, |g| due.max(g)));
+        }
+        wake.max(now + Duration::from_millis(5))
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if self.next_rescan.is_some_and(|t| t <= now) {
+            self.rescan.get_or_insert("periodic");
+        }
+        self.check_root();
+    }
+
+    /// Looks at the root; leaving or entering the "not present" state is
+    /// said loudly.
+    fn check_root(&mut self) -> Root {
+        let dir = &self.sync.dir;
+        let now = match std::fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
+            Ok(true) => Root::Present,
+            Ok(false) => Root::Empty,
+            Err(_) => Root::Gone,
+        };
+        let was = self.root;
+        self.root = now;
+        // The same path, another directory (removed and made again): the
+        // old watch is gone with the old directory.
+        let replaced = now == Root::Present && root_id(dir) != self.root_id;
+        if now == was && !replaced {
+            return now;
+        }
+        match now {
+            Root::Gone => self.rep.failed(
+                &dir.display().to_string(),
+                "the watched directory is gone (unmounted, moved or removed); deletions are \
+                 suspended and s3ma waits for it to come back",
+            ),
+            Root::Empty => self.rep.failed(
+                &dir.display().to_string(),
+                "the watched directory is empty (is the disk mounted?); deletions are \
+                 suspended until it holds files again",
+            ),
+            Root::Present => {
+                let id = root_id(dir);
+                if id != self.root_id || self.watcher.is_none() {
+                    // A new directory at the same path: watch it afresh.
+                    self.watcher = None;
+                    match start_watcher(dir, self.cfg, self.tx.clone()) {
+                        Ok((w, limited)) => {
+                            self.watcher = Some(w);
+                            self.root_id = id;
+                            if limited && !self.limited {
+                                self.rep.warn(&watch_limit_message(dir));
+                            }
+                            self.limited |= limited;
+                        }
+                        Err(e) => {
+                            self.rep
+                                .failed(&dir.display().to_string(), &format!("{e:#}"));
+                            self.root = Root::Gone;
+                            return Root::Gone;
+                        }
+                    }
+                }
+                self.rep.warn(&format!(
+                    "{} is back; reconciling, and deletions resume",
+                    dir.display()
+                ));
+                self.rescan.get_or_insert("the directory is back");
+            }
+        }
+        now
+    }
+
+    /// Full reconcile: in-flight work is finished first (it shares the
+    /// state database). Journal entries older than the reconcile are
+    /// settled by it when it succeeds.
+    async fn reconcile(&mut self, why: &str) -> Result<()> {
+        self.rep.debug(&format!("reconcile ({why})"));
+        while let Some(done) = self.tasks.join_next().await {
+            self.finish_joined(done);
+        }
+        if self.check_root() == Root::Gone {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let recheck: HashSet<String> = self.pending.keys().cloned().collect();
+        let before = (
+            self.rep
+                .counts
+                .uploaded
+                .load(std::sync::atomic::Ordering::Relaxed),
+            self.rep
+                .counts
+                .deleted
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let status =
+            sync::reconcile(&mut self.session, self.sync, self.rep, self.stop, &recheck).await?;
+        let uploaded = self
+            .rep
+            .counts
+            .uploaded
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - before.0;
+        let deleted = self
+            .rep
+            .counts
+            .deleted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - before.1;
+        match status {
+            Status::Done => {
+                let settled: Vec<String> = self
+                    .pending
+                    .iter()
+                    .filter(|(rel, p)| p.marked < started && !self.sources.contains_key(*rel))
+                    .map(|(rel, _)| rel.clone())
+                    .collect();
+                for rel in settled {
+                    if let Some(p) = self.pending.remove(&rel) {
+                        self.unpin(p.copy_from.as_deref());
+                    }
+                    self.session.state.clear_dirty(&rel);
+                }
+                self.session.state.flush();
+                self.gate_steps = 0;
+                self.gate = None;
+            }
+            Status::Partial => {
+                let now = Instant::now();
+                for rel in std::mem::take(&mut self.session.failed_rels) {
+                    self.add_pending(&rel, now + backoff(1, MAX_RETRY), now, None);
+                }
+                self.journal();
+            }
+            Status::Interrupted | Status::Busy(_) => {}
+        }
+        if why != "start" {
+            self.rep.status(
+                "reconcile",
+                &format!(
+                    "reconcile ({why}) done in {:.2} s: uploaded {uploaded}, deleted {deleted}",
+                    started.elapsed().as_secs_f64()
+                ),
+                json!({"reason": why, "uploaded": uploaded, "deleted": deleted,
+                       "seconds": started.elapsed().as_secs_f64()}),
+            );
+        }
+        Ok(())
+    }
+
+    fn reconcile_failed(&mut self, e: &anyhow::Error) {
+        if e.chain().any(|c| c.downcast_ref::<Refused>().is_some()) {
+            let msg = format!("{e:#}");
+            if let Some(m) = self.quiet.pass(&msg) {
+                self.rep.failed(&self.sync.dir.display().to_string(), &m);
+            }
+            // A guard refused the deletions; look again later.
+            self.next_rescan = Some(Instant::now() + LIMITED_RESCAN);
+            return;
+        }
+        let wait = self.close_gate();
+        let msg = format!("reconcile failed: {e:#}");
+        if let Some(m) = self.quiet.pass(&msg) {
+            self.rep.failed(
+                &self.sync.dest.to_string(),
+                &format!("{m}; retrying in {} s", wait.as_secs()),
+            );
+        }
+        self.rescan.take();
+        self.next_rescan = Some(Instant::now() + wait);
+    }
+
+    /// Server trouble: pause everything, for longer each time in a row.
+    fn close_gate(&mut self) -> Duration {
+        let wait = backoff(self.gate_steps, MAX_GATE);
+        self.gate_steps = self.gate_steps.saturating_add(1);
+        self.gate = Some(Instant::now() + wait);
+        wait
+    }
+
+    fn add_pending(&mut self, rel: &str, due: Instant, marked: Instant, copy_from: Option<String>) {
+        match self.pending.get_mut(rel) {
+            Some(p) => {
+                p.due = p.due.max(due);
+                p.marked = p.marked.max(marked);
+                if copy_from.is_some() {
+                    let old = std::mem::replace(&mut p.copy_from, copy_from);
+                    self.unpin(old.as_deref());
+                }
+            }
+            None => {
+                self.unjournaled.push(rel.to_string());
+                self.pending.insert(
+                    rel.to_string(),
+                    Pending {
+                        due,
+                        marked,
+                        attempts: 0,
+                        copy_from,
+                        started: None,
+                    },
+                );
+            }
+        }
+    }
+
+    fn pin(&mut self, rel: &str) {
+        *self.sources.entry(rel.to_string()).or_default() += 1;
+    }
+
+    fn unpin(&mut self, rel: Option<&str>) {
+        let Some(rel) = rel else { return };
+        if let Some(n) = self.sources.get_mut(rel) {
+            *n -= 1;
+            if *n == 0 {
+                self.sources.remove(rel);
+            }
+        }
+    }
+
+    /// Is a copy from `rel` (or from under it) still to come?
+    fn pinned(&self, rel: &str) -> bool {
+        let under = format!("{rel}/");
+        self.sources.contains_key(rel)
+            || self
+                .sources
+                .range(under.clone()..)
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(&under))
+    }
+
+    /// A path relative to the root as a key-safe string; problems are
+    /// reported (once in a while) and the path is skipped.
+    fn rel_of(&mut self, path: &Path) -> Option<String> {
+        let rel = path.strip_prefix(&self.sync.dir).ok()?;
+        if rel.as_os_str().is_empty() {
+            return None;
+        }
+        match keys::rel_key(rel, &self.sync.dest.prefix) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let msg = e.to_string();
+                if self
+                    .quiet
+                    .pass(&format!("{}{msg}", path.display()))
+                    .is_some()
+                {
+                    self.rep.failed(&path.to_string_lossy(), &msg);
+                }
+                None
+            }
+        }
+    }
+
+    fn take(&mut self, input: Input) {
+        match input {
+            Input::Rescan(why) => {
+                self.rescan.get_or_insert(why);
+            }
+            Input::Errors(errors) => {
+                for e in errors {
+                    if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                        if !self.limited {
+                            self.limited = true;
+                            self.rep.warn(&watch_limit_message(&self.sync.dir));
+                            self.schedule_rescan();
+                        }
+                    } else if let Some(m) = self.quiet.pass(&format!("watching: {e}")) {
+                        self.rep.warn(&m);
+                    }
+                }
+            }
+            Input::Events(events) => {
+                for ev in events {
+                    self.event(ev);
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, ev: DebouncedEvent) {
+        self.rep
+            .debug(&format!("event {:?} {:?}", ev.kind, ev.paths));
+        if ev.need_rescan() {
+            self.rescan
+                .get_or_insert("the kernel's event queue overflowed");
+            return;
+        }
+        match ev.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
+            EventKind::Access(_) | EventKind::Other => return,
+            _ => {}
+        }
+        let marked = ev.time;
+        let due = marked + self.cfg.debounce;
+        if ev.paths.iter().any(|p| p == &self.sync.dir) {
+            self.check_root();
+            return;
+        }
+        if let (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), [from, to]) =
+            (&ev.kind, &ev.paths[..])
+        {
+            let from = self.rel_of(from);
+            let to = self.rel_of(to);
+            if let Some(to) = &to {
+                if let Some(f) = &from {
+                    self.pin(f);
+                }
+                self.add_pending(to, due, marked, from.clone());
+            }
+            if let Some(from) = from {
+                self.add_pending(&from, due, marked, None);
+            }
+            return;
+        }
+        for p in &ev.paths {
+            if let Some(rel) = self.rel_of(p) {
+                self.add_pending(&rel, due, marked, None);
+            }
+        }
+    }
+
+    /// Writes the paths that are not yet journaled (new since the last
+    /// call) to the journal, in one commit.
+    fn journal(&mut self) {
+        let rels = std::mem::take(&mut self.unjournaled);
+        if !rels.is_empty() {
+            self.session
+                .state
+                .mark_dirty(rels.iter().map(String::as_str));
+        }
+    }
+
+    /// Starts what is due, as far as request permits allow.
+    fn dispatch(&mut self) {
+        let now = Instant::now();
+        if self.gate.is_some_and(|g| g > now) {
+            return;
+        }
+        let due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(rel, p)| p.due <= now && !self.in_flight.contains(*rel))
+            .map(|(rel, _)| rel.clone())
+            .collect();
+        for rel in due {
+            let Ok(permit) = self.session.requests.clone().try_acquire_owned() else {
+                return;
+            };
+            self.start(rel, permit, now);
+        }
+    }
+
+    /// Decides what a due path needs and starts it.
+    fn start(&mut self, rel: String, permit: tokio::sync::OwnedSemaphorePermit, now: Instant) {
+        if !self.pending.contains_key(&rel) {
+            return;
+        }
+        let path = self.sync.dir.join(&rel);
+        let follow = self.sync.filter.follow_symlinks;
+        let meta = if follow {
+            std::fs::metadata(&path)
+        } else {
+            std::fs::symlink_metadata(&path)
+        };
+        let meta = match meta {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return self.gone(rel, permit, now);
+            }
+            Err(e) => {
+                return self.retry_later(
+                    &rel,
+                    &path.display().to_string(),
+                    &format!("cannot read: {e}"),
+                );
+            }
+        };
+        if self.session.filter.excludes_path(&rel, meta.is_dir()) {
+            return self.settle(&rel);
+        }
+        if meta.is_dir() {
+            return self.walk_dir(&rel, &path, now);
+        }
+        if !meta.is_file() {
+            let what = if meta.file_type().is_symlink() {
+                "symlink skipped (pass --follow-symlinks to upload what it points to)"
+            } else {
+                "skipped: not a regular file"
+            };
+            self.rep.note(&path.display().to_string(), what);
+            return self.settle(&rel);
+        }
+        // Still being written: wait until it has been quiet a whole window.
+        let mtime = UNIX_EPOCH + Duration::from_nanos(scan::mtime_ns(&meta).max(0) as u64);
+        if let Ok(age) = SystemTime::now().duration_since(mtime) {
+            if age < self.cfg.debounce {
+                if let Some(p) = self.pending.get_mut(&rel) {
+                    p.due = now + (self.cfg.debounce - age);
+                }
+                return;
+            }
+        }
+        let file = LocalFile {
+            rel: rel.clone(),
+            path,
+            size: meta.len(),
+            mtime_ns: scan::mtime_ns(&meta),
+        };
+        let key = self.sync.dest.key_for(&rel);
+        let record = self.session.state.get(&key);
+        let Some(p) = self.pending.get_mut(&rel) else {
+            return;
+        };
+        let copy_from = p.copy_from.take();
+        p.started = Some(now);
+        // A renamed file whose old object is on record with this very size
+        // and mtime: copy it on the server instead of sending it again.
+        let source = copy_from.as_ref().and_then(|from| {
+            let from_key = self.sync.dest.key_for(from);
+            let src = self.session.state.get(&from_key)?;
+            (from_key != key
+                && src.size == file.size
+                && src.mtime_ns == file.mtime_ns
+                && file.size <= MAX_COPY)
+                .then_some((from_key, src))
+        });
+        if source.is_none() {
+            self.unpin(copy_from.as_deref());
+        }
+        let decision = match &record {
+            None => Decision::Upload("new"),
+            Some(r) if r.size != file.size => Decision::Upload("changed"),
+            Some(r) if r.mtime_ns != file.mtime_ns => Decision::Verify { head: false },
+            Some(_) => Decision::Hash,
+        };
+        let job = Job {
+            file: file.clone(),
+            key: key.clone(),
+            decision,
+            remote: None,
+            state: record,
+        };
+        let up = self.session.uploader.clone();
+        self.in_flight.insert(rel.clone());
+        let pinned_from = source.as_ref().and(copy_from);
+        self.tasks.spawn(async move {
+            let outcome = match source {
+                Some((from_key, src)) => up.copy_or_upload(job, from_key, src).await,
+                None => up.run(job, false).await,
+            };
+            drop(permit);
+            Finished::File {
+                rel,
+                key,
+                file,
+                outcome,
+                copy_from: pinned_from,
+            }
+        });
+    }
+
+    /// A directory appeared (created, or moved in): its files may predate
+    /// its watch, so walk it.
+    fn walk_dir(&mut self, rel: &str, path: &Path, now: Instant) {
+        let copy_from = self.pending.get_mut(rel).and_then(|p| p.copy_from.take());
+        let mut found = Vec::new();
+        let mut problems = Vec::new();
+        scan::walk_under(
+            &self.sync.dir,
+            path,
+            &self.sync.dest.prefix,
+            &self.session.filter,
+            self.sync.filter.follow_symlinks,
+            |item| {
+                match item {
+                    ScanItem::File(f) => found.push(f.rel),
+                    ScanItem::Kept {
+                        rel,
+                        message,
+                        problem,
+                        ..
+                    } => problems.push((
+                        self.sync.dir.join(&rel).display().to_string(),
+                        message,
+                        problem,
+                    )),
+                    ScanItem::Problem { path, message } | ScanItem::Blind { path, message } => {
+                        problems.push((path.display().to_string(), message, true))
+                    }
+                }
+                true
+            },
+        );
+        for (what, message, problem) in problems {
+            if problem {
+                self.rep.failed(&what, &message);
+            } else {
+                self.rep.note(&what, &message);
+            }
+        }
+        for f in found {
+            let from = copy_from
+                .as_ref()
+                .map(|c| format!("{c}{}", &f[rel.len()..]));
+            if let Some(from) = &from {
+                self.pin(from);
+            }
+            self.add_pending(&f, now, now, from);
+        }
+        self.unpin(copy_from.as_deref());
+        // The directory itself is settled once its files are journaled.
+        self.pending.remove(rel);
+        self.journal();
+        self.session.state.clear_dirty(rel);
+    }
+
+    /// A path that no longer exists: with `--delete`, its object (and, for
+    /// a directory, the objects under it) go too.
+    fn gone(&mut self, rel: String, permit: tokio::sync::OwnedSemaphorePermit, now: Instant) {
+        if !self.sync.delete || self.session.filter.excludes_key(&rel) {
+            return self.settle(&rel);
+        }
+        // A renamed file's old object stays until its copy is made.
+        if self.pinned(&rel) {
+            if let Some(p) = self.pending.get_mut(&rel) {
+                p.due = now + Duration::from_millis(100);
+            }
+            return;
+        }
+        if self.check_root() != Root::Present {
+            if let Some(p) = self.pending.get_mut(&rel) {
+                p.due = now + ROOT_POLL;
+            }
+            return;
+        }
+        let key = self.sync.dest.key_for(&rel);
+        let mut keys: Vec<(String, u64)> = Vec::new();
+        if let Some(r) = self.session.state.get(&key) {
+            keys.push((key.clone(), r.size));
+        }
+        for k in self.session.state.keys_under(&key) {
+            let Some(sub) = self.sync.dest.rel_of(&k) else {
+                continue;
+            };
+            // Kept if something is there again, or it is excluded.
+            if std::fs::symlink_metadata(self.sync.dir.join(sub)).is_ok()
+                || self.session.filter.excludes_key(sub)
+            {
+                continue;
+            }
+            let size = self.session.state.get(&k).map_or(0, |r| r.size);
+            keys.push((k, size));
+        }
+        if keys.is_empty() {
+            return self.settle(&rel);
+        }
+        if let Some(max) = self.sync.max_delete {
+            if keys.len() as u64 > max {
+                self.rep.failed(
+                    &self.sync.dir.join(&rel).display().to_string(),
+                    &format!(
+                        "refusing to delete {} objects under {}: more than --max-delete {max}; \
+                         nothing was deleted (the next reconcile checks again)",
+                        keys.len(),
+                        self.sync.dest.key_for(&rel)
+                    ),
+                );
+                return self.settle(&rel);
+            }
+        }
+        let store = self.session.store.clone();
+        let bucket = self.sync.dest.bucket.clone();
+        self.in_flight.insert(rel.clone());
+        if let Some(p) = self.pending.get_mut(&rel) {
+            p.started = Some(now);
+        }
+        self.tasks.spawn(async move {
+            let start = Instant::now();
+            let mut results = Vec::new();
+            let mut error = None;
+            for batch in keys.chunks(1000) {
+                let names: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+                match store.delete_batch(&bucket, &names).await {
+                    Ok(failed) => {
+                        let failed: HashMap<String, String> = failed.into_iter().collect();
+                        for (k, size) in batch {
+                            results.push((k.clone(), *size, failed.get(k).cloned()));
+                        }
+                    }
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+            drop(permit);
+            Finished::Deleted {
+                rel,
+                results,
+                elapsed: start.elapsed(),
+                error,
+            }
+        });
+    }
+
+    /// Done with a path: off the pending set and the journal.
+    fn settle(&mut self, rel: &str) {
+        if let Some(p) = self.pending.remove(rel) {
+            self.unpin(p.copy_from.as_deref());
+        }
+        self.session.state.clear_dirty(rel);
+    }
+
+    /// A problem with one path: try it again later, saying so now and then.
+    fn retry_later(&mut self, rel: &str, what: &str, message: &str) {
+        let Some(p) = self.pending.get_mut(rel) else {
+            return;
+        };
+        p.attempts = p.attempts.saturating_add(1);
+        let wait = backoff(p.attempts, MAX_RETRY);
+        p.due = Instant::now() + wait;
+        if let Some(m) = self.quiet.pass(&format!("{what}: {message}")) {
+            self.rep.failed(
+                what,
+                &format!("{}; retrying", m.trim_start_matches(&format!("{what}: "))),
+            );
+        }
+    }
+
+    fn finish_joined(&mut self, done: Result<Finished, tokio::task::JoinError>) {
+        match done {
+            Ok(f) => self.finish(f),
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => self.rep.failed("transfer task", &format!("failed: {e}")),
+        }
+    }
+
+    fn finish(&mut self, done: Finished) {
+        match done {
+            Finished::File {
+                rel,
+                key,
+                file,
+                outcome,
+                copy_from,
+            } => {
+                self.in_flight.remove(&rel);
+                self.unpin(copy_from.as_deref());
+                self.finish_file(rel, key, file, outcome);
+            }
+            Finished::Deleted {
+                rel,
+                results,
+                elapsed,
+                error,
+            } => {
+                self.in_flight.remove(&rel);
+                let mut failed = false;
+                for (k, size, err) in results {
+                    match err {
+                        None => {
+                            self.rep.deleted(&k, Some((size, elapsed)), false);
+                            self.session.state.remove(&k);
+                        }
+                        Some(msg) => {
+                            failed = true;
+                            if let Some(m) = self.quiet.pass(&format!("cannot delete {k}: {msg}")) {
+                                self.rep.failed(&k, &m);
+                            }
+                        }
+                    }
+                }
+                self.session.state.flush();
+                if let Some(e) = error {
+                    self.server_trouble(&rel, &e.to_string());
+                } else if failed {
+                    self.retry_later(&rel, &rel.clone(), "some objects could not be deleted");
+                } else {
+                    self.gate_steps = 0;
+                    self.done_with(&rel);
+                }
+            }
+        }
+    }
+
+    /// A path's change is mirrored: settle it, unless it changed again
+    /// meanwhile (then it is due again after its own window).
+    fn done_with(&mut self, rel: &str) {
+        let Some(p) = self.pending.get_mut(rel) else {
+            return self.session.state.clear_dirty(rel);
+        };
+        let changed_since = p.started.is_some_and(|s| p.marked >= s);
+        p.started = None;
+        p.attempts = 0;
+        if !changed_since {
+            self.settle(rel);
+        }
+    }
+
+    fn finish_file(&mut self, rel: String, key: String, file: LocalFile, outcome: Outcome) {
+        match outcome {
+            Outcome::Uploaded {
+                record,
+                elapsed,
+                reason,
+            } => {
+                self.rep
+                    .uploaded(&key, &rel, record.size, elapsed, false, reason);
+                self.session.state.put(&key, &record);
+                self.gate_steps = 0;
+                self.done_with(&rel);
+            }
+            Outcome::Copied {
+                record,
+                elapsed,
+                from,
+            } => {
+                self.rep.copied(&key, &from, record.size, elapsed);
+                self.session.state.put(&key, &record);
+                self.gate_steps = 0;
+                self.done_with(&rel);
+            }
+            Outcome::Unchanged { record, why } => {
+                self.rep.skipped(&key, why);
+                self.session.state.put(&key, &record);
+                self.done_with(&rel);
+            }
+            Outcome::WouldUpload { .. } => self.done_with(&rel),
+            // Look again: it is now a deletion (or it came back).
+            Outcome::Vanished => {
+                if let Some(p) = self.pending.get_mut(&rel) {
+                    p.due = Instant::now();
+                }
+            }
+            Outcome::Failed(e) if is_server_trouble(&e) => {
+                self.server_trouble(&rel, &format!("{e}"));
+            }
+            Outcome::Failed(e) => {
+                let hint = match e {
+                    UploadError::Changed => "; it is written to constantly",
+                    _ => "",
+                };
+                self.retry_later(
+                    &rel,
+                    &file.path.display().to_string(),
+                    &format!("{e}{hint} (key {key})"),
+                );
+            }
+        }
+        self.session.state.flush();
+    }
+
+    /// The server failed a request: everything waits, the path included.
+    fn server_trouble(&mut self, rel: &str, message: &str) {
+        let wait = if self.gate.is_some_and(|g| g > Instant::now()) {
+            // Already closed by another failure of the same moment.
+            self.gate.map_or(Duration::ZERO, |g| g - Instant::now())
+        } else {
+            self.close_gate()
+        };
+        if let Some(p) = self.pending.get_mut(rel) {
+            p.due = p.due.max(Instant::now() + wait);
+        }
+        let waiting = self.pending.len();
+        if let Some(m) = self.quiet.pass(message) {
+            self.rep.failed(
+                &self.sync.dest.to_string(),
+                &format!(
+                    "{m}; {waiting} changes are waiting (journaled), retrying in {} s",
+                    wait.as_secs().max(1)
+                ),
+            );
+        }
+    }
+}
