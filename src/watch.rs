@@ -19,7 +19,7 @@
 //! server pauses all work (one gate, so a dead endpoint costs one probe per
 //! backoff step), an error about one file delays that file only.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -246,6 +246,8 @@ struct Daemon<'a> {
     root: Root,
     limited: bool,
     pending: BTreeMap<String, Pending>,
+    /// Every pending path not in flight, by when it is due.
+    queue: BTreeSet<(Instant, String)>,
     in_flight: HashSet<String>,
     /// Paths that renamed files will be copied from: not deleted before.
     sources: BTreeMap<String, usize>,
@@ -294,6 +296,7 @@ pub async fn run(
         root: Root::Present,
         limited,
         pending: BTreeMap::new(),
+        queue: BTreeSet::new(),
         in_flight: HashSet::new(),
         sources: BTreeMap::new(),
         tasks: JoinSet::new(),
@@ -310,27 +313,24 @@ pub async fn run(
     // What the journal holds was changed before a crash or a stop: hash it.
     let now = Instant::now();
     for rel in d.session.state.dirty() {
-        d.pending.insert(
-            rel,
-            Pending {
-                due: now,
-                marked: now,
-                attempts: 0,
-                copy_from: None,
-                started: None,
-            },
-        );
+        d.add_pending(&rel, now, now, None);
     }
+    // Already in the journal.
+    d.unjournaled.clear();
     let started = Instant::now();
     let first = d.reconcile("start").await;
-    if let Err(e) = first {
-        match store_error(&e) {
-            // Fix the configuration first: systemd shows the error.
-            Some(se) if se.is_fatal() && !matches!(se, StoreError::Unreachable { .. }) => {
-                return Err(e)
-            }
-            _ => d.reconcile_failed(&e),
+    let first_ok = first.is_ok();
+    match first {
+        Ok(()) => d.schedule_rescan(),
+        // Fix the configuration first: systemd shows the error.
+        Err(e)
+            if store_error(&e).is_some_and(|se| {
+                se.is_fatal() && !matches!(se, StoreError::Unreachable { .. })
+            }) =>
+        {
+            return Err(e)
         }
+        Err(e) => d.reconcile_failed(&e),
     }
     let dirs = count_dirs(&sync.dir, sync.filter.follow_symlinks);
     let c = &rep.counts;
@@ -338,8 +338,9 @@ pub async fn run(
     rep.status(
         "ready",
         &format!(
-            "initial reconcile done in {:.2} s (uploaded {}, deleted {}, failed {}); watching {} \
+            "initial reconcile {} in {:.2} s (uploaded {}, deleted {}, failed {}); watching {} \
              director{} under {} for changes to {}",
+            if first_ok { "done" } else { "failed (retried)" },
             started.elapsed().as_secs_f64(),
             get(&c.uploaded),
             get(&c.deleted),
@@ -352,7 +353,6 @@ pub async fn run(
         json!({"directories": dirs, "uploaded": get(&c.uploaded), "deleted": get(&c.deleted),
                "failed": get(&c.failed), "seconds": started.elapsed().as_secs_f64()}),
     );
-    d.schedule_rescan();
     d.run(&mut rx).await;
     d.shutdown(&mut rx).await;
     Ok(Status::Done)
@@ -380,10 +380,10 @@ impl Daemon<'_> {
                 return;
             }
             if let Some(why) = self.rescan.take() {
-                if let Err(e) = self.reconcile(why).await {
-                    self.reconcile_failed(&e);
+                match self.reconcile(why).await {
+                    Ok(()) => self.schedule_rescan(),
+                    Err(e) => self.reconcile_failed(&e),
                 }
-                self.schedule_rescan();
                 continue;
             }
             self.dispatch();
@@ -467,13 +467,8 @@ impl Daemon<'_> {
             wake = wake.min(t);
         }
         wake = wake.min(now + ROOT_POLL);
-        let earliest = self
-            .pending
-            .iter()
-            .filter(|(rel, _)| !self.in_flight.contains(*rel))
-            .map(|(_, p)| p.due)
-            .min();
-        if let Some(due) = earliest {
+        if let Some((due, _)) = self.queue.first() {
+            let due = *due;
             // While gated, nothing starts before the gate opens.
             wake = wake.min(self.gate.map_or(due, |g| due.max(g)));
         }
@@ -659,12 +654,13 @@ impl Daemon<'_> {
     fn add_pending(&mut self, rel: &str, due: Instant, marked: Instant, copy_from: Option<String>) {
         match self.pending.get_mut(rel) {
             Some(p) => {
-                p.due = p.due.max(due);
+                let later = p.due.max(due);
                 p.marked = p.marked.max(marked);
                 if copy_from.is_some() {
                     let old = std::mem::replace(&mut p.copy_from, copy_from);
                     self.unpin(old.as_deref());
                 }
+                self.set_due(rel, later);
             }
             None => {
                 self.unjournaled.push(rel.to_string());
@@ -678,7 +674,33 @@ impl Daemon<'_> {
                         started: None,
                     },
                 );
+                if !self.in_flight.contains(rel) {
+                    self.queue.insert((due, rel.to_string()));
+                }
             }
+        }
+    }
+
+    /// Sets when a pending path is next looked at, keeping the queue in
+    /// step (a path in flight is queued again when it finishes).
+    fn set_due(&mut self, rel: &str, due: Instant) {
+        let Some(p) = self.pending.get_mut(rel) else {
+            return;
+        };
+        let old = std::mem::replace(&mut p.due, due);
+        if !self.in_flight.contains(rel) {
+            let mut entry = (old, rel.to_string());
+            self.queue.remove(&entry);
+            entry.0 = due;
+            self.queue.insert(entry);
+        }
+    }
+
+    /// A path's transfer ended: back in the queue if it is still pending.
+    fn landed(&mut self, rel: &str) {
+        self.in_flight.remove(rel);
+        if let Some(p) = self.pending.get(rel) {
+            self.queue.insert((p.due, rel.to_string()));
         }
     }
 
@@ -715,6 +737,14 @@ impl Daemon<'_> {
             return None;
         }
         match keys::rel_key(rel, &self.sync.dest.prefix) {
+            // Left out whether it is a file or a directory (hidden, say):
+            // not even journaled.
+            Ok(r)
+                if self.session.filter.excludes_path(&r, false)
+                    && self.session.filter.excludes_path(&r, true) =>
+            {
+                None
+            }
             Ok(r) => Some(r),
             Err(e) => {
                 let msg = e.to_string();
@@ -815,24 +845,32 @@ impl Daemon<'_> {
         if self.gate.is_some_and(|g| g > now) {
             return;
         }
-        let due: Vec<String> = self
-            .pending
-            .iter()
-            .filter(|(rel, p)| p.due <= now && !self.in_flight.contains(*rel))
-            .map(|(rel, _)| rel.clone())
-            .collect();
-        for rel in due {
+        while self.queue.first().is_some_and(|(due, _)| *due <= now) {
             let Ok(permit) = self.session.requests.clone().try_acquire_owned() else {
                 return;
             };
-            self.start(rel, permit, now);
+            let Some((_, rel)) = self.queue.pop_first() else {
+                return;
+            };
+            // Off the queue while it is looked at; whatever keeps it
+            // pending without a transfer puts it back.
+            self.in_flight.insert(rel.clone());
+            if !self.start(rel.clone(), permit, now) {
+                self.landed(&rel);
+            }
         }
     }
 
-    /// Decides what a due path needs and starts it.
-    fn start(&mut self, rel: String, permit: tokio::sync::OwnedSemaphorePermit, now: Instant) {
+    /// Decides what a due path needs and starts it; false when no
+    /// transfer was started (settled, or due again later).
+    fn start(
+        &mut self,
+        rel: String,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        now: Instant,
+    ) -> bool {
         if !self.pending.contains_key(&rel) {
-            return;
+            return false;
         }
         let path = self.sync.dir.join(&rel);
         let follow = self.sync.filter.follow_symlinks;
@@ -847,18 +885,21 @@ impl Daemon<'_> {
                 return self.gone(rel, permit, now);
             }
             Err(e) => {
-                return self.retry_later(
+                self.retry_later(
                     &rel,
                     &path.display().to_string(),
                     &format!("cannot read: {e}"),
                 );
+                return false;
             }
         };
         if self.session.filter.excludes_path(&rel, meta.is_dir()) {
-            return self.settle(&rel);
+            self.settle(&rel);
+            return false;
         }
         if meta.is_dir() {
-            return self.walk_dir(&rel, &path, now);
+            self.walk_dir(&rel, &path, now);
+            return false;
         }
         if !meta.is_file() {
             let what = if meta.file_type().is_symlink() {
@@ -867,16 +908,15 @@ impl Daemon<'_> {
                 "skipped: not a regular file"
             };
             self.rep.note(&path.display().to_string(), what);
-            return self.settle(&rel);
+            self.settle(&rel);
+            return false;
         }
         // Still being written: wait until it has been quiet a whole window.
         let mtime = UNIX_EPOCH + Duration::from_nanos(scan::mtime_ns(&meta).max(0) as u64);
         if let Ok(age) = SystemTime::now().duration_since(mtime) {
             if age < self.cfg.debounce {
-                if let Some(p) = self.pending.get_mut(&rel) {
-                    p.due = now + (self.cfg.debounce - age);
-                }
-                return;
+                self.set_due(&rel, now + (self.cfg.debounce - age));
+                return false;
             }
         }
         let file = LocalFile {
@@ -888,7 +928,7 @@ impl Daemon<'_> {
         let key = self.sync.dest.key_for(&rel);
         let record = self.session.state.get(&key);
         let Some(p) = self.pending.get_mut(&rel) else {
-            return;
+            return false;
         };
         let copy_from = p.copy_from.take();
         p.started = Some(now);
@@ -920,7 +960,6 @@ impl Daemon<'_> {
             state: record,
         };
         let up = self.session.uploader.clone();
-        self.in_flight.insert(rel.clone());
         let pinned_from = source.as_ref().and(copy_from);
         self.tasks.spawn(async move {
             let outcome = match source {
@@ -936,6 +975,7 @@ impl Daemon<'_> {
                 copy_from: pinned_from,
             }
         });
+        true
     }
 
     /// A directory appeared (created, or moved in): its files may predate
@@ -988,29 +1028,30 @@ impl Daemon<'_> {
         }
         self.unpin(copy_from.as_deref());
         // The directory itself is settled once its files are journaled.
-        self.pending.remove(rel);
         self.journal();
-        self.session.state.clear_dirty(rel);
+        self.settle(rel);
     }
 
     /// A path that no longer exists: with `--delete`, its object (and, for
     /// a directory, the objects under it) go too.
-    fn gone(&mut self, rel: String, permit: tokio::sync::OwnedSemaphorePermit, now: Instant) {
+    fn gone(
+        &mut self,
+        rel: String,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        now: Instant,
+    ) -> bool {
         if !self.sync.delete || self.session.filter.excludes_key(&rel) {
-            return self.settle(&rel);
+            self.settle(&rel);
+            return false;
         }
         // A renamed file's old object stays until its copy is made.
         if self.pinned(&rel) {
-            if let Some(p) = self.pending.get_mut(&rel) {
-                p.due = now + Duration::from_millis(100);
-            }
-            return;
+            self.set_due(&rel, now + Duration::from_millis(100));
+            return false;
         }
         if self.check_root() != Root::Present {
-            if let Some(p) = self.pending.get_mut(&rel) {
-                p.due = now + ROOT_POLL;
-            }
-            return;
+            self.set_due(&rel, now + ROOT_POLL);
+            return false;
         }
         let key = self.sync.dest.key_for(&rel);
         let mut keys: Vec<(String, u64)> = Vec::new();
@@ -1031,7 +1072,8 @@ impl Daemon<'_> {
             keys.push((k, size));
         }
         if keys.is_empty() {
-            return self.settle(&rel);
+            self.settle(&rel);
+            return false;
         }
         if let Some(max) = self.sync.max_delete {
             if keys.len() as u64 > max {
@@ -1044,12 +1086,12 @@ impl Daemon<'_> {
                         self.sync.dest.key_for(&rel)
                     ),
                 );
-                return self.settle(&rel);
+                self.settle(&rel);
+                return false;
             }
         }
         let store = self.session.store.clone();
         let bucket = self.sync.dest.bucket.clone();
-        self.in_flight.insert(rel.clone());
         if let Some(p) = self.pending.get_mut(&rel) {
             p.started = Some(now);
         }
@@ -1080,11 +1122,13 @@ impl Daemon<'_> {
                 error,
             }
         });
+        true
     }
 
     /// Done with a path: off the pending set and the journal.
     fn settle(&mut self, rel: &str) {
         if let Some(p) = self.pending.remove(rel) {
+            self.queue.remove(&(p.due, rel.to_string()));
             self.unpin(p.copy_from.as_deref());
         }
         self.session.state.clear_dirty(rel);
@@ -1097,7 +1141,7 @@ impl Daemon<'_> {
         };
         p.attempts = p.attempts.saturating_add(1);
         let wait = backoff(p.attempts, MAX_RETRY);
-        p.due = Instant::now() + wait;
+        self.set_due(rel, Instant::now() + wait);
         if let Some(m) = self.quiet.pass(&format!("{what}: {message}")) {
             self.rep.failed(
                 what,
@@ -1123,9 +1167,9 @@ impl Daemon<'_> {
                 outcome,
                 copy_from,
             } => {
-                self.in_flight.remove(&rel);
                 self.unpin(copy_from.as_deref());
-                self.finish_file(rel, key, file, outcome);
+                self.finish_file(&rel, key, file, outcome);
+                self.landed(&rel);
             }
             Finished::Deleted {
                 rel,
@@ -1133,7 +1177,6 @@ impl Daemon<'_> {
                 elapsed,
                 error,
             } => {
-                self.in_flight.remove(&rel);
                 let mut failed = false;
                 for (k, size, err) in results {
                     match err {
@@ -1158,6 +1201,7 @@ impl Daemon<'_> {
                     self.gate_steps = 0;
                     self.done_with(&rel);
                 }
+                self.landed(&rel);
             }
         }
     }
@@ -1176,7 +1220,7 @@ impl Daemon<'_> {
         }
     }
 
-    fn finish_file(&mut self, rel: String, key: String, file: LocalFile, outcome: Outcome) {
+    fn finish_file(&mut self, rel: &str, key: String, file: LocalFile, outcome: Outcome) {
         match outcome {
             Outcome::Uploaded {
                 record,
@@ -1184,10 +1228,10 @@ impl Daemon<'_> {
                 reason,
             } => {
                 self.rep
-                    .uploaded(&key, &rel, record.size, elapsed, false, reason);
+                    .uploaded(&key, rel, record.size, elapsed, false, reason);
                 self.session.state.put(&key, &record);
                 self.gate_steps = 0;
-                self.done_with(&rel);
+                self.done_with(rel);
             }
             Outcome::Copied {
                 record,
@@ -1197,22 +1241,18 @@ impl Daemon<'_> {
                 self.rep.copied(&key, &from, record.size, elapsed);
                 self.session.state.put(&key, &record);
                 self.gate_steps = 0;
-                self.done_with(&rel);
+                self.done_with(rel);
             }
             Outcome::Unchanged { record, why } => {
                 self.rep.skipped(&key, why);
                 self.session.state.put(&key, &record);
-                self.done_with(&rel);
+                self.done_with(rel);
             }
-            Outcome::WouldUpload { .. } => self.done_with(&rel),
+            Outcome::WouldUpload { .. } => self.done_with(rel),
             // Look again: it is now a deletion (or it came back).
-            Outcome::Vanished => {
-                if let Some(p) = self.pending.get_mut(&rel) {
-                    p.due = Instant::now();
-                }
-            }
+            Outcome::Vanished => self.set_due(rel, Instant::now()),
             Outcome::Failed(e) if is_server_trouble(&e) => {
-                self.server_trouble(&rel, &format!("{e}"));
+                self.server_trouble(rel, &format!("{e}"));
             }
             Outcome::Failed(e) => {
                 let hint = match e {
@@ -1220,7 +1260,7 @@ impl Daemon<'_> {
                     _ => "",
                 };
                 self.retry_later(
-                    &rel,
+                    rel,
                     &file.path.display().to_string(),
                     &format!("{e}{hint} (key {key})"),
                 );
@@ -1237,8 +1277,9 @@ impl Daemon<'_> {
         } else {
             self.close_gate()
         };
-        if let Some(p) = self.pending.get_mut(rel) {
-            p.due = p.due.max(Instant::now() + wait);
+        if let Some(p) = self.pending.get(rel) {
+            let due = p.due.max(Instant::now() + wait);
+            self.set_due(rel, due);
         }
         let waiting = self.pending.len();
         if let Some(m) = self.quiet.pass(message) {
