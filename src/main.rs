@@ -144,7 +144,7 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
             match sync::run(cfg, &conn, rep.clone(), stop).await {
                 Ok(sync::Status::Busy(lock)) => {
                     eprintln!(
-                        "error: another s3ma sync of this directory and destination is already \
+                        "error: another s3ma sync or watch of this directory and destination is already \
                          running (lock {lock}); this run did nothing"
                     );
                     Exit::Busy
@@ -186,8 +186,8 @@ async fn watch(args: cli::WatchArgs, loaded: &config::Loaded, rep: Arc<Reporter>
     match watch::run(cfg, &conn, rep, stop).await {
         Ok(sync::Status::Busy(lock)) => {
             eprintln!(
-                "error: another s3ma run for this directory and destination is active (lock \
-                 {lock}); this one did nothing"
+                "error: another s3ma sync or watch of this directory and destination is already \
+                 running (lock {lock}); this one did nothing"
             );
             Exit::Busy
         }

@@ -395,3 +395,41 @@ fn an_emptied_or_vanished_root_deletes_nothing() {
     env.converge(WITHIN, &|| w.logs());
     assert_eq!(w.term(), 0);
 }
+
+#[test]
+fn periodic_reconcile_repairs_the_bucket() {
+    let env = TestEnv::new(Kind::Moto);
+    env.write("p.txt", "periodic");
+    let mut w = env.watch(&["--delete", "--rescan-interval", "1s"]);
+    w.ready();
+    env.converge(WITHIN, &|| w.logs());
+    env.put(
+        &format!("{}stray.txt", env.prefix),
+        b"removed by the next reconcile",
+    );
+    w.wait_for("reconcile", WITHIN);
+    env.converge(WITHIN, &|| w.logs());
+    assert_eq!(w.term(), 0);
+}
+
+#[test]
+fn watch_and_sync_of_one_pair_never_run_together() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("x.txt", "x");
+    let mut w = env.watch(&[]);
+    w.ready();
+    let sync = env.sync(&[]).code(4);
+    assert!(sync.stderr.contains("already running"), "{sync}");
+    assert_eq!(w.term(), 0);
+    env.sync(&[]).ok();
+}
+
+#[test]
+fn watch_on_a_missing_bucket_exits_3_with_the_reason() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let tree = env.tree().display().to_string();
+    let run = env
+        .s3ma(&["watch", &tree, "s3://no-such-bucket-s3ma/x"])
+        .code(3);
+    assert!(run.stderr.contains("no-such-bucket-s3ma"), "{run}");
+}
