@@ -382,7 +382,7 @@ pub async fn reconcile(
                 if cfg.delete {
                     let rel = cfg.dest.rel_of(&r.key).unwrap_or(&r.key);
                     if !merge.kept.covers(rel) && !filter.excludes_key(rel) {
-                        merge.deletes.push(r.key);
+                        merge.deletes.push((r.key, r.size));
                     }
                 }
                 remote = merge.next_remote(&mut rrx, cfg).await?;
@@ -521,31 +521,37 @@ async fn delete_all(
     rep: &Reporter,
     state: &mut State,
     stop: &Stop,
-    deletes: &[String],
+    deletes: &[(String, u64)],
 ) -> Result<()> {
     for batch in deletes.chunks(1000) {
         if stop.requested() {
             return Ok(());
         }
         if cfg.dry_run {
-            for k in batch {
+            for (k, _) in batch {
                 rep.deleted(k, None, true);
             }
             continue;
         }
-        let failed = match store.delete_batch(&cfg.dest.bucket, batch).await {
+        let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+        let started = std::time::Instant::now();
+        let failed = match store.delete_batch(&cfg.dest.bucket, &keys).await {
             Ok(f) => f,
             Err(e) if e.is_fatal() => {
                 return Err(anyhow!(e)).with_context(|| format!("cannot delete from {}", cfg.dest))
             }
-            Err(e) => batch.iter().map(|k| (k.clone(), e.to_string())).collect(),
+            Err(e) => keys.iter().map(|k| (k.clone(), e.to_string())).collect(),
         };
+        let elapsed = started.elapsed();
         let failed_keys: BTreeSet<&str> = failed.iter().map(|(k, _)| k.as_str()).collect();
         for (k, msg) in &failed {
             rep.failed(k, &format!("cannot delete: {msg}"));
         }
-        for k in batch.iter().filter(|k| !failed_keys.contains(k.as_str())) {
-            rep.deleted(k, None, false);
+        for (k, size) in batch
+            .iter()
+            .filter(|(k, _)| !failed_keys.contains(k.as_str()))
+        {
+            rep.deleted(k, Some((*size, elapsed)), false);
             state.remove(k);
         }
         state.flush();
@@ -559,7 +565,7 @@ struct Merge {
     saw_local: bool,
     /// Set when part of the tree could not be read at all.
     blind: Option<String>,
-    deletes: Vec<String>,
+    deletes: Vec<(String, u64)>,
     last_local: Option<String>,
     last_remote: Option<String>,
 }
