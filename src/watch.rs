@@ -468,7 +468,14 @@ impl Daemon<'_> {
         }
         wake = wake.min(now + ROOT_POLL);
         if let Some((due, _)) = self.queue.first() {
-            let due = *due;
+            // Every request slot taken: a finishing transfer wakes the loop;
+            // parts of a multipart upload free slots without that, so look
+            // again now and then.
+            let due = if self.session.requests.available_permits() == 0 {
+                (*due).max(now + Duration::from_millis(100))
+            } else {
+                *due
+            };
             // While gated, nothing starts before the gate opens.
             wake = wake.min(self.gate.map_or(due, |g| due.max(g)));
         }
