@@ -116,52 +116,36 @@ fn io_err(e: std::io::Error) -> UploadError {
     }
 }
 
-/// Reads a file once, returning its MD5 and, with `part_size`, the MD5 of
-/// each part. Errors with `Changed` when the length is not `size`.
-fn hash_file(
-    path: &Path,
-    size: u64,
-    part_size: Option<u64>,
-) -> Result<([u8; 16], Vec<[u8; 16]>), UploadError> {
+/// The MD5 of a whole file of `size` bytes.
+fn hash_file(path: &Path, size: u64) -> Result<[u8; 16], UploadError> {
+    hash_range(path, 0, size, true)
+}
+
+/// The MD5 of `len` bytes at `offset`. `Changed` when the file is shorter
+/// now or, with `to_end`, longer.
+fn hash_range(path: &Path, offset: u64, len: u64, to_end: bool) -> Result<[u8; 16], UploadError> {
+    use std::io::{Seek, SeekFrom};
     let mut f = std::fs::File::open(path).map_err(io_err)?;
-    let mut whole = Md5::new();
-    let mut part = Md5::new();
-    let mut parts = Vec::new();
-    let mut in_part = 0u64;
-    let mut total = 0u64;
+    if offset > 0 {
+        f.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+    }
+    // One byte more than expected tells a grown file without reading it.
+    let mut f = f.take(if to_end { len + 1 } else { len });
+    let mut md5 = Md5::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
     loop {
         let n = f.read(&mut buf).map_err(io_err)?;
         if n == 0 {
             break;
         }
-        if total + n as u64 > size {
-            // Growing while we read: stop now, the caller starts over.
-            return Err(UploadError::Changed);
-        }
-        let mut chunk = &buf[..n];
-        whole.update(chunk);
+        md5.update(&buf[..n]);
         total += n as u64;
-        if let Some(ps) = part_size {
-            while !chunk.is_empty() {
-                let take = ((ps - in_part) as usize).min(chunk.len());
-                part.update(&chunk[..take]);
-                in_part += take as u64;
-                chunk = &chunk[take..];
-                if in_part == ps {
-                    parts.push(part.finalize_reset().into());
-                    in_part = 0;
-                }
-            }
-        }
     }
-    if total != size {
+    if total != len {
         return Err(UploadError::Changed);
     }
-    if part_size.is_some() && (in_part > 0 || parts.is_empty()) {
-        parts.push(part.finalize().into());
-    }
-    Ok((whole.finalize().into(), parts))
+    Ok(md5.finalize().into())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -350,7 +334,7 @@ impl Uploader {
         }
         let path = local.path.clone();
         let size = local.size;
-        let (md5, _) = blocking(move || hash_file(&path, size, None)).await?;
+        let md5 = blocking(move || hash_file(&path, size)).await?;
         let same = match facts.md5 {
             Some(remote) => remote == md5,
             // No MD5 on record (multipart object without md5chksum): the
@@ -388,7 +372,7 @@ impl Uploader {
             (md5, etag)
         } else if size < self.cfg.multipart_threshold {
             let p = path.to_path_buf();
-            let (md5, _) = blocking(move || hash_file(&p, size, None)).await?;
+            let md5 = blocking(move || hash_file(&p, size)).await?;
             let meta = self.meta(key, mtime_ns, &md5);
             let body = file_body(path, 0, size).await?;
             let etag = self
@@ -400,11 +384,12 @@ impl Uploader {
         } else {
             let (part_size, _) = plan::part_layout(size, self.cfg.chunk_size);
             let p = path.to_path_buf();
-            let (md5, part_md5s) = blocking(move || hash_file(&p, size, Some(part_size))).await?;
+            // The whole file's MD5 goes into the metadata, which is given
+            // when the upload is created; each part's MD5 is computed by
+            // the task that sends it, in parallel.
+            let md5 = blocking(move || hash_file(&p, size)).await?;
             let meta = self.meta(key, mtime_ns, &md5);
-            let etag = self
-                .multipart(path, key, size, part_size, part_md5s, &meta)
-                .await;
+            let etag = self.multipart(path, key, size, part_size, &meta).await;
             (md5, etag)
         };
         // Whatever happened, a file that changed meanwhile is re-sent.
@@ -427,12 +412,11 @@ impl Uploader {
         key: &str,
         size: u64,
         part_size: u64,
-        part_md5s: Vec<[u8; 16]>,
         meta: &PutMeta,
     ) -> Result<Option<String>, UploadError> {
         let upload_id = self.store.create_multipart(&self.bucket, key, meta).await?;
         let result = self
-            .send_parts(path, key, &upload_id, size, part_size, part_md5s)
+            .send_parts(path, key, &upload_id, size, part_size)
             .await;
         let result = match result {
             Ok(parts) => {
@@ -484,9 +468,8 @@ impl Uploader {
         upload_id: &str,
         size: u64,
         part_size: u64,
-        part_md5s: Vec<[u8; 16]>,
     ) -> Result<Vec<aws_sdk_s3::types::CompletedPart>, UploadError> {
-        let count = part_md5s.len();
+        let count = size.div_ceil(part_size).max(1) as usize;
         let mut done = Vec::with_capacity(count);
         let mut set: JoinSet<Result<aws_sdk_s3::types::CompletedPart, UploadError>> =
             JoinSet::new();
@@ -506,7 +489,6 @@ impl Uploader {
                 }
                 let offset = next as u64 * part_size;
                 let len = part_size.min(size - offset);
-                let md5 = part_md5s[next];
                 let number = next as i32 + 1;
                 let (store, bucket, key, id): (Store, String, String, String) = (
                     self.store.clone(),
@@ -516,6 +498,8 @@ impl Uploader {
                 );
                 let path: PathBuf = path.to_path_buf();
                 set.spawn(async move {
+                    let p = path.clone();
+                    let md5 = blocking(move || hash_range(&p, offset, len, false)).await?;
                     let body = file_body(&path, offset, len).await?;
                     Ok(store
                         .upload_part(&bucket, &key, &id, number, body, len, &md5)
@@ -540,23 +524,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hashes_whole_file_and_parts_in_one_pass() {
+    fn hashes_whole_files_and_parts() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f");
         let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).expect("write");
-        let (whole, parts) = hash_file(&path, data.len() as u64, Some(1_000_000)).expect("hash");
+        let whole = hash_file(&path, data.len() as u64).expect("hash");
         assert_eq!(whole, <[u8; 16]>::from(Md5::digest(&data)));
-        assert_eq!(parts.len(), 3);
         for (i, chunk) in data.chunks(1_000_000).enumerate() {
-            assert_eq!(parts[i], <[u8; 16]>::from(Md5::digest(chunk)), "part {i}");
+            let part =
+                hash_range(&path, i as u64 * 1_000_000, chunk.len() as u64, false).expect("part");
+            assert_eq!(part, <[u8; 16]>::from(Md5::digest(chunk)), "part {i}");
         }
+        // Longer or shorter than expected: changed.
+        assert!(matches!(hash_file(&path, 1), Err(UploadError::Changed)));
         assert!(matches!(
-            hash_file(&path, 1, None),
+            hash_range(&path, 2_000_000, 600_000, false),
             Err(UploadError::Changed)
         ));
         assert!(matches!(
-            hash_file(&dir.path().join("missing"), 1, None),
+            hash_file(&dir.path().join("missing"), 1),
             Err(UploadError::Vanished)
         ));
     }

@@ -70,7 +70,7 @@ enum Input {
 enum Wake {
     Stop,
     Input(Option<Input>),
-    Done(Result<Finished, tokio::task::JoinError>),
+    Done(Box<Result<(tokio::task::Id, Finished), tokio::task::JoinError>>),
     Timer,
 }
 
@@ -86,6 +86,9 @@ struct Pending {
     copy_from: Option<String>,
     /// When its current transfer started.
     started: Option<Instant>,
+    /// A transfer to its key was started at least once (it may have
+    /// written the object even if it did not finish).
+    sent: bool,
 }
 
 enum Finished {
@@ -102,6 +105,8 @@ enum Finished {
         results: Vec<(String, u64, Option<String>)>,
         elapsed: Duration,
         error: Option<StoreError>,
+        /// Beside the path's own transfer (see `Daemon::sweep`).
+        sweep: bool,
     },
 }
 
@@ -167,11 +172,14 @@ fn watch_limit_message(dir: &Path) -> String {
     )
 }
 
+/// Starts watching `dir`. A tree that can only be watched in part (the
+/// watch limit, an unreadable directory) is not an error: the message says
+/// what is missing, and the caller falls back to periodic reconciles.
 fn start_watcher(
     dir: &Path,
     cfg: &WatchConfig,
     tx: mpsc::UnboundedSender<Input>,
-) -> Result<(Watcher, bool)> {
+) -> Result<(Watcher, Option<String>)> {
     let handler = move |res: DebounceEventResult| {
         let _ = tx.send(match res {
             Ok(events) => Input::Events(events),
@@ -198,13 +206,20 @@ fn start_watcher(
             sysctl("max_user_instances")
         )
     })?;
-    let limited = match tokio::task::block_in_place(|| watcher.watch(dir, RecursiveMode::Recursive))
+    let partial = match tokio::task::block_in_place(|| watcher.watch(dir, RecursiveMode::Recursive))
     {
-        Ok(()) => false,
-        Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => true,
-        Err(e) => return Err(anyhow!("cannot watch {}: {e}", dir.display())),
+        Ok(()) => None,
+        Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+            Some(watch_limit_message(dir))
+        }
+        Err(e) => Some(format!(
+            "cannot watch all of {}: {e}; changes there are found by a full reconcile every \
+                 {} minutes instead",
+            dir.display(),
+            LIMITED_RESCAN.as_secs() / 60
+        )),
     };
-    Ok((watcher, limited))
+    Ok((watcher, partial))
 }
 
 fn count_dirs(dir: &Path, follow: bool) -> usize {
@@ -252,6 +267,8 @@ struct Daemon<'a> {
     /// Paths that renamed files will be copied from: not deleted before.
     sources: BTreeMap<String, usize>,
     tasks: JoinSet<Finished>,
+    /// The path each transfer task is for (to recover from a panicked task).
+    task_rels: HashMap<tokio::task::Id, String>,
     /// No work is started before this (server errors).
     gate: Option<Instant>,
     gate_steps: u32,
@@ -282,7 +299,7 @@ pub async fn run(
     let (tx, mut rx) = mpsc::unbounded_channel();
     // Watch first, then reconcile: nothing changed during the reconcile is
     // missed.
-    let (watcher, limited) = start_watcher(&sync.dir, &cfg, tx.clone())?;
+    let (watcher, partial) = start_watcher(&sync.dir, &cfg, tx.clone())?;
     spawn_hangup(tx.clone());
     let mut d = Daemon {
         cfg: &cfg,
@@ -294,12 +311,13 @@ pub async fn run(
         watcher: Some(watcher),
         root_id: root_id(&sync.dir),
         root: Root::Present,
-        limited,
+        limited: partial.is_some(),
         pending: BTreeMap::new(),
         queue: BTreeSet::new(),
         in_flight: HashSet::new(),
         sources: BTreeMap::new(),
         tasks: JoinSet::new(),
+        task_rels: HashMap::new(),
         gate: None,
         gate_steps: 0,
         rescan: None,
@@ -307,8 +325,8 @@ pub async fn run(
         quiet: Quiet::default(),
         unjournaled: Vec::new(),
     };
-    if limited {
-        rep.warn(&watch_limit_message(&sync.dir));
+    if let Some(msg) = &partial {
+        rep.failed(&sync.dir.display().to_string(), msg);
     }
     // What the journal holds was changed before a crash or a stop: hash it.
     let now = Instant::now();
@@ -393,7 +411,7 @@ impl Daemon<'_> {
             let woke = tokio::select! {
                 _ = stop.wait() => Wake::Stop,
                 input = rx.recv() => Wake::Input(input),
-                Some(done) = self.tasks.join_next(), if busy => Wake::Done(done),
+                Some(done) = self.tasks.join_next_with_id(), if busy => Wake::Done(Box::new(done)),
                 _ = tokio::time::sleep_until(wake.into()) => Wake::Timer,
             };
             match woke {
@@ -406,7 +424,7 @@ impl Daemon<'_> {
                     }
                     self.journal();
                 }
-                Wake::Done(done) => self.finish_joined(done),
+                Wake::Done(done) => self.finish_joined(*done),
                 Wake::Timer => self.tick(),
             }
         }
@@ -424,7 +442,7 @@ impl Daemon<'_> {
         self.journal();
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
         while !self.tasks.is_empty() {
-            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
                 Ok(Some(done)) => self.finish_joined(done),
                 Ok(None) => break,
                 Err(_) => {
@@ -493,18 +511,34 @@ impl Daemon<'_> {
     /// Looks at the root; leaving or entering the "not present" state is
     /// said loudly.
     fn check_root(&mut self) -> Root {
-        let dir = &self.sync.dir;
-        let now = match std::fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
-            Ok(true) => Root::Present,
-            Ok(false) => Root::Empty,
+        let dir = self.sync.dir.clone();
+        let filter = &self.session.filter;
+        // Present: it holds something sync would mirror or report (hidden
+        // and excluded names do not count, as for sync's empty-tree guard).
+        let now = match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                let mirrored = entries.filter_map(|e| e.ok()).any(|e| {
+                    let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                    e.file_name()
+                        .to_str()
+                        .is_none_or(|name| !filter.excludes_path(name, is_dir))
+                });
+                if mirrored {
+                    Root::Present
+                } else {
+                    Root::Empty
+                }
+            }
             Err(_) => Root::Gone,
         };
         let was = self.root;
         self.root = now;
-        // The same path, another directory (removed and made again): the
-        // old watch is gone with the old directory.
-        let replaced = now == Root::Present && root_id(dir) != self.root_id;
-        if now == was && !replaced {
+        if now != Root::Present || root_id(&dir) != self.root_id {
+            // A remount or a new directory at this path needs new watches:
+            // the kernel dropped the old ones with the old directory.
+            self.watcher = None;
+        }
+        if now == was && (now != Root::Present || self.watcher.is_some()) {
             return now;
         }
         match now {
@@ -519,25 +553,21 @@ impl Daemon<'_> {
                  suspended until it holds files again",
             ),
             Root::Present => {
-                let id = root_id(dir);
-                if id != self.root_id || self.watcher.is_none() {
-                    // A new directory at the same path: watch it afresh.
-                    self.watcher = None;
-                    match start_watcher(dir, self.cfg, self.tx.clone()) {
-                        Ok((w, limited)) => {
-                            self.watcher = Some(w);
-                            self.root_id = id;
-                            if limited && !self.limited {
-                                self.rep.warn(&watch_limit_message(dir));
-                            }
-                            self.limited |= limited;
+                match start_watcher(&dir, self.cfg, self.tx.clone()) {
+                    Ok((w, partial)) => {
+                        self.watcher = Some(w);
+                        self.root_id = root_id(&dir);
+                        if let Some(msg) = partial {
+                            self.limited = true;
+                            self.rep.failed(&dir.display().to_string(), &msg);
                         }
-                        Err(e) => {
-                            self.rep
-                                .failed(&dir.display().to_string(), &format!("{e:#}"));
-                            self.root = Root::Gone;
-                            return Root::Gone;
+                    }
+                    Err(e) => {
+                        if let Some(m) = self.quiet.pass(&format!("{e:#}")) {
+                            self.rep.failed(&dir.display().to_string(), &m);
                         }
+                        self.root = Root::Gone;
+                        return Root::Gone;
                     }
                 }
                 self.rep.warn(&format!(
@@ -555,7 +585,7 @@ impl Daemon<'_> {
     /// settled by it when it succeeds.
     async fn reconcile(&mut self, why: &str) -> Result<()> {
         self.rep.debug(&format!("reconcile ({why})"));
-        while let Some(done) = self.tasks.join_next().await {
+        while let Some(done) = self.tasks.join_next_with_id().await {
             self.finish_joined(done);
         }
         if self.check_root() == Root::Gone {
@@ -596,10 +626,7 @@ impl Daemon<'_> {
                     .map(|(rel, _)| rel.clone())
                     .collect();
                 for rel in settled {
-                    if let Some(p) = self.pending.remove(&rel) {
-                        self.unpin(p.copy_from.as_deref());
-                    }
-                    self.session.state.clear_dirty(&rel);
+                    self.settle(&rel);
                 }
                 self.session.state.flush();
                 self.gate_steps = 0;
@@ -679,6 +706,7 @@ impl Daemon<'_> {
                         attempts: 0,
                         copy_from,
                         started: None,
+                        sent: false,
                     },
                 );
                 if !self.in_flight.contains(rel) {
@@ -777,7 +805,10 @@ impl Daemon<'_> {
                     if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
                         if !self.limited {
                             self.limited = true;
-                            self.rep.warn(&watch_limit_message(&self.sync.dir));
+                            self.rep.failed(
+                                &self.sync.dir.display().to_string(),
+                                &watch_limit_message(&self.sync.dir),
+                            );
                             self.schedule_rescan();
                         }
                     } else if let Some(m) = self.quiet.pass(&format!("watching: {e}")) {
@@ -808,7 +839,29 @@ impl Daemon<'_> {
         }
         let marked = ev.time;
         let due = marked + self.cfg.debounce;
+        let ignore_file = self.sync.dir.join(scan::IGNORE_FILE);
+        if ev.paths.iter().any(|p| p == &ignore_file) {
+            // New exclusions: compile them, then reconcile with them.
+            match scan::Filter::new(&self.sync.dir, &self.sync.filter) {
+                Ok(f) => {
+                    self.session.filter = f;
+                    self.rescan.get_or_insert("the ignore file changed");
+                }
+                Err(e) => self.rep.failed(
+                    &ignore_file.display().to_string(),
+                    &format!("{e:#}; keeping the previous exclusions"),
+                ),
+            }
+        }
         if ev.paths.iter().any(|p| p == &self.sync.dir) {
+            if matches!(
+                ev.kind,
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+            ) {
+                // The watched directory itself was removed or moved: even if
+                // a new one is already there, its watches are gone.
+                self.watcher = None;
+            }
             self.check_root();
             return;
         }
@@ -856,9 +909,13 @@ impl Daemon<'_> {
             let Ok(permit) = self.session.requests.clone().try_acquire_owned() else {
                 return;
             };
-            let Some((_, rel)) = self.queue.pop_first() else {
+            let Some((due, rel)) = self.queue.pop_first() else {
                 return;
             };
+            if self.in_flight.contains(&rel) || self.pending.get(&rel).is_none_or(|p| p.due != due)
+            {
+                continue;
+            }
             // Off the queue while it is looked at; whatever keeps it
             // pending without a transfer puts it back.
             self.in_flight.insert(rel.clone());
@@ -934,11 +991,17 @@ impl Daemon<'_> {
         };
         let key = self.sync.dest.key_for(&rel);
         let record = self.session.state.get(&key);
+        if self.sync.delete {
+            // A directory replaced by this file leaves objects under it.
+            let stale = self.stale_under(&key);
+            self.sweep(&rel, stale);
+        }
         let Some(p) = self.pending.get_mut(&rel) else {
             return false;
         };
         let copy_from = p.copy_from.take();
         p.started = Some(now);
+        p.sent = true;
         // A renamed file whose old object is on record with this very size
         // and mtime: copy it on the server instead of sending it again.
         let source = copy_from.as_ref().and_then(|from| {
@@ -967,8 +1030,9 @@ impl Daemon<'_> {
             state: record,
         };
         let up = self.session.uploader.clone();
+        let rel_for_task = rel.clone();
         let pinned_from = source.as_ref().and(copy_from);
-        self.tasks.spawn(async move {
+        let task = self.tasks.spawn(async move {
             let outcome = match source {
                 Some((from_key, src)) => up.copy_or_upload(job, from_key, src).await,
                 None => up.run(job, false).await,
@@ -982,6 +1046,7 @@ impl Daemon<'_> {
                 copy_from: pinned_from,
             }
         });
+        self.task_rels.insert(task.id(), rel_for_task);
         true
     }
 
@@ -999,7 +1064,7 @@ impl Daemon<'_> {
             self.sync.filter.follow_symlinks,
             |item| {
                 match item {
-                    ScanItem::File(f) => found.push(f.rel),
+                    ScanItem::File(f) => found.push(f),
                     ScanItem::Kept {
                         rel,
                         message,
@@ -1027,11 +1092,32 @@ impl Daemon<'_> {
         for f in found {
             let from = copy_from
                 .as_ref()
-                .map(|c| format!("{c}{}", &f[rel.len()..]));
+                .map(|c| format!("{c}{}", &f.rel[rel.len()..]));
+            // Already mirrored as it is (an event on a directory that did
+            // not change its files, say): nothing to do.
+            let key = self.sync.dest.key_for(&f.rel);
+            let on_record = self
+                .session
+                .state
+                .get(&key)
+                .is_some_and(|r| r.size == f.size && r.mtime_ns == f.mtime_ns);
+            if on_record && from.is_none() {
+                continue;
+            }
             if let Some(from) = &from {
                 self.pin(from);
             }
-            self.add_pending(&f, now, now, from);
+            self.add_pending(&f.rel, now, now, from);
+        }
+        if self.sync.delete {
+            // A directory replacing a file, or a directory replaced by a new
+            // one: the file's object and the old files' objects go.
+            let key = self.sync.dest.key_for(rel);
+            let mut stale = self.stale_under(&key);
+            if let Some(r) = self.session.state.get(&key) {
+                stale.push((key, r.size));
+            }
+            self.sweep(rel, stale);
         }
         self.unpin(copy_from.as_deref());
         // The directory itself is settled once its files are journaled.
@@ -1062,47 +1148,87 @@ impl Daemon<'_> {
         }
         let key = self.sync.dest.key_for(&rel);
         let mut keys: Vec<(String, u64)> = Vec::new();
-        if let Some(r) = self.session.state.get(&key) {
-            keys.push((key.clone(), r.size));
+        match self.session.state.get(&key) {
+            Some(r) => keys.push((key.clone(), r.size)),
+            // Sent, then gone before it was recorded: delete it anyway
+            // (deleting a missing key is harmless).
+            None if self.pending.get(&rel).is_some_and(|p| p.sent) => keys.push((key.clone(), 0)),
+            None => {}
         }
-        for k in self.session.state.keys_under(&key) {
+        keys.extend(self.stale_under(&key));
+        if keys.is_empty() || !self.may_delete(&rel, keys.len()) {
+            self.settle(&rel);
+            return false;
+        }
+        if let Some(p) = self.pending.get_mut(&rel) {
+            p.started = Some(now);
+        }
+        self.spawn_delete(rel, keys, false, Some(permit));
+        true
+    }
+
+    /// Keys on record under the key `dir` whose files are gone (and not
+    /// excluded): what a removed or replaced directory leaves behind.
+    fn stale_under(&mut self, dir: &str) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for k in self.session.state.keys_under(dir) {
             let Some(sub) = self.sync.dest.rel_of(&k) else {
                 continue;
             };
-            // Kept if something is there again, or it is excluded.
             if std::fs::symlink_metadata(self.sync.dir.join(sub)).is_ok()
                 || self.session.filter.excludes_key(sub)
             {
                 continue;
             }
             let size = self.session.state.get(&k).map_or(0, |r| r.size);
-            keys.push((k, size));
+            out.push((k, size));
         }
-        if keys.is_empty() {
-            self.settle(&rel);
-            return false;
-        }
-        if let Some(max) = self.sync.max_delete {
-            if keys.len() as u64 > max {
+        out
+    }
+
+    /// The `--max-delete` guard for one path's deletions.
+    fn may_delete(&self, rel: &str, count: usize) -> bool {
+        match self.sync.max_delete {
+            Some(max) if count as u64 > max => {
                 self.rep.failed(
-                    &self.sync.dir.join(&rel).display().to_string(),
+                    &self.sync.dir.join(rel).display().to_string(),
                     &format!(
-                        "refusing to delete {} objects under {}: more than --max-delete {max}; \
-                         nothing was deleted (the next reconcile checks again)",
-                        keys.len(),
-                        self.sync.dest.key_for(&rel)
+                        "refusing to delete {count} objects under {}: more than --max-delete \
+                         {max}; nothing was deleted (the next reconcile checks again)",
+                        self.sync.dest.key_for(rel)
                     ),
                 );
-                self.settle(&rel);
-                return false;
+                false
             }
+            _ => true,
         }
+    }
+
+    /// A path that now exists as a file where a directory was, or the
+    /// reverse: the old objects go (with `--delete`), beside the path's own
+    /// transfer. A failure brings the path back later to try again.
+    fn sweep(&mut self, rel: &str, keys: Vec<(String, u64)>) {
+        if keys.is_empty()
+            || !self.sync.delete
+            || self.root != Root::Present
+            || !self.may_delete(rel, keys.len())
+        {
+            return;
+        }
+        self.spawn_delete(rel.to_string(), keys, true, None);
+    }
+
+    fn spawn_delete(
+        &mut self,
+        rel: String,
+        keys: Vec<(String, u64)>,
+        sweep: bool,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         let store = self.session.store.clone();
         let bucket = self.sync.dest.bucket.clone();
-        if let Some(p) = self.pending.get_mut(&rel) {
-            p.started = Some(now);
-        }
-        self.tasks.spawn(async move {
+        let tracked = (!sweep).then(|| rel.clone());
+        let task = self.tasks.spawn(async move {
             let start = Instant::now();
             let mut results = Vec::new();
             let mut error = None;
@@ -1127,9 +1253,12 @@ impl Daemon<'_> {
                 results,
                 elapsed: start.elapsed(),
                 error,
+                sweep,
             }
         });
-        true
+        if let Some(rel) = tracked {
+            self.task_rels.insert(task.id(), rel);
+        }
     }
 
     /// Done with a path: off the pending set and the journal.
@@ -1157,11 +1286,24 @@ impl Daemon<'_> {
         }
     }
 
-    fn finish_joined(&mut self, done: Result<Finished, tokio::task::JoinError>) {
+    fn finish_joined(&mut self, done: Result<(tokio::task::Id, Finished), tokio::task::JoinError>) {
         match done {
-            Ok(f) => self.finish(f),
-            Err(e) if e.is_cancelled() => {}
-            Err(e) => self.rep.failed("transfer task", &format!("failed: {e}")),
+            Ok((id, f)) => {
+                self.task_rels.remove(&id);
+                self.finish(f);
+            }
+            Err(e) => {
+                // A task that panicked or was cancelled: its path is looked
+                // at again (or, when stopping, at the next start).
+                if let Some(rel) = self.task_rels.remove(&e.id()) {
+                    if !e.is_cancelled() {
+                        self.rep
+                            .failed(&rel, &format!("transfer task failed: {e}; retrying"));
+                    }
+                    self.set_due(&rel, Instant::now() + backoff(1, MAX_RETRY));
+                    self.landed(&rel);
+                }
+            }
         }
     }
 
@@ -1174,7 +1316,12 @@ impl Daemon<'_> {
                 outcome,
                 copy_from,
             } => {
-                self.unpin(copy_from.as_deref());
+                let failed = matches!(outcome, Outcome::Failed(_));
+                match (failed, self.pending.get_mut(&rel)) {
+                    // The source stays (and stays pinned) for the next try.
+                    (true, Some(p)) if p.copy_from.is_none() => p.copy_from = copy_from,
+                    _ => self.unpin(copy_from.as_deref()),
+                }
                 self.finish_file(&rel, key, file, outcome);
                 self.landed(&rel);
             }
@@ -1183,6 +1330,7 @@ impl Daemon<'_> {
                 results,
                 elapsed,
                 error,
+                sweep,
             } => {
                 let mut failed = false;
                 for (k, size, err) in results {
@@ -1200,6 +1348,15 @@ impl Daemon<'_> {
                     }
                 }
                 self.session.state.flush();
+                if sweep {
+                    if error.is_some() || failed {
+                        // Look at the path again later; the sweep is redone.
+                        let now = Instant::now();
+                        self.add_pending(&rel, now + backoff(1, MAX_RETRY), now, None);
+                        self.journal();
+                    }
+                    return;
+                }
                 if let Some(e) = error {
                     self.server_trouble(&rel, &e.to_string());
                 } else if failed {

@@ -361,6 +361,8 @@ fn an_emptied_or_vanished_root_deletes_nothing() {
     for i in 0..5 {
         env.write(&format!("f{i}.txt"), format!("{i}"));
     }
+    // Hidden and excluded names do not make it non-empty.
+    env.write(".hidden", "not mirrored");
     let mut w = env.watch(&["--delete"]);
     w.ready();
     env.converge(WITHIN, &|| w.logs());
@@ -432,4 +434,35 @@ fn watch_on_a_missing_bucket_exits_3_with_the_reason() {
         .s3ma(&["watch", &tree, "s3://no-such-bucket-s3ma/x"])
         .code(3);
     assert!(run.stderr.contains("no-such-bucket-s3ma"), "{run}");
+}
+
+#[test]
+fn replaced_files_and_directories_leave_nothing_behind() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        for i in 0..4 {
+            env.write(&format!("site/old{i}.html"), format!("old page {i}"));
+        }
+        env.write("f", "a file that becomes a directory");
+        env.write("d/x.txt", "a directory that becomes a file");
+        env.write("d/y/z.txt", "deeper");
+        let mut w = env.watch(&["--delete"]);
+        w.ready();
+        env.converge(WITHIN, &|| w.logs());
+
+        // A deploy that swaps the whole directory in one go.
+        std::fs::remove_dir_all(env.tree().join("site")).expect("rm -r");
+        env.write("site/index.html", "the new site");
+        std::fs::remove_file(env.tree().join("f")).expect("rm");
+        env.write("f/inside.txt", "now a directory");
+        // s3s-fs keeps a key's "directories" on its disk after their
+        // objects are deleted, so it cannot store a key "d" after "d/x.txt"
+        // (InternalError); S3 and moto can.
+        if kind == Kind::Moto {
+            std::fs::remove_dir_all(env.tree().join("d")).expect("rm -r");
+            env.write("d", "now a file");
+        }
+        env.converge(WITHIN, &|| w.logs());
+        assert_eq!(w.term(), 0);
+    }
 }
