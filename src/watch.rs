@@ -259,6 +259,8 @@ struct Daemon<'a> {
     watcher: Option<Watcher>,
     root_id: Option<(u64, u64)>,
     root: Root,
+    /// The root was said to have become empty.
+    empty_announced: bool,
     limited: bool,
     pending: BTreeMap<String, Pending>,
     /// Every pending path not in flight, by when it is due.
@@ -311,6 +313,7 @@ pub async fn run(
         watcher: Some(watcher),
         root_id: root_id(&sync.dir),
         root: Root::Present,
+        empty_announced: false,
         limited: partial.is_some(),
         pending: BTreeMap::new(),
         queue: BTreeSet::new(),
@@ -328,6 +331,8 @@ pub async fn run(
     if let Some(msg) = &partial {
         rep.failed(&sync.dir.display().to_string(), msg);
     }
+    // An empty directory at the start is no news; it becoming empty is.
+    d.root = d.root_state();
     // What the journal holds was changed before a crash or a stop: hash it.
     let now = Instant::now();
     for rel in d.session.state.dirty() {
@@ -510,12 +515,12 @@ impl Daemon<'_> {
 
     /// Looks at the root; leaving or entering the "not present" state is
     /// said loudly.
-    fn check_root(&mut self) -> Root {
-        let dir = self.sync.dir.clone();
+    /// Where the root stands now, without acting on it.
+    fn root_state(&self) -> Root {
         let filter = &self.session.filter;
         // Present: it holds something sync would mirror or report (hidden
         // and excluded names do not count, as for sync's empty-tree guard).
-        let now = match std::fs::read_dir(&dir) {
+        match std::fs::read_dir(&self.sync.dir) {
             Ok(entries) => {
                 let mirrored = entries.filter_map(|e| e.ok()).any(|e| {
                     let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
@@ -530,29 +535,41 @@ impl Daemon<'_> {
                 }
             }
             Err(_) => Root::Gone,
-        };
-        let was = self.root;
-        self.root = now;
-        if now != Root::Present || root_id(&dir) != self.root_id {
-            // A remount or a new directory at this path needs new watches:
-            // the kernel dropped the old ones with the old directory.
+        }
+    }
+
+    /// Looks at the root and acts on a change: deletions stop while it is
+    /// gone or has become empty (said loudly), and a root that is back, or
+    /// is another directory now (remounted, made again), is watched afresh
+    /// and reconciled.
+    fn check_root(&mut self) -> Root {
+        let dir = self.sync.dir.clone();
+        let now = self.root_state();
+        let was = std::mem::replace(&mut self.root, now);
+        if now == Root::Gone || (now == Root::Present && root_id(&dir) != self.root_id) {
+            // The kernel dropped the watches with the old directory.
             self.watcher = None;
         }
-        if now == was && (now != Root::Present || self.watcher.is_some()) {
-            return now;
-        }
         match now {
-            Root::Gone => self.rep.failed(
+            Root::Gone if was != Root::Gone => self.rep.failed(
                 &dir.display().to_string(),
                 "the watched directory is gone (unmounted, moved or removed); deletions are \
                  suspended and s3ma waits for it to come back",
             ),
-            Root::Empty => self.rep.failed(
+            Root::Empty if was == Root::Present => self.rep.failed(
                 &dir.display().to_string(),
-                "the watched directory is empty (is the disk mounted?); deletions are \
+                "the watched directory is empty now (is the disk mounted?); deletions are \
                  suspended until it holds files again",
             ),
-            Root::Present => {
+            Root::Present if was == Root::Empty && self.watcher.is_some() => {
+                if self.empty_announced {
+                    self.rep.warn(&format!(
+                        "{} holds files again; deletions resume",
+                        dir.display()
+                    ));
+                }
+            }
+            Root::Present if self.watcher.is_none() => {
                 match start_watcher(&dir, self.cfg, self.tx.clone()) {
                     Ok((w, partial)) => {
                         self.watcher = Some(w);
@@ -571,12 +588,18 @@ impl Daemon<'_> {
                     }
                 }
                 self.rep.warn(&format!(
-                    "{} is back; reconciling, and deletions resume",
+                    "{} is back (or is another directory now); watching it again and \
+                     reconciling",
                     dir.display()
                 ));
                 self.rescan.get_or_insert("the directory is back");
             }
+            _ => {}
         }
+        self.empty_announced = match now {
+            Root::Empty => self.empty_announced || was == Root::Present,
+            _ => false,
+        };
         now
     }
 
