@@ -117,30 +117,12 @@ impl Run<'_> {
         } else {
             self.timeouts_in_a_row = 0;
         }
+        let Err(outcome) = record_success(self.rep, self.state, &key, &file.rel, outcome, dry)
+        else {
+            return;
+        };
         match outcome {
-            Outcome::Uploaded {
-                record,
-                elapsed,
-                reason,
-            } => {
-                self.rep
-                    .uploaded(&key, &file.rel, record.size, elapsed, false, reason);
-                self.state.put(&key, &record);
-            }
-            Outcome::Copied {
-                record,
-                elapsed,
-                from,
-            } => {
-                self.rep.copied(&key, &from, record.size, elapsed);
-                self.state.put(&key, &record);
-            }
-            Outcome::Unchanged { record, why } => {
-                self.rep.skipped(&key, why);
-                if !dry {
-                    self.state.put(&key, &record);
-                }
-            }
+            Outcome::Uploaded { .. } | Outcome::Copied { .. } | Outcome::Unchanged { .. } => {}
             Outcome::WouldUpload { reason } => {
                 self.rep
                     .uploaded(&key, &file.rel, file.size, Duration::ZERO, true, reason)
@@ -181,6 +163,45 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// Reports and records a transfer that left the right content in place
+/// (uploaded, copied on the server, or found already there); any other
+/// outcome is handed back to the caller.
+pub fn record_success(
+    rep: &Reporter,
+    state: &mut State,
+    key: &str,
+    rel: &str,
+    outcome: Outcome,
+    dry_run: bool,
+) -> Result<(), Outcome> {
+    match outcome {
+        Outcome::Uploaded {
+            record,
+            elapsed,
+            reason,
+        } => {
+            rep.uploaded(key, rel, record.size, elapsed, false, reason);
+            state.put(key, &record);
+        }
+        Outcome::Copied {
+            record,
+            elapsed,
+            from,
+        } => {
+            rep.copied(key, &from, record.size, elapsed);
+            state.put(key, &record);
+        }
+        Outcome::Unchanged { record, why } => {
+            rep.skipped(key, why);
+            if !dry_run {
+                state.put(key, &record);
+            }
+        }
+        other => return Err(other),
+    }
+    Ok(())
 }
 
 fn identity(dir: &Path, conn: &Connection, cfg: &SyncConfig) -> String {

@@ -561,14 +561,15 @@ impl Daemon<'_> {
                 "the watched directory is empty now (is the disk mounted?); deletions are \
                  suspended until it holds files again",
             ),
-            Root::Present if was == Root::Empty && self.watcher.is_some() => {
-                if self.empty_announced {
-                    self.rep.warn(&format!(
-                        "{} holds files again; deletions resume",
-                        dir.display()
-                    ));
-                }
+            Root::Present
+                if was == Root::Empty && self.watcher.is_some() && self.empty_announced =>
+            {
+                self.rep.warn(&format!(
+                    "{} holds files again; deletions resume",
+                    dir.display()
+                ));
             }
+            Root::Present if was == Root::Empty && self.watcher.is_some() => {}
             Root::Present if self.watcher.is_none() => {
                 match start_watcher(&dir, self.cfg, self.tx.clone()) {
                     Ok((w, partial)) => {
@@ -1408,33 +1409,24 @@ impl Daemon<'_> {
     }
 
     fn finish_file(&mut self, rel: &str, key: String, file: LocalFile, outcome: Outcome) {
+        let outcome = match sync::record_success(
+            self.rep,
+            &mut self.session.state,
+            &key,
+            rel,
+            outcome,
+            false,
+        ) {
+            Ok(()) => {
+                self.gate_steps = 0;
+                self.done_with(rel);
+                self.session.state.flush();
+                return;
+            }
+            Err(other) => other,
+        };
         match outcome {
-            Outcome::Uploaded {
-                record,
-                elapsed,
-                reason,
-            } => {
-                self.rep
-                    .uploaded(&key, rel, record.size, elapsed, false, reason);
-                self.session.state.put(&key, &record);
-                self.gate_steps = 0;
-                self.done_with(rel);
-            }
-            Outcome::Copied {
-                record,
-                elapsed,
-                from,
-            } => {
-                self.rep.copied(&key, &from, record.size, elapsed);
-                self.session.state.put(&key, &record);
-                self.gate_steps = 0;
-                self.done_with(rel);
-            }
-            Outcome::Unchanged { record, why } => {
-                self.rep.skipped(&key, why);
-                self.session.state.put(&key, &record);
-                self.done_with(rel);
-            }
+            Outcome::Uploaded { .. } | Outcome::Copied { .. } | Outcome::Unchanged { .. } => {}
             Outcome::WouldUpload { .. } => self.done_with(rel),
             // Look again: it is now a deletion (or it came back).
             Outcome::Vanished => self.set_due(rel, Instant::now()),

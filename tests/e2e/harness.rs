@@ -483,7 +483,7 @@ impl TestEnv {
             }
             Ok::<_, aws_sdk_s3::Error>(out)
         })
-        .unwrap_or_default()
+        .unwrap_or_else(|e| panic!("list {}: {e:?}", self.bucket))
     }
 
     /// What the bucket should hold: each mirrored file of the tree (hidden
@@ -570,30 +570,7 @@ impl TestEnv {
     }
 
     pub fn keys(&self) -> Vec<String> {
-        block_on(async {
-            let mut out = Vec::new();
-            let mut token = None;
-            loop {
-                let resp = self
-                    .client
-                    .list_objects_v2()
-                    .bucket(&self.bucket)
-                    .set_continuation_token(token)
-                    .send()
-                    .await
-                    .expect("list");
-                out.extend(
-                    resp.contents()
-                        .iter()
-                        .filter_map(|o| o.key().map(str::to_string)),
-                );
-                match resp.next_continuation_token() {
-                    Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
-                    _ => break,
-                }
-            }
-            out
-        })
+        self.listing().into_keys().collect()
     }
 
     /// Content-Type and user metadata of one object.
