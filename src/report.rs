@@ -45,6 +45,11 @@ pub struct Reporter {
     started: Instant,
 }
 
+/// A counter's value now.
+pub fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
 fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
@@ -316,7 +321,6 @@ impl Reporter {
 
     pub fn summary(&self, dry_run: bool) {
         let c = &self.counts;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let secs = self.started.elapsed().as_secs_f64();
         if self.json {
             self.out(

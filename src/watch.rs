@@ -38,7 +38,7 @@ use tokio::task::JoinSet;
 use crate::config::{Connection, SyncConfig, WatchConfig};
 use crate::keys;
 use crate::plan::Decision;
-use crate::report::Reporter;
+use crate::report::{get, Reporter};
 use crate::scan::{self, LocalFile, ScanItem};
 use crate::store::StoreError;
 use crate::sync::{self, Opened, Refused, Session, Status, Stop};
@@ -357,7 +357,6 @@ pub async fn run(
     }
     let dirs = count_dirs(&sync.dir, sync.filter.follow_symlinks);
     let c = &rep.counts;
-    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     rep.status(
         "ready",
         &format!(
@@ -618,29 +617,13 @@ impl Daemon<'_> {
         let started = Instant::now();
         let recheck: HashSet<String> = self.pending.keys().cloned().collect();
         let before = (
-            self.rep
-                .counts
-                .uploaded
-                .load(std::sync::atomic::Ordering::Relaxed),
-            self.rep
-                .counts
-                .deleted
-                .load(std::sync::atomic::Ordering::Relaxed),
+            get(&self.rep.counts.uploaded),
+            get(&self.rep.counts.deleted),
         );
         let status =
             sync::reconcile(&mut self.session, self.sync, self.rep, self.stop, &recheck).await?;
-        let uploaded = self
-            .rep
-            .counts
-            .uploaded
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - before.0;
-        let deleted = self
-            .rep
-            .counts
-            .deleted
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - before.1;
+        let uploaded = get(&self.rep.counts.uploaded) - before.0;
+        let deleted = get(&self.rep.counts.deleted) - before.1;
         match status {
             Status::Done => {
                 let settled: Vec<String> = self
