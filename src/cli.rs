@@ -78,6 +78,11 @@ pub struct MirrorArgs {
     #[arg(long, overrides_with = "delete", help_heading = "Mirror")]
     pub no_delete: bool,
 
+    /// Mirror to the primary destination only, not to `bucketSync` or the
+    /// config's `destinations`.
+    #[arg(long, help_heading = "Mirror")]
+    pub primary_only: bool,
+
     /// Refuse to delete anything when more than N objects would be deleted
     /// in one reconcile.
     #[arg(long, value_name = "N", help_heading = "Mirror")]
@@ -177,6 +182,11 @@ pub struct LsArgs {
     /// List every object under the prefix, not just one level.
     #[arg(short, long)]
     pub recursive: bool,
+
+    /// List this destination from the config file (its `name`, its bucket,
+    /// or `bucketSync`), through its own endpoint and credentials.
+    #[arg(short, long, value_name = "NAME")]
+    pub destination: Option<String>,
 
     #[command(flatten)]
     pub conn: ConnectionArgs,

@@ -56,6 +56,7 @@ const KNOWN_KEYS: &[&str] = &[
     "includeTempFiles",
     "debounce",
     "rescanInterval",
+    "destinations",
 ];
 
 /// The config file as written. Every field is optional.
@@ -102,6 +103,25 @@ pub struct FileConfig {
     pub debounce: Option<u64>,
     /// A duration such as `"1h"`, or seconds as a number.
     pub rescan_interval: Option<DurationValue>,
+    /// Further buckets every object is mirrored to.
+    pub destinations: Option<Vec<DestinationFile>>,
+}
+
+/// One entry of `destinations`. Unset connection keys are the primary's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationFile {
+    pub name: Option<String>,
+    pub bucket: String,
+    pub prefix: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    pub profile: Option<String>,
+    pub path_style: Option<bool>,
+    pub storage_class: Option<String>,
 }
 
 /// A duration written as seconds or a string such as `"15m"`.
@@ -160,11 +180,12 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
     let file = parse(&text).with_context(|| format!("in the config file {}", path.display()))?;
     let mut warnings = Vec::new();
     check_permissions(&path, &file, &mut warnings);
-    if file.bucket_sync.is_some() || file.endpoint_sync.is_some() || file.top_prefix_sync.is_some()
+    if file.bucket_sync.is_none()
+        && (file.endpoint_sync.is_some() || file.top_prefix_sync.is_some())
     {
         warnings.push(format!(
-            "{}: bucketSync/topPrefixSync/endpointSync are recognised but copying to a second \
-             bucket is not supported by this version; objects go to the primary bucket only",
+            "{}: topPrefixSync and endpointSync have no effect without bucketSync; objects go \
+             to the primary bucket only",
             path.display()
         ));
     }
@@ -258,7 +279,12 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 fn check_permissions(path: &Path, file: &FileConfig, warnings: &mut Vec<String>) {
     use std::os::unix::fs::PermissionsExt;
-    if file.secret_access_key.is_none() {
+    let in_destinations = file
+        .destinations
+        .iter()
+        .flatten()
+        .any(|d| d.secret_access_key.is_some());
+    if file.secret_access_key.is_none() && !in_destinations {
         return;
     }
     if let Ok(meta) = std::fs::metadata(path) {
@@ -347,7 +373,7 @@ impl Connection {
 }
 
 /// What `sync` (and later `watch`) needs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SyncConfig {
     pub dir: PathBuf,
     pub dest: Location,
@@ -357,6 +383,10 @@ pub struct SyncConfig {
     pub filter: FilterConfig,
     pub transfer: TransferConfig,
     pub state_dir: PathBuf,
+    /// The primary's location, when this is a further destination on the
+    /// primary's service with its credentials: objects the primary holds
+    /// are copied from it on the server.
+    pub copy_from: Option<Location>,
 }
 
 /// Which local paths are mirrored.
@@ -638,11 +668,202 @@ pub fn resolve_sync(args: &MirrorArgs, dry_run: bool, loaded: &Loaded) -> Result
             .clone()
             .or_else(|| file.state_dir.clone())
             .unwrap_or_else(default_state_dir),
+        copy_from: None,
     })
 }
 
+/// A further bucket every object is mirrored to: node-s3ma's `bucketSync`,
+/// or an entry of `destinations`.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// Shown before its log lines (`[name] upload …`).
+    pub name: String,
+    pub conn: Connection,
+    pub dest: Location,
+    pub storage_class: Option<String>,
+    /// Same service and credentials as the primary: objects are copied
+    /// from the primary on the server instead of uploaded again.
+    pub copy_from_primary: bool,
+}
+
+impl Destination {
+    /// The sync of the same directory to this destination.
+    pub fn sync_config(&self, primary: &SyncConfig) -> SyncConfig {
+        let mut cfg = primary.clone();
+        cfg.dest = self.dest.clone();
+        if self.storage_class.is_some() {
+            cfg.transfer.storage_class = self.storage_class.clone();
+        }
+        cfg.copy_from = self.copy_from_primary.then(|| primary.dest.clone());
+        cfg
+    }
+}
+
+/// The region of an AWS S3 endpoint (`s3.eu-west-1.amazonaws.com`,
+/// `s3-eu-west-1.amazonaws.com`, `s3.amazonaws.com`), `None` for any other
+/// host.
+fn aws_region_of(url: &str) -> Option<String> {
+    let host = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host = host.split(['/', ':']).next()?.to_ascii_lowercase();
+    let name = host.strip_suffix(".amazonaws.com")?;
+    let region = match name {
+        "s3" | "s3-external-1" => "us-east-1",
+        _ => {
+            let rest = name.strip_prefix("s3.dualstack.").or_else(|| {
+                name.strip_prefix("s3.")
+                    .or_else(|| name.strip_prefix("s3-"))
+            })?;
+            rest
+        }
+    };
+    (!region.is_empty()
+        && region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    .then(|| region.to_string())
+}
+
+/// Points a connection at `url`: an AWS S3 endpoint becomes AWS in that
+/// region (virtual-host addressing), any other host a custom endpoint
+/// (path style unless told otherwise).
+fn set_endpoint(conn: &mut Connection, url: String, path_style: Option<bool>) {
+    match aws_region_of(&url) {
+        Some(region) => {
+            conn.endpoint = None;
+            conn.region = Some(region);
+            conn.path_style = path_style.unwrap_or(false);
+        }
+        None => {
+            conn.endpoint = Some(url);
+            conn.path_style = path_style.unwrap_or(true);
+        }
+    }
+}
+
+fn same_account(a: &Connection, b: &Connection) -> bool {
+    match (&a.credentials, &b.credentials) {
+        (Some(x), Some(y)) => {
+            x.access_key_id == y.access_key_id
+                && x.secret_access_key == y.secret_access_key
+                && x.session_token == y.session_token
+        }
+        (None, None) => a.profile == b.profile,
+        _ => false,
+    }
+}
+
+/// The destinations beyond the primary (`conn`, `primary`): node-s3ma's
+/// `bucketSync` first, then the `destinations` list.
+pub fn resolve_destinations(
+    conn: &Connection,
+    primary: &Location,
+    file: &FileConfig,
+) -> Result<Vec<Destination>> {
+    let ssl = file.ssl_enabled.unwrap_or(true);
+    let mut out: Vec<Destination> = Vec::new();
+    if let Some(bucket) = &file.bucket_sync {
+        let mut c = conn.clone();
+        if let Some(e) = &file.endpoint_sync {
+            let url = endpoint_url(e, ssl).context("in the config key \"endpointSync\"")?;
+            set_endpoint(&mut c, url, None);
+        }
+        let prefix = file.top_prefix_sync.as_deref().unwrap_or(&primary.prefix);
+        out.push(Destination {
+            name: "bucketSync".into(),
+            dest: Location::new(bucket, prefix).context("in the config key \"bucketSync\"")?,
+            copy_from_primary: c.endpoint == conn.endpoint,
+            conn: c,
+            storage_class: None,
+        });
+    }
+    for (i, d) in file.destinations.iter().flatten().enumerate() {
+        let at = || format!("in destinations[{i}] of the config file");
+        let mut c = conn.clone();
+        if let Some(e) = &d.endpoint {
+            let url = endpoint_url(e, ssl).with_context(at)?;
+            set_endpoint(&mut c, url, d.path_style);
+        } else if let Some(p) = d.path_style {
+            c.path_style = p;
+        }
+        if let Some(r) = d.region.as_deref().filter(|r| !r.trim().is_empty()) {
+            c.region = Some(r.to_string());
+        }
+        match (&d.access_key_id, &d.secret_access_key, &d.profile) {
+            (Some(id), Some(secret), _) => {
+                c.credentials = Some(StaticCredentials {
+                    access_key_id: id.clone(),
+                    secret_access_key: secret.clone(),
+                    session_token: d.session_token.clone(),
+                });
+                c.profile = None;
+                c.profile_only = false;
+            }
+            (Some(_), None, _) | (None, Some(_), _) => {
+                return Err(anyhow!(
+                    "only one of accessKeyId and secretAccessKey is given; give both, a \
+                     profile, or neither to use the primary's credentials"
+                ))
+                .with_context(at)
+            }
+            (None, None, Some(profile)) => {
+                c.credentials = None;
+                c.profile = Some(profile.clone());
+                c.profile_only = true;
+            }
+            (None, None, None) => {}
+        }
+        let dest = Location::new(&d.bucket, d.prefix.as_deref().unwrap_or(&primary.prefix))
+            .with_context(at)?;
+        let name = match &d.name {
+            Some(n) if n.trim().is_empty() || n.chars().any(char::is_control) => {
+                return Err(anyhow!("the name \"{n}\" is empty or unprintable")).with_context(at)
+            }
+            Some(n) => n.clone(),
+            None => d.bucket.clone(),
+        };
+        out.push(Destination {
+            name,
+            copy_from_primary: c.endpoint == conn.endpoint && same_account(&c, conn),
+            conn: c,
+            dest,
+            storage_class: d.storage_class.clone(),
+        });
+    }
+    for (i, d) in out.iter().enumerate() {
+        if out[..i].iter().any(|o| o.name == d.name) {
+            bail!(
+                "two destinations are named \"{}\"; give each a different \"name\"",
+                d.name
+            );
+        }
+        let clash = |other: &Location, other_conn: &Connection| {
+            other_conn.endpoint == d.conn.endpoint
+                && other.bucket == d.dest.bucket
+                && (other.prefix.starts_with(&d.dest.prefix)
+                    || d.dest.prefix.starts_with(&other.prefix))
+        };
+        let taken = if clash(primary, conn) {
+            Some(format!("the primary {primary}"))
+        } else {
+            out[..i]
+                .iter()
+                .find(|o| clash(&o.dest, &o.conn))
+                .map(|o| format!("destination \"{}\" ({})", o.name, o.dest))
+        };
+        if let Some(taken) = taken {
+            bail!(
+                "destination \"{}\" ({}) overlaps {taken}: one would delete the other's \
+                 objects; give it another bucket or a prefix outside it",
+                d.name,
+                d.dest
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// What `watch` needs beyond a sync.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct WatchConfig {
     pub sync: SyncConfig,
     /// How long a path must be quiet before it is uploaded.

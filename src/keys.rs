@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 pub const MAX_KEY_BYTES: usize = 1024;
 
 /// A bucket and a key prefix (`""` or ending with `/`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Location {
     pub bucket: String,
     pub prefix: String,

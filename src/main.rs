@@ -99,11 +99,7 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
             Exit::Success
         }
         Command::Ls(args) => {
-            let resolved = config::resolve_connection(&args.conn, &loaded.file).and_then(|c| {
-                let loc = args.target.as_deref().map(Location::parse).transpose()?;
-                Ok((c, loc))
-            });
-            let (conn, loc) = match resolved {
+            let (conn, loc) = match ls_target(&args, &loaded) {
                 Ok(v) => v,
                 Err(e) => return fail(Exit::Usage, e),
             };
@@ -112,8 +108,8 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
                 match loc {
                     None => ls::buckets(&store, cli.global.json).await,
                     Some(loc) => {
-                        let target = args.target.as_deref().unwrap_or_default();
-                        ls::objects(&store, &loc, target, args.recursive, cli.global.json).await
+                        let target = args.target.clone().unwrap_or_else(|| loc.to_string());
+                        ls::objects(&store, &loc, &target, args.recursive, cli.global.json).await
                     }
                 }
             }
@@ -126,74 +122,226 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
             }
         }
         Command::Watch(args) => watch(args, &loaded, rep).await,
-        Command::Sync(args) => {
-            let resolved =
-                config::resolve_connection(&args.mirror.conn, &loaded.file).and_then(|c| {
-                    Ok((
-                        c,
-                        config::resolve_sync(&args.mirror, args.dry_run, &loaded)?,
-                    ))
-                });
-            let (conn, cfg) = match resolved {
-                Ok(v) => v,
-                Err(e) => return fail(Exit::Usage, e),
-            };
-            let dry_run = cfg.dry_run;
-            let stop = Arc::new(sync::Stop::default());
-            spawn_signal_handler(stop.clone(), rep.clone());
-            match sync::run(cfg, &conn, rep.clone(), stop).await {
-                Ok(sync::Status::Busy(lock)) => {
-                    eprintln!(
-                        "error: another s3ma sync or watch of this directory and destination is already \
-                         running (lock {lock}); this run did nothing"
-                    );
-                    Exit::Busy
-                }
-                Ok(status) => {
-                    rep.summary(dry_run);
-                    match status {
-                        sync::Status::Done => Exit::Success,
-                        sync::Status::Interrupted => Exit::Interrupted,
-                        _ => Exit::Partial,
-                    }
-                }
-                Err(e) => {
-                    if rep
-                        .counts
-                        .scanned
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                        > 0
-                    {
-                        rep.summary(dry_run);
-                    }
-                    fail(Exit::Fatal, e)
-                }
-            }
-        }
+        Command::Sync(args) => sync(args, &loaded, rep).await,
     }
 }
 
-/// `s3ma watch`: runs until stopped; a stop by signal is a normal exit.
-async fn watch(args: cli::WatchArgs, loaded: &config::Loaded, rep: Arc<Reporter>) -> Exit {
-    let resolved = config::resolve_connection(&args.mirror.conn, &loaded.file)
-        .and_then(|c| Ok((c, config::resolve_watch(&args, loaded)?)));
-    let (conn, cfg) = match resolved {
+/// What `s3ma ls` lists, and through which connection: a configured
+/// destination's own when `--destination` names it or the target is in its
+/// bucket.
+fn ls_target(
+    args: &cli::LsArgs,
+    loaded: &config::Loaded,
+) -> Result<(config::Connection, Option<Location>)> {
+    let file = &loaded.file;
+    let conn = config::resolve_connection(&args.conn, file)?;
+    let loc = args.target.as_deref().map(Location::parse).transpose()?;
+    let primary = match &file.bucket {
+        Some(b) => Location::new(b, file.top_prefix.as_deref().unwrap_or(""))?,
+        None => Location::default(),
+    };
+    let dests = config::resolve_destinations(&conn, &primary, file)?;
+    if let Some(name) = &args.destination {
+        let Some(d) = dests
+            .iter()
+            .find(|d| d.name == *name)
+            .or_else(|| dests.iter().find(|d| d.dest.bucket == *name))
+        else {
+            let names: Vec<&str> = dests.iter().map(|d| d.name.as_str()).collect();
+            anyhow::bail!(
+                "no destination named \"{name}\" in the config file (it has: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            );
+        };
+        return Ok((d.conn.clone(), Some(loc.unwrap_or_else(|| d.dest.clone()))));
+    }
+    if let Some(l) = &loc {
+        if l.bucket != primary.bucket {
+            if let Some(d) = dests.iter().find(|d| d.dest.bucket == l.bucket) {
+                return Ok((d.conn.clone(), loc));
+            }
+        }
+    }
+    Ok((conn, loc))
+}
+
+/// One (directory, destination) pair to mirror, and who reports on it.
+struct Target<C> {
+    cfg: C,
+    conn: config::Connection,
+    rep: Arc<Reporter>,
+}
+
+/// The primary first, then every further destination (unless
+/// `--primary-only`), each with its own reporter.
+fn targets<C>(
+    primary: C,
+    conn: config::Connection,
+    rep: &Arc<Reporter>,
+    loaded: &config::Loaded,
+    primary_only: bool,
+    sync_of: impl Fn(&C) -> &config::SyncConfig,
+    derive: impl Fn(&C, config::SyncConfig) -> C,
+) -> Result<Vec<Target<C>>> {
+    let dests = if primary_only {
+        Vec::new()
+    } else {
+        config::resolve_destinations(&conn, &sync_of(&primary).dest, &loaded.file)?
+    };
+    let mut out = Vec::with_capacity(1 + dests.len());
+    for d in dests {
+        let cfg = derive(&primary, d.sync_config(sync_of(&primary)));
+        out.push(Target {
+            cfg,
+            conn: d.conn,
+            rep: Arc::new(rep.for_destination(&d.name)),
+        });
+    }
+    out.insert(
+        0,
+        Target {
+            cfg: primary,
+            conn,
+            rep: rep.clone(),
+        },
+    );
+    Ok(out)
+}
+
+/// The exit code for several targets: the most serious outcome wins.
+fn worst(exits: impl IntoIterator<Item = Exit>) -> Exit {
+    let rank = |e: &Exit| match e {
+        Exit::Success => 0,
+        Exit::Partial => 1,
+        Exit::Busy => 2,
+        Exit::Fatal => 3,
+        Exit::Usage => 4,
+        Exit::Interrupted => 5,
+    };
+    exits.into_iter().max_by_key(rank).unwrap_or(Exit::Success)
+}
+
+const BUSY: &str = "another s3ma sync or watch of this directory and destination is already \
+                    running";
+
+/// `s3ma sync`: the primary first (so further destinations on its service
+/// can copy from it), then the further destinations side by side; each
+/// has its own state, and one failing does not stop the others.
+async fn sync(args: cli::SyncArgs, loaded: &config::Loaded, rep: Arc<Reporter>) -> Exit {
+    let resolved = config::resolve_connection(&args.mirror.conn, &loaded.file).and_then(|conn| {
+        let cfg = config::resolve_sync(&args.mirror, args.dry_run, loaded)?;
+        targets(
+            cfg,
+            conn,
+            &rep,
+            loaded,
+            args.mirror.primary_only,
+            |c| c,
+            |_, c| c,
+        )
+    });
+    let mut all = match resolved {
         Ok(v) => v,
         Err(e) => return fail(Exit::Usage, e),
     };
     let stop = Arc::new(sync::Stop::default());
     spawn_signal_handler(stop.clone(), rep.clone());
-    match watch::run(cfg, &conn, rep, stop).await {
+    let primary = all.remove(0);
+    let mut exits = vec![sync_one(primary, stop.clone()).await];
+    let mut rest = tokio::task::JoinSet::new();
+    for t in all {
+        rest.spawn(sync_one(t, stop.clone()));
+    }
+    while let Some(done) = rest.join_next().await {
+        exits.push(
+            done.unwrap_or_else(|e| fail(Exit::Fatal, anyhow::anyhow!("a sync task failed: {e}"))),
+        );
+    }
+    worst(exits)
+}
+
+async fn sync_one(t: Target<config::SyncConfig>, stop: Arc<sync::Stop>) -> Exit {
+    let dry_run = t.cfg.dry_run;
+    let rep = t.rep;
+    rep.start_clock();
+    match sync::run(t.cfg, &t.conn, rep.clone(), stop).await {
         Ok(sync::Status::Busy(lock)) => {
-            eprintln!(
-                "error: another s3ma sync or watch of this directory and destination is already \
-                 running (lock {lock}); this one did nothing"
-            );
+            rep.fatal(&format!("{BUSY} (lock {lock}); this run did nothing"));
             Exit::Busy
         }
-        Ok(_) => Exit::Success,
-        Err(e) => fail(Exit::Fatal, e),
+        Ok(status) => {
+            rep.summary(dry_run);
+            match status {
+                sync::Status::Done => Exit::Success,
+                sync::Status::Interrupted => Exit::Interrupted,
+                _ => Exit::Partial,
+            }
+        }
+        Err(e) => {
+            if report::get(&rep.counts.scanned) > 0 {
+                rep.summary(dry_run);
+            }
+            rep.fatal(&format!("{e:#}"));
+            Exit::Fatal
+        }
     }
+}
+
+/// `s3ma watch`: one daemon per destination, each with its own watches,
+/// journal and retries, so a destination that is down never holds up the
+/// others. Runs until stopped; a stop by signal is a normal exit. A
+/// destination that cannot start (bad configuration) stops them all.
+async fn watch(args: cli::WatchArgs, loaded: &config::Loaded, rep: Arc<Reporter>) -> Exit {
+    let resolved = config::resolve_connection(&args.mirror.conn, &loaded.file).and_then(|conn| {
+        let cfg = config::resolve_watch(&args, loaded)?;
+        targets(
+            cfg,
+            conn,
+            &rep,
+            loaded,
+            args.mirror.primary_only,
+            |c| &c.sync,
+            |w, sync| config::WatchConfig { sync, ..w.clone() },
+        )
+    });
+    let all = match resolved {
+        Ok(v) => v,
+        Err(e) => return fail(Exit::Usage, e),
+    };
+    let stop = Arc::new(sync::Stop::default());
+    spawn_signal_handler(stop.clone(), rep.clone());
+    let mut daemons = tokio::task::JoinSet::new();
+    for t in all {
+        let stop = stop.clone();
+        daemons.spawn(async move {
+            match watch::run(t.cfg, &t.conn, t.rep.clone(), stop).await {
+                Ok(sync::Status::Busy(lock)) => {
+                    t.rep
+                        .fatal(&format!("{BUSY} (lock {lock}); this one did nothing"));
+                    Exit::Busy
+                }
+                Ok(_) => Exit::Success,
+                Err(e) => {
+                    t.rep.fatal(&format!("{e:#}"));
+                    Exit::Fatal
+                }
+            }
+        });
+    }
+    let mut exits = Vec::new();
+    while let Some(done) = daemons.join_next().await {
+        let exit =
+            done.unwrap_or_else(|e| fail(Exit::Fatal, anyhow::anyhow!("a watch task failed: {e}")));
+        if exit != Exit::Success && !stop.requested() {
+            stop.request();
+        }
+        exits.push(exit);
+    }
+    worst(exits)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

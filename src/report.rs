@@ -42,7 +42,10 @@ pub struct Reporter {
     progress: bool,
     last_progress: Mutex<Instant>,
     pub counts: Counters,
-    started: Instant,
+    started: Mutex<Instant>,
+    /// The destination this reporter speaks for, when not the primary:
+    /// text lines start with `[label] `, JSON lines carry `"dest"`.
+    label: Option<String>,
 }
 
 /// A counter's value now.
@@ -101,8 +104,30 @@ impl Reporter {
                 && std::io::stderr().is_terminal(),
             last_progress: Mutex::new(Instant::now()),
             counts: Counters::default(),
-            started: Instant::now(),
+            started: Mutex::new(Instant::now()),
+            label: None,
         }
+    }
+
+    /// A reporter for another destination: same settings, its own
+    /// counters, no progress line (several destinations run at once).
+    pub fn for_destination(&self, label: &str) -> Reporter {
+        Reporter {
+            level: self.level,
+            json: self.json,
+            progress: false,
+            last_progress: Mutex::new(Instant::now()),
+            counts: Counters::default(),
+            started: Mutex::new(Instant::now()),
+            label: Some(label.to_string()),
+        }
+    }
+
+    fn json_line(&self, mut v: serde_json::Value) {
+        if let Some(label) = &self.label {
+            v["dest"] = json!(label);
+        }
+        self.out(&v.to_string());
     }
 
     fn clear_progress(&self) {
@@ -114,12 +139,18 @@ impl Reporter {
     fn out(&self, line: &str) {
         self.clear_progress();
         let mut o = std::io::stdout().lock();
-        let _ = writeln!(o, "{line}");
+        let _ = match (&self.label, self.json) {
+            (Some(label), false) => writeln!(o, "[{label}] {line}"),
+            _ => writeln!(o, "{line}"),
+        };
     }
 
     fn err(&self, line: &str) {
         self.clear_progress();
-        eprintln!("{line}");
+        match &self.label {
+            Some(label) => eprintln!("[{label}] {line}"),
+            None => eprintln!("{line}"),
+        }
     }
 
     /// An upload (or, with `dry_run`, one that would happen).
@@ -138,10 +169,9 @@ impl Reporter {
             return;
         }
         if self.json {
-            self.out(
-                &json!({"action": "upload", "key": key, "path": path, "size": size,
-                        "ms": elapsed.as_millis() as u64, "dry_run": dry_run, "reason": reason})
-                .to_string(),
+            self.json_line(
+                json!({"action": "upload", "key": key, "path": path, "size": size,
+                        "ms": elapsed.as_millis() as u64, "dry_run": dry_run, "reason": reason}),
             );
         } else if dry_run {
             let key = printable(key);
@@ -179,7 +209,7 @@ impl Reporter {
                 v["size"] = json!(size);
                 v["ms"] = json!(elapsed.as_millis() as u64);
             }
-            self.out(&v.to_string());
+            self.json_line(v);
         } else if dry_run {
             self.out(&format!("would delete {}", printable(key)));
         } else if let Some((size, elapsed)) = done {
@@ -201,10 +231,9 @@ impl Reporter {
             return;
         }
         if self.json {
-            self.out(
-                &json!({"action": "copy", "key": key, "from": from, "size": size,
-                        "ms": elapsed.as_millis() as u64})
-                .to_string(),
+            self.json_line(
+                json!({"action": "copy", "key": key, "from": from, "size": size,
+                        "ms": elapsed.as_millis() as u64}),
             );
         } else {
             self.out(&format!(
@@ -226,7 +255,7 @@ impl Reporter {
         if self.json {
             fields["action"] = json!(action);
             fields["message"] = json!(text);
-            self.out(&fields.to_string());
+            self.json_line(fields);
         } else {
             self.out(text);
         }
@@ -237,7 +266,7 @@ impl Reporter {
         add(&self.counts.skipped, 1);
         if self.level >= Level::Verbose {
             if self.json {
-                self.out(&json!({"action": "skip", "key": key, "reason": why}).to_string());
+                self.json_line(json!({"action": "skip", "key": key, "reason": why}));
             } else {
                 self.out(&format!("skip {} ({why})", printable(key)));
             }
@@ -248,7 +277,7 @@ impl Reporter {
     pub fn failed(&self, what: &str, message: &str) {
         add(&self.counts.failed, 1);
         if self.json {
-            self.out(&json!({"action": "error", "path": what, "message": message}).to_string());
+            self.json_line(json!({"action": "error", "path": what, "message": message}));
         } else {
             self.err(&format!(
                 "error: {}: {}",
@@ -264,7 +293,7 @@ impl Reporter {
         add(&self.counts.skipped, 1);
         if self.level >= Level::Normal {
             if self.json {
-                self.out(&json!({"action": "note", "path": what, "message": message}).to_string());
+                self.json_line(json!({"action": "note", "path": what, "message": message}));
             } else {
                 self.err(&format!(
                     "note: {}: {}",
@@ -273,6 +302,16 @@ impl Reporter {
                 ));
             }
         }
+    }
+
+    /// The summary's time counts from now.
+    pub fn start_clock(&self) {
+        *self.started.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// The error that ended a run: printed even with `-q`.
+    pub fn fatal(&self, message: &str) {
+        self.err(&format!("error: {message}"));
     }
 
     pub fn warn(&self, message: &str) {
@@ -321,15 +360,13 @@ impl Reporter {
 
     pub fn summary(&self, dry_run: bool) {
         let c = &self.counts;
-        let secs = self.started.elapsed().as_secs_f64();
+        let started = *self.started.lock().unwrap_or_else(|e| e.into_inner());
+        let secs = started.elapsed().as_secs_f64();
         if self.json {
-            self.out(
-                &json!({"action": "summary", "scanned": get(&c.scanned), "uploaded": get(&c.uploaded),
-                        "deleted": get(&c.deleted), "skipped": get(&c.skipped), "failed": get(&c.failed),
-                        "bytes": get(&c.bytes), "seconds": (secs * 1000.0).round() / 1000.0,
-                        "dry_run": dry_run})
-                .to_string(),
-            );
+            self.json_line(json!({"action": "summary", "scanned": get(&c.scanned),
+                "uploaded": get(&c.uploaded), "copied": get(&c.copied), "deleted": get(&c.deleted),
+                "skipped": get(&c.skipped), "failed": get(&c.failed), "bytes": get(&c.bytes),
+                "seconds": (secs * 1000.0).round() / 1000.0, "dry_run": dry_run}));
             return;
         }
         self.clear_progress();
@@ -338,8 +375,12 @@ impl Reporter {
         }
         let verb = if dry_run { "would upload" } else { "uploaded" };
         let del = if dry_run { "would delete" } else { "deleted" };
+        let copied = match get(&c.copied) {
+            0 => String::new(),
+            n => format!(", copied {n}"),
+        };
         self.out(&format!(
-            "scanned {}, {verb} {} ({}), {del} {}, skipped {}, failed {} in {secs:.2} s",
+            "scanned {}, {verb} {} ({}){copied}, {del} {}, skipped {}, failed {} in {secs:.2} s",
             get(&c.scanned),
             get(&c.uploaded),
             human_size(get(&c.bytes)),

@@ -448,13 +448,14 @@ impl Store {
         }
     }
 
-    /// A server-side copy within one bucket, with the metadata replaced by
-    /// `meta` (the new name may have another Content-Type). `if_match` guards
-    /// against a source replaced by someone else. Sources up to 5 GiB only.
+    /// A server-side copy of `from` (in bucket `from.0`) to `to` in
+    /// `bucket`, with the metadata replaced by `meta` (the new name may have
+    /// another Content-Type). `if_match` guards against a source replaced by
+    /// someone else. Sources up to 5 GiB only.
     pub async fn copy(
         &self,
+        from: (&str, &str),
         bucket: &str,
-        from: &str,
         to: &str,
         if_match: Option<&str>,
         meta: &PutMeta,
@@ -464,7 +465,7 @@ impl Store {
             .copy_object()
             .bucket(bucket)
             .key(to)
-            .copy_source(copy_source(bucket, from))
+            .copy_source(copy_source(from.0, from.1))
             .set_copy_source_if_match(if_match.map(|e| format!("\"{e}\"")))
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
             .content_type(&meta.content_type)
@@ -477,6 +478,41 @@ impl Store {
             .copy_object_result()
             .and_then(|r| r.e_tag())
             .map(unquote))
+    }
+
+    /// One part of a multipart copy: bytes `range` (inclusive) of `from`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_part_copy(
+        &self,
+        from: (&str, &str),
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        range: (u64, u64),
+        if_match: Option<&str>,
+    ) -> Result<CompletedPart, StoreError> {
+        let resp = self
+            .client
+            .upload_part_copy()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .copy_source(copy_source(from.0, from.1))
+            .copy_source_range(format!("bytes={}-{}", range.0, range.1))
+            .set_copy_source_if_match(if_match.map(|e| format!("\"{e}\"")))
+            .send()
+            .await
+            .map_err(|e| self.classify(e, Some(bucket)))?;
+        Ok(CompletedPart::builder()
+            .part_number(part_number)
+            .set_e_tag(
+                resp.copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .map(str::to_string),
+            )
+            .build())
     }
 
     pub async fn abort_multipart(

@@ -263,12 +263,15 @@ pub async fn open(cfg: &SyncConfig, conn: &Connection, rep: &Reporter) -> Result
         state.path().display()
     ));
     let requests = Arc::new(Semaphore::new(cfg.transfer.concurrency));
-    let uploader = Uploader::new(
+    let mut uploader = Uploader::new(
         store.clone(),
         &cfg.dest.bucket,
         cfg.transfer.clone(),
         requests.clone(),
     );
+    if let Some(primary) = &cfg.copy_from {
+        uploader = uploader.copying_from(primary.clone());
+    }
     Ok(Opened::Ready(Box::new(Session {
         store,
         state,

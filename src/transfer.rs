@@ -10,20 +10,25 @@
 //! the whole-file MD5 (for `md5chksum`) and each part's Content-MD5.
 //! A file that changes while it is sent is detected by re-stat (and by the
 //! server's Content-MD5 check) and re-sent; a failed multipart upload is
-//! aborted.
+//! aborted. A second destination on the primary's service copies objects
+//! the primary already holds on the server (CopyObject, or UploadPartCopy
+//! above the multipart threshold) instead of sending the bytes again.
 
+use std::future::Future;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::CompletedPart;
 use aws_smithy_types::byte_stream::Length;
 use md5::{Digest, Md5};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::TransferConfig;
+use crate::keys::Location;
 use crate::plan::{self, Decision, RemoteFacts};
 use crate::scan::LocalFile;
 use crate::state::Record;
@@ -97,6 +102,10 @@ pub struct Uploader {
     bucket: String,
     cfg: Arc<TransferConfig>,
     requests: Arc<Semaphore>,
+    /// The primary destination, on the same service and readable with the
+    /// same credentials: a file it already holds is copied from it on the
+    /// server instead of being uploaded again.
+    primary: Option<Arc<Location>>,
 }
 
 fn stat(path: &Path) -> Result<(u64, i64), UploadError> {
@@ -173,7 +182,14 @@ impl Uploader {
             bucket: bucket.to_string(),
             cfg: Arc::new(cfg),
             requests,
+            primary: None,
         }
+    }
+
+    /// Copies from `primary` on the server where it already holds a file.
+    pub fn copying_from(mut self, primary: Location) -> Self {
+        self.primary = Some(Arc::new(primary));
+        self
     }
 
     fn meta(&self, key: &str, mtime_ns: i64, md5: &[u8; 16]) -> PutMeta {
@@ -223,6 +239,11 @@ impl Uploader {
         if dry_run {
             return Outcome::WouldUpload { reason };
         }
+        if let Some(primary) = self.primary.clone() {
+            if let Some(outcome) = self.copy_from_primary(&job, &primary, start).await {
+                return outcome;
+            }
+        }
         let mut attempt = 1;
         loop {
             match self.upload(&job.file.path, &job.key).await {
@@ -250,7 +271,13 @@ impl Uploader {
         let meta = self.meta(&job.key, job.file.mtime_ns, &source.md5);
         let copied = self
             .store
-            .copy(&self.bucket, &from, &job.key, source.etag.as_deref(), &meta)
+            .copy(
+                (&self.bucket, &from),
+                &self.bucket,
+                &job.key,
+                source.etag.as_deref(),
+                &meta,
+            )
             .await;
         match copied {
             Ok(etag) => {
@@ -280,6 +307,91 @@ impl Uploader {
             ..job
         };
         self.run(job, false).await
+    }
+
+    /// A destination on the primary's service: when the primary holds this
+    /// file as it is now (size, and mtime or MD5), copies the primary's
+    /// object on the server. `None` when it cannot (not there yet, another
+    /// version, the server refuses the copy): the caller uploads instead.
+    async fn copy_from_primary(
+        &self,
+        job: &Job,
+        primary: &Location,
+        start: Instant,
+    ) -> Option<Outcome> {
+        let from = primary.key_for(&job.file.rel);
+        let source = (primary.bucket.as_str(), from.as_str());
+        let head = match self.store.head(source.0, source.1).await {
+            Ok(h) => h,
+            Err(e @ (StoreError::Unreachable { .. } | StoreError::TimedOut { .. })) => {
+                return Some(Outcome::Failed(e.into()))
+            }
+            Err(_) => return None,
+        };
+        if head.size != job.file.size {
+            return None;
+        }
+        let facts = RemoteFacts::from_head(head.etag.as_deref(), &head.metadata);
+        let md5 = facts.md5?;
+        if !facts.same_mtime(job.file.mtime_ns) {
+            let (path, size) = (job.file.path.clone(), job.file.size);
+            match blocking(move || hash_file(&path, size)).await {
+                Ok(local) if local == md5 => {}
+                Ok(_) => return None,
+                Err(UploadError::Vanished) => return Some(Outcome::Vanished),
+                Err(e) => return Some(Outcome::Failed(e)),
+            }
+        }
+        let meta = self.meta(&job.key, job.file.mtime_ns, &md5);
+        let if_match = head.etag.as_deref();
+        let size = job.file.size;
+        let copied = if size > MAX_COPY || size >= self.cfg.multipart_threshold {
+            let (part_size, _) = plan::part_layout(size, self.cfg.chunk_size);
+            let (bucket, key) = (primary.bucket.clone(), from.clone());
+            let if_match = if_match.map(str::to_string);
+            self.multipart(&job.key, size, part_size, &meta, move |part| {
+                let (bucket, key, if_match) = (bucket.clone(), key.clone(), if_match.clone());
+                async move {
+                    let range = (part.offset, part.offset + part.len - 1);
+                    Ok(part
+                        .store
+                        .upload_part_copy(
+                            (&bucket, &key),
+                            &part.bucket,
+                            &part.key,
+                            &part.upload_id,
+                            part.number,
+                            range,
+                            if_match.as_deref(),
+                        )
+                        .await?)
+                }
+            })
+            .await
+        } else {
+            self.store
+                .copy(source, &self.bucket, &job.key, if_match, &meta)
+                .await
+                .map_err(UploadError::from)
+        };
+        match copied {
+            Ok(etag) => Some(Outcome::Copied {
+                record: Record {
+                    size,
+                    mtime_ns: job.file.mtime_ns,
+                    md5,
+                    etag,
+                },
+                elapsed: start.elapsed(),
+                from: format!("s3://{}/{from}", primary.bucket),
+            }),
+            Err(
+                e
+                @ UploadError::Store(StoreError::Unreachable { .. } | StoreError::TimedOut { .. }),
+            ) => Some(Outcome::Failed(e)),
+            // Replaced meanwhile, or the server does not copy: upload.
+            Err(_) => None,
+        }
     }
 
     /// Same size, mtime differs or unknown: is the content already there?
@@ -389,7 +501,29 @@ impl Uploader {
             // the task that sends it, in parallel.
             let md5 = blocking(move || hash_file(&p, size)).await?;
             let meta = self.meta(key, mtime_ns, &md5);
-            let etag = self.multipart(path, key, size, part_size, &meta).await;
+            let path = path.to_path_buf();
+            let etag = self
+                .multipart(key, size, part_size, &meta, move |part| {
+                    let path = path.clone();
+                    async move {
+                        let (p, offset, len) = (path.clone(), part.offset, part.len);
+                        let md5 = blocking(move || hash_range(&p, offset, len, false)).await?;
+                        let body = file_body(&path, offset, len).await?;
+                        Ok(part
+                            .store
+                            .upload_part(
+                                &part.bucket,
+                                &part.key,
+                                &part.upload_id,
+                                part.number,
+                                body,
+                                len,
+                                &md5,
+                            )
+                            .await?)
+                    }
+                })
+                .await;
             (md5, etag)
         };
         // Whatever happened, a file that changed meanwhile is re-sent.
@@ -406,17 +540,24 @@ impl Uploader {
         })
     }
 
-    async fn multipart(
+    /// Creates a multipart upload, sends its parts with `send` (several at
+    /// once), and completes it; aborts it on any failure, so no parts are
+    /// left behind.
+    async fn multipart<F, Fut>(
         &self,
-        path: &Path,
         key: &str,
         size: u64,
         part_size: u64,
         meta: &PutMeta,
-    ) -> Result<Option<String>, UploadError> {
+        send: F,
+    ) -> Result<Option<String>, UploadError>
+    where
+        F: Fn(Part) -> Fut,
+        Fut: Future<Output = Result<CompletedPart, UploadError>> + Send + 'static,
+    {
         let upload_id = self.store.create_multipart(&self.bucket, key, meta).await?;
         let result = self
-            .send_parts(path, key, &upload_id, size, part_size)
+            .send_parts(key, &upload_id, size, part_size, send)
             .await;
         let result = match result {
             Ok(parts) => {
@@ -461,18 +602,21 @@ impl Uploader {
         }
     }
 
-    async fn send_parts(
+    async fn send_parts<F, Fut>(
         &self,
-        path: &Path,
         key: &str,
         upload_id: &str,
         size: u64,
         part_size: u64,
-    ) -> Result<Vec<aws_sdk_s3::types::CompletedPart>, UploadError> {
+        send: F,
+    ) -> Result<Vec<CompletedPart>, UploadError>
+    where
+        F: Fn(Part) -> Fut,
+        Fut: Future<Output = Result<CompletedPart, UploadError>> + Send + 'static,
+    {
         let count = size.div_ceil(part_size).max(1) as usize;
         let mut done = Vec::with_capacity(count);
-        let mut set: JoinSet<Result<aws_sdk_s3::types::CompletedPart, UploadError>> =
-            JoinSet::new();
+        let mut set: JoinSet<Result<CompletedPart, UploadError>> = JoinSet::new();
         let mut extra_permits = Vec::new();
         let mut next = 0usize;
         loop {
@@ -488,23 +632,15 @@ impl Uploader {
                     }
                 }
                 let offset = next as u64 * part_size;
-                let len = part_size.min(size - offset);
-                let number = next as i32 + 1;
-                let (store, bucket, key, id): (Store, String, String, String) = (
-                    self.store.clone(),
-                    self.bucket.clone(),
-                    key.to_string(),
-                    upload_id.to_string(),
-                );
-                let path: PathBuf = path.to_path_buf();
-                set.spawn(async move {
-                    let p = path.clone();
-                    let md5 = blocking(move || hash_range(&p, offset, len, false)).await?;
-                    let body = file_body(&path, offset, len).await?;
-                    Ok(store
-                        .upload_part(&bucket, &key, &id, number, body, len, &md5)
-                        .await?)
-                });
+                set.spawn(send(Part {
+                    store: self.store.clone(),
+                    bucket: self.bucket.clone(),
+                    key: key.to_string(),
+                    upload_id: upload_id.to_string(),
+                    number: next as i32 + 1,
+                    offset,
+                    len: part_size.min(size - offset),
+                }));
                 next += 1;
             }
             match set.join_next().await {
@@ -517,6 +653,17 @@ impl Uploader {
         done.sort_by_key(|p| p.part_number());
         Ok(done)
     }
+}
+
+/// One part of a multipart upload, for the task that sends it.
+pub struct Part {
+    store: Store,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    number: i32,
+    offset: u64,
+    len: u64,
 }
 
 #[cfg(test)]

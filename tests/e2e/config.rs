@@ -1,6 +1,7 @@
 //! Configuration: node-s3ma's config.json, precedence, and bad input.
 
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -21,22 +22,27 @@ fn node_s3ma_config_json_keeps_working() {
         env.write("data/report.test", "custom type");
         let mime = env.work().join("my_mime.types");
         write_file(&mime, "# local types\napplication/x-test  test\n");
+        let second = env.second(kind, &env.endpoint, "mirror/");
+        // A schemeless endpointSync is https, or http with sslEnabled false.
+        let host = env.endpoint.trim_start_matches("http://");
         let config = format!(
             r#"{{
     "watchDir": "{tree}",
     "accessKeyId": "{ACCESS_KEY}",
     "secretAccessKey": "{SECRET_KEY}",
     "region": "us-west-2",
+    "sslEnabled": false,
     "bucket": "{bucket}",
     "topPrefix": "backup/",
-    "bucketSync": "second-bucket",
-    "topPrefixSync": "backup/",
-    "endpointSync": "https://s3-eu-west-1.amazonaws.com",
+    "bucketSync": "{bucket_sync}",
+    "topPrefixSync": "mirror/",
+    "endpointSync": "{host}",
     "mtimeToMetaData": true,
     "mimeConfig": "{mime}"
 }}"#,
             tree = env.tree().display(),
             bucket = env.bucket,
+            bucket_sync = second.bucket,
             mime = mime.display()
         );
         write_config(&env, &config);
@@ -47,13 +53,23 @@ fn node_s3ma_config_json_keeps_working() {
             .env("AWS_SECRET_ACCESS_KEY", "wrong")
             .args(["sync", "--json", "--endpoint", &env.endpoint]);
         let run = TestEnv::run_cmd(cmd).ok();
-        assert!(
-            run.stderr.contains("bucketSync"),
-            "warns that *Sync is not acted on: {run}"
-        );
         let mut env = env;
         env.prefix = "backup/".into();
         env.assert_mirrors(&["data/report.test", "index.html"]);
+        // bucketSync got the same objects, copied on the server.
+        env.converge_on(&second, Duration::ZERO, &|| run.to_string());
+        let copies: Vec<&str> = run
+            .stdout
+            .lines()
+            .filter(|l| l.contains(r#""action":"copy""#) && l.contains(r#""dest":"bucketSync""#))
+            .collect();
+        assert_eq!(copies.len(), 2, "{run}");
+        let (ctype, meta) = second.head("mirror/data/report.test");
+        assert_eq!(ctype, "application/x-test", "{kind:?}");
+        assert_eq!(
+            meta.get("md5chksum").map(String::as_str),
+            Some(md5_b64(b"custom type").as_str())
+        );
         let (ctype, _, _) = env.head("backup/data/report.test");
         assert_eq!(ctype, "application/x-test", "{kind:?}");
     }

@@ -424,71 +424,50 @@ impl TestEnv {
 
     /// Every key in the bucket with its bytes.
     pub fn objects(&self) -> BTreeMap<String, Vec<u8>> {
-        let keys = self.keys();
-        block_on(async {
-            let mut out = BTreeMap::new();
-            for chunk in keys.chunks(16) {
-                let mut set = tokio::task::JoinSet::new();
-                for key in chunk {
-                    let (client, bucket, key) =
-                        (self.client.clone(), self.bucket.clone(), key.clone());
-                    set.spawn(async move {
-                        let body = client
-                            .get_object()
-                            .bucket(&bucket)
-                            .key(&key)
-                            .send()
-                            .await
-                            .unwrap_or_else(|e| panic!("get {key}: {e:?}"))
-                            .body
-                            .collect()
-                            .await
-                            .expect("body")
-                            .into_bytes()
-                            .to_vec();
-                        (key, body)
-                    });
-                }
-                while let Some(res) = set.join_next().await {
-                    let (key, body) = res.expect("get task");
-                    out.insert(key, body);
-                }
-            }
-            out
-        })
+        self.primary().objects()
     }
 
     /// Every key in the bucket with its size.
     pub fn listing(&self) -> BTreeMap<String, u64> {
-        block_on(async {
-            let mut out = BTreeMap::new();
-            let mut token = None;
-            loop {
-                let resp = self
-                    .client
-                    .list_objects_v2()
-                    .bucket(&self.bucket)
-                    .set_continuation_token(token)
-                    .send()
-                    .await?;
-                for o in resp.contents() {
-                    if let Some(k) = o.key() {
-                        out.insert(k.to_string(), o.size().unwrap_or(0) as u64);
-                    }
-                }
-                match resp.next_continuation_token() {
-                    Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
-                    _ => break,
-                }
-            }
-            Ok::<_, aws_sdk_s3::Error>(out)
-        })
-        .unwrap_or_else(|e| panic!("list {}: {e:?}", self.bucket))
+        self.primary().listing()
+    }
+
+    /// The test's own bucket and prefix, as a [`Bucket`].
+    pub fn primary(&self) -> Bucket {
+        Bucket {
+            kind: self.kind,
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            client: self.client.clone(),
+        }
+    }
+
+    /// A further, new bucket on the server at `endpoint` (of `kind`), seen
+    /// under `prefix`.
+    pub fn second(&self, kind: Kind, endpoint: &str, prefix: &str) -> Bucket {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let bucket = format!("u{}-{n}-{}", std::process::id(), kind_tag(kind));
+        let client = client_for(endpoint);
+        block_on(client.create_bucket().bucket(&bucket).send())
+            .unwrap_or_else(|e| panic!("create bucket {bucket} on {kind:?}: {e:?}"));
+        Bucket {
+            kind,
+            endpoint: endpoint.to_string(),
+            bucket,
+            prefix: prefix.to_string(),
+            client,
+        }
     }
 
     /// What the bucket should hold: each mirrored file of the tree (hidden
     /// names and editors' temp files left out) as key and size.
     pub fn expected(&self) -> BTreeMap<String, u64> {
+        self.expected_under(&self.prefix)
+    }
+
+    /// [`TestEnv::expected`] with another key prefix.
+    pub fn expected_under(&self, prefix: &str) -> BTreeMap<String, u64> {
         let tree = self.tree();
         walkdir::WalkDir::new(&tree)
             .min_depth(1)
@@ -500,7 +479,7 @@ impl TestEnv {
             .filter_map(|e| {
                 let rel = e.path().strip_prefix(&tree).ok()?.to_str()?.to_string();
                 let size = e.metadata().ok()?.len();
-                Some((format!("{}{rel}", self.prefix), size))
+                Some((format!("{prefix}{rel}"), size))
             })
             .collect()
     }
@@ -509,14 +488,24 @@ impl TestEnv {
     /// included; panics with the difference (and `context`) at the
     /// deadline.
     pub fn converge(&self, within: Duration, context: &dyn Fn() -> String) -> Duration {
+        self.converge_on(&self.primary(), within, context)
+    }
+
+    /// Like [`TestEnv::converge`], for the tree mirrored in bucket `b`.
+    pub fn converge_on(
+        &self,
+        b: &Bucket,
+        within: Duration,
+        context: &dyn Fn() -> String,
+    ) -> Duration {
         let start = Instant::now();
         loop {
-            let want = self.expected();
-            let got = self.listing();
+            let want = self.expected_under(&b.prefix);
+            let got = b.listing();
             if want == got {
-                let objects = self.objects();
+                let objects = b.objects();
                 let same = want.keys().all(|k| {
-                    let rel = &k[self.prefix.len()..];
+                    let rel = &k[b.prefix.len()..];
                     std::fs::read(self.tree().join(rel)).ok().as_ref() == objects.get(k)
                 });
                 if same {
@@ -535,9 +524,10 @@ impl TestEnv {
                     .take(20)
                     .collect();
                 panic!(
-                    "the bucket did not converge within {within:?} on {:?}\nwanted but not there \
+                    "{} did not converge within {within:?} on {:?}\nwanted but not there \
                      (or other size): {missing:?}\nthere but not wanted: {extra:?}\n{}",
-                    self.kind,
+                    b.url(),
+                    b.kind,
                     context()
                 );
             }
@@ -623,6 +613,104 @@ impl TestEnv {
             let local = std::fs::read(self.tree().join(rel)).expect("read local");
             assert!(objects[key] == local, "bytes of {key} on {:?}", self.kind);
         }
+    }
+}
+
+/// A bucket and prefix that mirrors the test's tree (the primary, or a
+/// further destination).
+pub struct Bucket {
+    pub kind: Kind,
+    pub endpoint: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub client: Client,
+}
+
+impl Bucket {
+    pub fn url(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    /// Content-Type and user metadata of one object.
+    pub fn head(&self, key: &str) -> (String, HashMap<String, String>) {
+        block_on(async {
+            let h = self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("head {key}: {e:?}"));
+            (
+                h.content_type().unwrap_or_default().to_string(),
+                h.metadata().cloned().unwrap_or_default(),
+            )
+        })
+    }
+
+    /// Every key in the bucket with its bytes.
+    pub fn objects(&self) -> BTreeMap<String, Vec<u8>> {
+        let keys = self.listing().into_keys().collect::<Vec<_>>();
+        block_on(async {
+            let mut out = BTreeMap::new();
+            for chunk in keys.chunks(16) {
+                let mut set = tokio::task::JoinSet::new();
+                for key in chunk {
+                    let (client, bucket, key) =
+                        (self.client.clone(), self.bucket.clone(), key.clone());
+                    set.spawn(async move {
+                        let body = client
+                            .get_object()
+                            .bucket(&bucket)
+                            .key(&key)
+                            .send()
+                            .await
+                            .unwrap_or_else(|e| panic!("get {key}: {e:?}"))
+                            .body
+                            .collect()
+                            .await
+                            .expect("body")
+                            .into_bytes()
+                            .to_vec();
+                        (key, body)
+                    });
+                }
+                while let Some(res) = set.join_next().await {
+                    let (key, body) = res.expect("get task");
+                    out.insert(key, body);
+                }
+            }
+            out
+        })
+    }
+
+    /// Every key in the bucket with its size.
+    pub fn listing(&self) -> BTreeMap<String, u64> {
+        block_on(async {
+            let mut out = BTreeMap::new();
+            let mut token = None;
+            loop {
+                let resp = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .set_continuation_token(token)
+                    .send()
+                    .await?;
+                for o in resp.contents() {
+                    if let Some(k) = o.key() {
+                        out.insert(k.to_string(), o.size().unwrap_or(0) as u64);
+                    }
+                }
+                match resp.next_continuation_token() {
+                    Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
+                    _ => break,
+                }
+            }
+            Ok::<_, aws_sdk_s3::Error>(out)
+        })
+        .unwrap_or_else(|e| panic!("list {}: {e:?}", self.bucket))
     }
 }
 
