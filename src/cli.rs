@@ -124,7 +124,7 @@ pub struct WatchArgs {
     pub rescan_interval: Option<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Default)]
 pub struct FilterArgs {
     /// Skip paths matching this gitignore-style glob (repeatable).
     #[arg(long, value_name = "GLOB", help_heading = "Filters")]
@@ -144,7 +144,7 @@ pub struct FilterArgs {
     pub include_temp_files: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Default)]
 pub struct TransferArgs {
     /// Concurrent requests to the server [default: 32].
     #[arg(short = 'j', long, value_name = "N", help_heading = "Transfer")]

@@ -944,6 +944,140 @@ mod tests {
         assert_eq!(dest, Location::new("b-oregon", "backup").expect("valid"));
     }
 
+    fn primary(text: &str) -> (Connection, Location, FileConfig) {
+        let file = parse(text).expect("valid");
+        let conn = resolve_connection(&ConnectionArgs::default(), &file).expect("connection");
+        let loc = Location::new(file.bucket.as_deref().unwrap_or("b"), "site").expect("loc");
+        (conn, loc, file)
+    }
+
+    #[test]
+    fn aws_endpoints_name_their_region() {
+        for (url, want) in [
+            ("https://s3-eu-west-1.amazonaws.com", Some("eu-west-1")),
+            (
+                "https://s3.ap-northeast-1.amazonaws.com/",
+                Some("ap-northeast-1"),
+            ),
+            (
+                "https://s3.dualstack.us-east-2.amazonaws.com",
+                Some("us-east-2"),
+            ),
+            ("https://s3.amazonaws.com", Some("us-east-1")),
+            ("https://s3.isk01.sakurastorage.jp", None),
+            ("http://127.0.0.1:9000", None),
+            ("https://bucket.s3.amazonaws.com.evil.example", None),
+        ] {
+            assert_eq!(aws_region_of(url).as_deref(), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn bucket_sync_keys_make_a_destination() {
+        // node-s3ma's own example: AWS to AWS in another region, copied.
+        let (conn, loc, file) = primary(
+            r#"{"region": "us-west-2", "bucket": "b-oregon", "accessKeyId": "AK",
+                "secretAccessKey": "SK", "bucketSync": "b-ireland",
+                "endpointSync": "https://s3-eu-west-1.amazonaws.com"}"#,
+        );
+        let d = resolve_destinations(&conn, &loc, &file).expect("resolves");
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].name, "bucketSync");
+        assert_eq!(d[0].dest, Location::new("b-ireland", "site/").expect("loc"));
+        assert_eq!(d[0].conn.endpoint, None);
+        assert_eq!(d[0].conn.region.as_deref(), Some("eu-west-1"));
+        assert!(d[0].copy_from_primary);
+        // Another provider: uploads, https for a bare host.
+        let (conn, loc, file) = primary(
+            r#"{"endpoint": "http://127.0.0.1:9000", "bucket": "b", "bucketSync": "c",
+                "topPrefixSync": "copy", "endpointSync": "storage.example.net"}"#,
+        );
+        let d = resolve_destinations(&conn, &loc, &file).expect("resolves");
+        assert_eq!(
+            d[0].conn.endpoint.as_deref(),
+            Some("https://storage.example.net")
+        );
+        assert_eq!(d[0].dest.prefix, "copy/");
+        assert!(!d[0].copy_from_primary);
+    }
+
+    #[test]
+    fn destinations_inherit_the_primary_connection() {
+        let (conn, loc, file) = primary(
+            r#"{"endpoint": "http://127.0.0.1:9000", "bucket": "b", "accessKeyId": "AK",
+                "secretAccessKey": "SK", "destinations": [
+                  {"bucket": "same-service"},
+                  {"bucket": "own-keys", "accessKeyId": "AK2", "secretAccessKey": "SK2"},
+                  {"name": "far", "bucket": "elsewhere", "endpoint": "https://r2.example",
+                   "region": "auto", "profile": "r2", "storageClass": "STANDARD_IA"}
+                ]}"#,
+        );
+        let d = resolve_destinations(&conn, &loc, &file).expect("resolves");
+        let names: Vec<&str> = d.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["same-service", "own-keys", "far"]);
+        assert!(d[0].copy_from_primary, "same endpoint and keys: copied");
+        assert_eq!(d[0].dest.prefix, "site/");
+        assert!(!d[1].copy_from_primary, "other keys: uploaded");
+        assert!(!d[2].copy_from_primary);
+        assert_eq!(d[2].conn.region.as_deref(), Some("auto"));
+        assert_eq!(d[2].conn.profile.as_deref(), Some("r2"));
+        assert!(d[2].conn.credentials.is_none());
+        let cfg = d[2].sync_config(&SyncConfig {
+            dir: PathBuf::from("/tmp"),
+            dest: loc.clone(),
+            delete: true,
+            max_delete: None,
+            dry_run: false,
+            filter: resolve_filter(&Default::default(), &file),
+            transfer: resolve_transfer(&Default::default(), &file, None).expect("transfer"),
+            state_dir: PathBuf::from("/tmp/state"),
+            copy_from: None,
+        });
+        assert_eq!(cfg.dest.bucket, "elsewhere");
+        assert_eq!(cfg.transfer.storage_class.as_deref(), Some("STANDARD_IA"));
+        assert!(cfg.copy_from.is_none() && cfg.delete);
+    }
+
+    #[test]
+    fn clashing_destinations_are_refused() {
+        for (entries, want) in [
+            (
+                r#"{"bucket": "b", "prefix": "site/inner"}"#,
+                "overlaps the primary",
+            ),
+            (r#"{"bucket": "b", "prefix": ""}"#, "overlaps the primary"),
+            (
+                r#"{"bucket": "c"}, {"bucket": "c", "name": "x"}"#,
+                "overlaps destination",
+            ),
+            (
+                r#"{"bucket": "c"}, {"bucket": "d", "name": "c"}"#,
+                "two destinations are named",
+            ),
+            (
+                r#"{"bucket": "c", "accessKeyId": "AK"}"#,
+                "only one of accessKeyId",
+            ),
+            (r#"{"bucket": "c", "name": " "}"#, "empty or unprintable"),
+        ] {
+            let (conn, loc, file) = primary(&format!(
+                r#"{{"endpoint": "http://127.0.0.1:9000", "bucket": "b",
+                    "destinations": [{entries}]}}"#
+            ));
+            let err = resolve_destinations(&conn, &loc, &file).expect_err(entries);
+            assert!(format!("{err:#}").contains(want), "{entries}: {err:#}");
+        }
+        // The same bucket and prefix on another server is no clash.
+        let (conn, loc, file) = primary(
+            r#"{"endpoint": "http://127.0.0.1:9000", "bucket": "b",
+                "destinations": [{"bucket": "b", "endpoint": "http://127.0.0.1:9001"}]}"#,
+        );
+        assert!(resolve_destinations(&conn, &loc, &file).is_ok());
+        let err = parse(r#"{"destinations": [{"bucket": "c", "bukcet": "d"}]}"#)
+            .expect_err("unknown field");
+        assert!(format!("{err:#}").contains("destinations[0]"), "{err:#}");
+    }
+
     #[test]
     fn syntax_error_names_line_and_column() {
         let err = parse("{\n  \"bucket\": \"x\",\n  oops\n}").expect_err("invalid");

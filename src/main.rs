@@ -315,10 +315,19 @@ async fn watch(args: cli::WatchArgs, loaded: &config::Loaded, rep: Arc<Reporter>
     let stop = Arc::new(sync::Stop::default());
     spawn_signal_handler(stop.clone(), rep.clone());
     let mut daemons = tokio::task::JoinSet::new();
+    let (primary_done, primary_ready) = tokio::sync::watch::channel(false);
+    let mut primary_done = Some(primary_done);
     for t in all {
         let stop = stop.clone();
+        let first = match primary_done.take() {
+            Some(done) => watch::First::Primary(done),
+            None if t.cfg.sync.copy_from.is_some() => {
+                watch::First::AfterPrimary(primary_ready.clone())
+            }
+            None => watch::First::Independent,
+        };
         daemons.spawn(async move {
-            match watch::run(t.cfg, &t.conn, t.rep.clone(), stop).await {
+            match watch::run(t.cfg, &t.conn, t.rep.clone(), stop, first).await {
                 Ok(sync::Status::Busy(lock)) => {
                     t.rep
                         .fatal(&format!("{BUSY} (lock {lock}); this one did nothing"));

@@ -38,6 +38,9 @@ pub enum StoreError {
     NoSuchBucket(String, String),
     #[error("not found")]
     NotFound,
+    /// A condition (`If-Match`) did not hold: the object was replaced.
+    #[error("the object changed meanwhile (precondition failed)")]
+    PreconditionFailed,
     #[error("access denied ({0}); check the credentials' permissions on this bucket and prefix")]
     AccessDenied(String),
     #[error(
@@ -805,10 +808,12 @@ where
         "RequestTimeTooSkewed" => return StoreError::ClockSkew(what),
         "AccessDenied" | "AllAccessDisabled" => return StoreError::AccessDenied(what),
         "NoSuchKey" | "NotFound" => return StoreError::NotFound,
+        "PreconditionFailed" => return StoreError::PreconditionFailed,
         _ => {}
     }
     match status {
         Some(404) => StoreError::NotFound,
+        Some(412) => StoreError::PreconditionFailed,
         Some(403) => StoreError::AccessDenied(if what.is_empty() {
             "HTTP 403".into()
         } else {

@@ -131,6 +131,15 @@ impl Run<'_> {
                 &file.path.display().to_string(),
                 "disappeared during the sync; not uploaded",
             ),
+            // Not asked for (`wait_for_primary` is off in a sync).
+            Outcome::Behind => {
+                self.upload_failures += 1;
+                self.failed_rels.push(file.rel.clone());
+                self.rep.failed(
+                    &file.path.display().to_string(),
+                    &format!("the primary does not hold it yet (key {key})"),
+                )
+            }
             Outcome::Failed(UploadError::Store(e)) if e.is_fatal() => {
                 if self.fatal.is_none() {
                     self.fatal = Some(e);
@@ -441,6 +450,7 @@ pub async fn reconcile(
                 decision,
                 remote: matched,
                 state: record,
+                wait_for_primary: false,
             };
             let up = uploader.clone();
             let dry_run = cfg.dry_run;

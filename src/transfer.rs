@@ -67,6 +67,10 @@ pub struct Job {
     pub decision: Decision,
     pub remote: Option<ObjectInfo>,
     pub state: Option<Record>,
+    /// A destination that copies from the primary: when the primary does
+    /// not hold the file as it is yet, answer [`Outcome::Behind`] instead
+    /// of uploading (`watch`, where the primary's upload is under way).
+    pub wait_for_primary: bool,
 }
 
 /// What became of a job.
@@ -91,8 +95,19 @@ pub enum Outcome {
     WouldUpload {
         reason: &'static str,
     },
+    /// The primary does not hold the file as it is yet (see
+    /// [`Job::wait_for_primary`]).
+    Behind,
     Vanished,
     Failed(UploadError),
+}
+
+/// Why a destination did not copy from the primary.
+enum NoCopy {
+    /// The primary does not hold the file as it is now.
+    Behind,
+    /// The server will not copy it, or nothing vouches for the content.
+    Refused,
 }
 
 /// Uploads files to one bucket.
@@ -240,8 +255,10 @@ impl Uploader {
             return Outcome::WouldUpload { reason };
         }
         if let Some(primary) = self.primary.clone() {
-            if let Some(outcome) = self.copy_from_primary(&job, &primary, start).await {
-                return outcome;
+            match self.copy_from_primary(&job, &primary, start).await {
+                Ok(outcome) => return outcome,
+                Err(NoCopy::Behind) if job.wait_for_primary => return Outcome::Behind,
+                Err(_) => {}
             }
         }
         let mut attempt = 1;
@@ -311,35 +328,37 @@ impl Uploader {
 
     /// A destination on the primary's service: when the primary holds this
     /// file as it is now (size, and mtime or MD5), copies the primary's
-    /// object on the server. `None` when it cannot (not there yet, another
-    /// version, the server refuses the copy): the caller uploads instead.
+    /// object on the server. [`NoCopy`] when it cannot: the caller uploads
+    /// instead (or waits for the primary).
     async fn copy_from_primary(
         &self,
         job: &Job,
         primary: &Location,
         start: Instant,
-    ) -> Option<Outcome> {
+    ) -> Result<Outcome, NoCopy> {
         let from = primary.key_for(&job.file.rel);
         let source = (primary.bucket.as_str(), from.as_str());
         let head = match self.store.head(source.0, source.1).await {
             Ok(h) => h,
             Err(e @ (StoreError::Unreachable { .. } | StoreError::TimedOut { .. })) => {
-                return Some(Outcome::Failed(e.into()))
+                return Ok(Outcome::Failed(e.into()))
             }
-            Err(_) => return None,
+            Err(StoreError::NotFound) => return Err(NoCopy::Behind),
+            Err(_) => return Err(NoCopy::Refused),
         };
         if head.size != job.file.size {
-            return None;
+            return Err(NoCopy::Behind);
         }
         let facts = RemoteFacts::from_head(head.etag.as_deref(), &head.metadata);
-        let md5 = facts.md5?;
+        // No MD5 to vouch for the content: upload.
+        let md5 = facts.md5.ok_or(NoCopy::Refused)?;
         if !facts.same_mtime(job.file.mtime_ns) {
             let (path, size) = (job.file.path.clone(), job.file.size);
             match blocking(move || hash_file(&path, size)).await {
                 Ok(local) if local == md5 => {}
-                Ok(_) => return None,
-                Err(UploadError::Vanished) => return Some(Outcome::Vanished),
-                Err(e) => return Some(Outcome::Failed(e)),
+                Ok(_) => return Err(NoCopy::Behind),
+                Err(UploadError::Vanished) => return Ok(Outcome::Vanished),
+                Err(e) => return Ok(Outcome::Failed(e)),
             }
         }
         let meta = self.meta(&job.key, job.file.mtime_ns, &md5);
@@ -375,7 +394,7 @@ impl Uploader {
                 .map_err(UploadError::from)
         };
         match copied {
-            Ok(etag) => Some(Outcome::Copied {
+            Ok(etag) => Ok(Outcome::Copied {
                 record: Record {
                     size,
                     mtime_ns: job.file.mtime_ns,
@@ -388,9 +407,13 @@ impl Uploader {
             Err(
                 e
                 @ UploadError::Store(StoreError::Unreachable { .. } | StoreError::TimedOut { .. }),
-            ) => Some(Outcome::Failed(e)),
-            // Replaced meanwhile, or the server does not copy: upload.
-            Err(_) => None,
+            ) => Ok(Outcome::Failed(e)),
+            // Replaced meanwhile: the primary's next version is on its way.
+            Err(UploadError::Store(StoreError::PreconditionFailed | StoreError::NotFound)) => {
+                Err(NoCopy::Behind)
+            }
+            // The server does not copy (or not this): upload.
+            Err(_) => Err(NoCopy::Refused),
         }
     }
 

@@ -56,6 +56,11 @@ const LIMITED_RESCAN: Duration = Duration::from_secs(300);
 const STOP_GRACE: Duration = Duration::from_secs(30);
 /// How long the debouncer holds events to pair the halves of a rename.
 const PAIRING: Duration = Duration::from_millis(100);
+/// How long a destination that copies from the primary waits for the
+/// primary to hold a changed file before it uploads the file itself.
+const PRIMARY_WAIT: Duration = Duration::from_secs(300);
+/// How often it looks at the primary meanwhile, at most.
+const PRIMARY_POLL: Duration = Duration::from_secs(5);
 /// The same message is printed at most once per this long.
 const REPEAT_QUIET: Duration = Duration::from_secs(60);
 
@@ -89,6 +94,9 @@ struct Pending {
     /// A transfer to its key was started at least once (it may have
     /// written the object even if it did not finish).
     sent: bool,
+    /// Since when, and how often, a destination that copies from the
+    /// primary found the primary not holding this file yet.
+    behind: Option<(Instant, u32)>,
 }
 
 enum Finished {
@@ -281,11 +289,23 @@ struct Daemon<'a> {
     unjournaled: Vec<String>,
 }
 
+/// How a daemon's first reconcile is ordered with the primary's.
+pub enum First {
+    /// The primary: says when its first reconcile is over.
+    Primary(tokio::sync::watch::Sender<bool>),
+    /// A destination that copies from the primary: its first reconcile
+    /// waits for the primary's, so it copies instead of uploading twice.
+    AfterPrimary(tokio::sync::watch::Receiver<bool>),
+    /// A destination elsewhere: no need to wait.
+    Independent,
+}
+
 pub async fn run(
     mut cfg: WatchConfig,
     conn: &Connection,
     rep: Arc<Reporter>,
     stop: Arc<Stop>,
+    mut first: First,
 ) -> Result<Status> {
     scan::check_root(&cfg.sync.dir)?;
     // Events name paths under the watched path as given: use one spelling.
@@ -333,6 +353,13 @@ pub async fn run(
     }
     // An empty directory at the start is no news; it becoming empty is.
     d.root = d.root_state();
+    if let First::AfterPrimary(primary) = &mut first {
+        tokio::select! {
+            // An error means the primary stopped trying: go on alone.
+            _ = primary.wait_for(|done| *done) => {}
+            _ = stop.wait() => {}
+        }
+    }
     // What the journal holds was changed before a crash or a stop: hash it.
     let now = Instant::now();
     for rel in d.session.state.dirty() {
@@ -341,9 +368,12 @@ pub async fn run(
     // Already in the journal.
     d.unjournaled.clear();
     let started = Instant::now();
-    let first = d.reconcile("start").await;
-    let first_ok = first.is_ok();
-    match first {
+    let result = d.reconcile("start").await;
+    if let First::Primary(done) = &first {
+        let _ = done.send(true);
+    }
+    let first_ok = result.is_ok();
+    match result {
         Ok(()) => d.schedule_rescan(),
         // Fix the configuration first: systemd shows the error.
         Err(e)
@@ -714,6 +744,7 @@ impl Daemon<'_> {
                         copy_from,
                         started: None,
                         sent: false,
+                        behind: None,
                     },
                 );
                 if !self.in_flight.contains(rel) {
@@ -1009,6 +1040,11 @@ impl Daemon<'_> {
         let copy_from = p.copy_from.take();
         p.started = Some(now);
         p.sent = true;
+        // Wait a while for the primary's upload to land, to copy it then;
+        // after that, upload from the file.
+        let wait_for_primary = self.sync.copy_from.is_some()
+            && p.behind
+                .is_none_or(|(since, _)| now.duration_since(since) < PRIMARY_WAIT);
         // A renamed file whose old object is on record with this very size
         // and mtime: copy it on the server instead of sending it again.
         let source = copy_from.as_ref().and_then(|from| {
@@ -1035,6 +1071,7 @@ impl Daemon<'_> {
             decision,
             remote: None,
             state: record,
+            wait_for_primary,
         };
         let up = self.session.uploader.clone();
         let rel_for_task = rel.clone();
@@ -1411,6 +1448,14 @@ impl Daemon<'_> {
         match outcome {
             Outcome::Uploaded { .. } | Outcome::Copied { .. } | Outcome::Unchanged { .. } => {}
             Outcome::WouldUpload { .. } => self.done_with(rel),
+            Outcome::Behind => {
+                if let Some(p) = self.pending.get_mut(rel) {
+                    let (since, polls) = p.behind.unwrap_or((Instant::now(), 0));
+                    p.behind = Some((since, polls + 1));
+                    let poll = Duration::from_millis(250 << polls.min(5)).min(PRIMARY_POLL);
+                    self.set_due(rel, Instant::now() + poll);
+                }
+            }
             // Look again: it is now a deletion (or it came back).
             Outcome::Vanished => self.set_due(rel, Instant::now()),
             Outcome::Failed(e) if is_server_trouble(&e) => {

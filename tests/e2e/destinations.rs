@@ -234,6 +234,32 @@ fn watch_mirrors_to_every_destination_and_one_outage_stalls_only_it() {
     );
     other.up();
     env.converge_on(&everyone[2], Duration::from_secs(90), &|| w.logs());
+    // The destination on the primary's server copied everything, at the
+    // start and later (waiting for the primary's upload where needed).
+    let near_lines = |action: &str| -> Vec<String> {
+        let mut k: Vec<String> = w
+            .actions(action)
+            .iter()
+            .filter(|v| v["dest"] == "near")
+            .map(|v| v["key"].as_str().unwrap_or_default().to_string())
+            .collect();
+        k.sort();
+        k
+    };
+    assert!(near_lines("upload").is_empty(), "{}", w.logs());
+    let copied = near_lines("copy");
+    for key in [
+        "near/old.txt",
+        "near/new.txt",
+        "near/papers/readme.txt",
+        "near/during.txt",
+    ] {
+        assert!(
+            copied.iter().any(|k| k == key),
+            "{key} copied:\n{}",
+            w.logs()
+        );
+    }
     assert_eq!(w.term(), 0, "{}", w.logs());
 }
 
