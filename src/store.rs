@@ -38,6 +38,9 @@ pub enum StoreError {
     NoSuchBucket(String, String),
     #[error("not found")]
     NotFound,
+    /// The server refused a parameter (`InvalidArgument`).
+    #[error("{0}")]
+    InvalidArgument(String),
     /// A condition (`If-Match`) did not hold: the object was replaced.
     #[error("the object changed meanwhile (precondition failed)")]
     PreconditionFailed,
@@ -311,6 +314,7 @@ impl Store {
             token: None,
             start_after: None,
             done: false,
+            page_size: None,
         }
     }
 
@@ -598,31 +602,53 @@ pub struct Lister {
     token: Option<String>,
     start_after: Option<String>,
     done: bool,
+    /// MaxKeys to ask for; `None`: the server's default (1,000).
+    page_size: Option<i32>,
 }
 
 impl Lister {
+    /// Asks for pages of up to `n` keys. S3 never returns more than 1,000
+    /// whatever is asked; servers that return larger pages answer a long
+    /// listing in fewer requests, and a server that refuses the number
+    /// (`InvalidArgument`) is asked again without it.
+    pub fn page_size(mut self, n: i32) -> Self {
+        self.page_size = Some(n);
+        self
+    }
+
     /// The next page, or `None` after the last.
     pub async fn next_page(&mut self) -> Result<Option<Page>, StoreError> {
         if self.done {
             return Ok(None);
         }
-        let resp = self
-            .store
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&self.prefix)
-            .set_delimiter(self.delimiter.clone())
-            .set_continuation_token(self.token.take())
-            .set_start_after(self.start_after.take())
-            .send()
-            .await
-            .map_err(|e| {
-                not_s3(
-                    self.store.classify(e, Some(&self.bucket)),
-                    &self.store.endpoint,
-                )
-            })?;
+        let resp = loop {
+            let sent = self
+                .store
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&self.prefix)
+                .set_delimiter(self.delimiter.clone())
+                .set_continuation_token(self.token.clone())
+                .set_start_after(self.start_after.clone())
+                .set_max_keys(self.page_size)
+                .send()
+                .await
+                .map_err(|e| {
+                    not_s3(
+                        self.store.classify(e, Some(&self.bucket)),
+                        &self.store.endpoint,
+                    )
+                });
+            match sent {
+                Err(StoreError::InvalidArgument(_)) if self.page_size.is_some() => {
+                    self.page_size = None;
+                }
+                other => break other?,
+            }
+        };
+        self.token = None;
+        self.start_after = None;
         let objects = resp
             .contents()
             .iter()
@@ -809,6 +835,7 @@ where
         "AccessDenied" | "AllAccessDisabled" => return StoreError::AccessDenied(what),
         "NoSuchKey" | "NotFound" => return StoreError::NotFound,
         "PreconditionFailed" => return StoreError::PreconditionFailed,
+        "InvalidArgument" => return StoreError::InvalidArgument(what),
         _ => {}
     }
     match status {

@@ -96,6 +96,11 @@ impl Kept {
 
 type Done = (String, LocalFile, Outcome);
 
+/// Keys asked for per listing request. AWS returns at most 1,000 whatever
+/// is asked; servers that return more need fewer requests for a long
+/// listing. Memory stays bounded by one page.
+const LIST_PAGE: i32 = 10_000;
+
 struct Run<'a> {
     cfg: &'a SyncConfig,
     rep: &'a Reporter,
@@ -346,7 +351,9 @@ pub async fn reconcile(
     // The listing, page by page.
     let (rtx, mut rrx) = mpsc::channel::<Result<ObjectInfo, StoreError>>(2048);
     let lister = {
-        let mut lister = store.lister(&cfg.dest.bucket, &cfg.dest.prefix, None);
+        let mut lister = store
+            .lister(&cfg.dest.bucket, &cfg.dest.prefix, None)
+            .page_size(LIST_PAGE);
         tokio::spawn(async move {
             loop {
                 match lister.next_page().await {
