@@ -54,6 +54,9 @@ pub enum Command {
     Watch(WatchArgs),
     /// List buckets, or the objects under s3://BUCKET/PREFIX.
     Ls(LsArgs),
+    /// Compare a directory with its mirror: missing, extra and different
+    /// objects (size and MD5); exit 1 on any difference.
+    Verify(VerifyArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell to complete for.
@@ -82,6 +85,12 @@ pub struct MirrorArgs {
     /// config's `destinations`.
     #[arg(long, help_heading = "Mirror")]
     pub primary_only: bool,
+
+    /// Hash every file and compare it with the object's MD5 from the
+    /// server (listing ETag or HEAD) instead of trusting size, mtime and
+    /// the state database: finds objects replaced by other tools. Slower.
+    #[arg(long, help_heading = "Mirror")]
+    pub checksum: bool,
 
     /// Refuse to delete anything when more than N objects would be deleted
     /// in one reconcile.
@@ -171,6 +180,54 @@ pub struct TransferArgs {
         help_heading = "Transfer"
     )]
     pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The directory (default: the config's watchDir), then its mirror
+    /// s3://BUCKET[/PREFIX] (default: the config's bucket and topPrefix).
+    #[arg(value_name = "DIR | s3://BUCKET/PREFIX", num_args = 0..=2)]
+    pub paths: Vec<String>,
+
+    /// Download every object and hash its bytes, instead of reading its
+    /// MD5 from the ETag or the md5chksum metadata.
+    #[arg(long, help_heading = "Verify")]
+    pub download: bool,
+
+    /// Check the primary destination only, not `bucketSync` or the
+    /// config's `destinations`.
+    #[arg(long, help_heading = "Verify")]
+    pub primary_only: bool,
+
+    /// Concurrent requests and file hashes [default: 32].
+    #[arg(short = 'j', long, value_name = "N", help_heading = "Verify")]
+    pub concurrency: Option<usize>,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+}
+
+impl VerifyArgs {
+    /// The same pair as `sync` would mirror, with the same filters.
+    pub fn mirror(self) -> MirrorArgs {
+        MirrorArgs {
+            paths: self.paths,
+            delete: false,
+            no_delete: true,
+            primary_only: self.primary_only,
+            checksum: false,
+            max_delete: None,
+            filter: self.filter,
+            transfer: TransferArgs {
+                concurrency: self.concurrency,
+                ..TransferArgs::default()
+            },
+            conn: self.conn,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

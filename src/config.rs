@@ -380,6 +380,8 @@ pub struct SyncConfig {
     pub delete: bool,
     pub max_delete: Option<u64>,
     pub dry_run: bool,
+    /// Compare every file's MD5 with the object's, not size and mtime.
+    pub checksum: bool,
     pub filter: FilterConfig,
     pub transfer: TransferConfig,
     pub state_dir: PathBuf,
@@ -660,6 +662,7 @@ pub fn resolve_sync(args: &MirrorArgs, dry_run: bool, loaded: &Loaded) -> Result
         delete: !args.no_delete && (args.delete || file.delete.unwrap_or(false)),
         max_delete: args.max_delete.or(file.max_delete),
         dry_run,
+        checksum: args.checksum,
         filter: resolve_filter(&args.filter, file),
         transfer: resolve_transfer(&args.transfer, file, loaded.path.as_deref())?,
         state_dir: args
@@ -1028,6 +1031,7 @@ mod tests {
             delete: true,
             max_delete: None,
             dry_run: false,
+            checksum: false,
             filter: resolve_filter(&Default::default(), &file),
             transfer: resolve_transfer(&Default::default(), &file, None).expect("transfer"),
             state_dir: PathBuf::from("/tmp/state"),

@@ -16,6 +16,7 @@ mod state;
 mod store;
 mod sync;
 mod transfer;
+mod verify;
 mod watch;
 
 use std::process::ExitCode;
@@ -123,6 +124,7 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
         }
         Command::Watch(args) => watch(args, &loaded, rep).await,
         Command::Sync(args) => sync(args, &loaded, rep).await,
+        Command::Verify(args) => verify(args, &loaded, rep).await,
     }
 }
 
@@ -289,6 +291,46 @@ async fn sync_one(t: Target<config::SyncConfig>, stop: Arc<sync::Stop>) -> Exit 
             Exit::Fatal
         }
     }
+}
+
+/// `s3ma verify`: the primary, then every further destination; exit 0 when
+/// each is an exact mirror, 1 when any differs, 3 when one cannot be
+/// compared.
+async fn verify(args: cli::VerifyArgs, loaded: &config::Loaded, rep: Arc<Reporter>) -> Exit {
+    let download = args.download;
+    let mirror = args.mirror();
+    let resolved = config::resolve_connection(&mirror.conn, &loaded.file).and_then(|conn| {
+        let cfg = config::resolve_sync(&mirror, false, loaded)?;
+        targets(
+            cfg,
+            conn,
+            &rep,
+            loaded,
+            mirror.primary_only,
+            |c| c,
+            |_, c| c,
+        )
+    });
+    let all = match resolved {
+        Ok(v) => v,
+        Err(e) => return fail(Exit::Usage, e),
+    };
+    let stop = Arc::new(sync::Stop::default());
+    spawn_signal_handler(stop.clone(), rep.clone());
+    let mut exits = Vec::new();
+    for t in all {
+        let exit = match verify::run(&t.cfg, &t.conn, &t.rep, download, &stop).await {
+            Ok(found) if found.clean() => Exit::Success,
+            Ok(_) => Exit::Partial,
+            Err(_) if stop.requested() => Exit::Interrupted,
+            Err(e) => {
+                t.rep.fatal(&format!("{e:#}"));
+                Exit::Fatal
+            }
+        };
+        exits.push(exit);
+    }
+    worst(exits)
 }
 
 /// `s3ma watch`: one daemon per destination, each with its own watches,

@@ -28,6 +28,10 @@ pub enum Decision {
     /// Size and mtime match the state, but something (a watch event) says
     /// the content may have changed: hash and compare with the state's MD5.
     Hash,
+    /// `--checksum`: hash the file and compare with the object's MD5 as
+    /// the server tells it (listing ETag or HEAD), trusting neither the
+    /// state nor the object's mtime metadata.
+    Checksum,
 }
 
 /// What the first pass decides for one local file.

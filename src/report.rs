@@ -304,6 +304,16 @@ impl Reporter {
         }
     }
 
+    /// A way in which a mirror differs from its directory (`verify`):
+    /// printed at every level, on stdout.
+    pub fn difference(&self, kind: &str, key: &str, detail: &str) {
+        if self.json {
+            self.json_line(json!({"action": kind, "key": key, "message": detail}));
+        } else {
+            self.out(&format!("{kind} {}: {}", printable(key), printable(detail)));
+        }
+    }
+
     /// The summary's time counts from now.
     pub fn start_clock(&self) {
         *self.started.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();

@@ -334,6 +334,38 @@ impl Store {
         })
     }
 
+    /// Downloads an object and returns its size and the MD5 of its bytes
+    /// (nothing is kept in memory but one chunk).
+    pub async fn get_md5(&self, bucket: &str, key: &str) -> Result<(u64, [u8; 16]), StoreError> {
+        let resp = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.classify(e, Some(bucket)))?;
+        let mut body = resp.body;
+        let mut md5 = Md5::new();
+        let mut size = 0u64;
+        loop {
+            match body.try_next().await {
+                Ok(Some(chunk)) => {
+                    size += chunk.len() as u64;
+                    md5.update(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(StoreError::Other(format!(
+                        "the download of {key} broke off: {}",
+                        source_chain(&e)
+                    )))
+                }
+            }
+        }
+        Ok((size, md5.finalize().into()))
+    }
+
     /// A single PUT with Content-MD5 (`md5` is the raw digest).
     pub async fn put(
         &self,

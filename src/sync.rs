@@ -334,45 +334,8 @@ pub async fn reconcile(
     failed_rels.clear();
     let (store, filter, uploader, requests) = (&*store, &*filter, &*uploader, &*requests);
 
-    // The walk, on a blocking thread.
-    let (ltx, mut lrx) = mpsc::channel::<ScanItem>(1024);
-    let walker = {
-        let dir = cfg.dir.clone();
-        let prefix = cfg.dest.prefix.clone();
-        let filter = filter.clone();
-        let follow = cfg.filter.follow_symlinks;
-        tokio::task::spawn_blocking(move || {
-            scan::walk(&dir, &prefix, &filter, follow, |item| {
-                ltx.blocking_send(item).is_ok()
-            })
-        })
-    };
-
-    // The listing, page by page.
-    let (rtx, mut rrx) = mpsc::channel::<Result<ObjectInfo, StoreError>>(2048);
-    let lister = {
-        let mut lister = store
-            .lister(&cfg.dest.bucket, &cfg.dest.prefix, None)
-            .page_size(LIST_PAGE);
-        tokio::spawn(async move {
-            loop {
-                match lister.next_page().await {
-                    Ok(Some(page)) => {
-                        for o in page.objects {
-                            if rtx.send(Ok(o)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = rtx.send(Err(e)).await;
-                        return;
-                    }
-                }
-            }
-        })
-    };
+    let (walker, mut lrx) = spawn_walk(cfg, filter);
+    let (lister, mut rrx) = spawn_listing(store, cfg);
 
     let mut run = Run {
         cfg,
@@ -383,14 +346,7 @@ pub async fn reconcile(
         upload_failures: 0,
         timeouts_in_a_row: 0,
     };
-    let mut merge = Merge {
-        kept: Kept::default(),
-        saw_local: false,
-        blind: None,
-        deletes: Vec::new(),
-        last_local: None,
-        last_remote: None,
-    };
+    let mut merge = Merge::default();
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut interrupted = false;
 
@@ -421,7 +377,7 @@ pub async fn reconcile(
                 let Some(r) = remote.take() else { break };
                 if cfg.delete {
                     let rel = cfg.dest.rel_of(&r.key).unwrap_or(&r.key);
-                    if !merge.kept.covers(rel) && !filter.excludes_key(rel) {
+                    if !merge.not_mirrored(filter, rel) {
                         merge.deletes.push((r.key, r.size));
                     }
                 }
@@ -441,6 +397,9 @@ pub async fn reconcile(
             let mut decision = plan::decide(&file, matched.as_ref(), record.as_ref());
             if decision == Decision::Skip && recheck.contains(&file.rel) {
                 decision = Decision::Hash;
+            }
+            if cfg.checksum && !matches!(decision, Decision::Upload(_)) {
+                decision = Decision::Checksum;
             }
             if decision == Decision::Skip {
                 rep.skipped(&key, "unchanged");
@@ -555,6 +514,57 @@ pub async fn reconcile(
     })
 }
 
+/// The local walk, on a blocking thread, in key order.
+pub fn spawn_walk(
+    cfg: &SyncConfig,
+    filter: &Filter,
+) -> (tokio::task::JoinHandle<()>, mpsc::Receiver<ScanItem>) {
+    let (tx, rx) = mpsc::channel::<ScanItem>(1024);
+    let dir = cfg.dir.clone();
+    let prefix = cfg.dest.prefix.clone();
+    let filter = filter.clone();
+    let follow = cfg.filter.follow_symlinks;
+    let walker = tokio::task::spawn_blocking(move || {
+        scan::walk(&dir, &prefix, &filter, follow, |item| {
+            tx.blocking_send(item).is_ok()
+        })
+    });
+    (walker, rx)
+}
+
+/// The listing of the destination, page by page, in key order.
+pub fn spawn_listing(
+    store: &Store,
+    cfg: &SyncConfig,
+) -> (
+    tokio::task::JoinHandle<()>,
+    mpsc::Receiver<Result<ObjectInfo, StoreError>>,
+) {
+    let (tx, rx) = mpsc::channel::<Result<ObjectInfo, StoreError>>(2048);
+    let mut lister = store
+        .lister(&cfg.dest.bucket, &cfg.dest.prefix, None)
+        .page_size(LIST_PAGE);
+    let task = tokio::spawn(async move {
+        loop {
+            match lister.next_page().await {
+                Ok(Some(page)) => {
+                    for o in page.objects {
+                        if tx.send(Ok(o)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    (task, rx)
+}
+
 /// Runs the deletions in batches of 1,000 (the DeleteObjects limit).
 async fn delete_all(
     store: &Store,
@@ -601,19 +611,26 @@ async fn delete_all(
 }
 
 /// The merge's view of both streams.
-struct Merge {
+#[derive(Default)]
+pub struct Merge {
     kept: Kept,
-    saw_local: bool,
+    pub saw_local: bool,
     /// Set when part of the tree could not be read at all.
-    blind: Option<String>,
+    pub blind: Option<String>,
     deletes: Vec<(String, u64)>,
     last_local: Option<String>,
     last_remote: Option<String>,
 }
 
 impl Merge {
+    /// Whether an object under the prefix has no business in the mirror
+    /// check: its path exists but is not mirrored (kept), or is excluded.
+    pub fn not_mirrored(&self, filter: &Filter, rel: &str) -> bool {
+        self.kept.covers(rel) || filter.excludes_key(rel)
+    }
+
     /// The next file from the walk, reporting skips and problems on the way.
-    async fn next_local(
+    pub async fn next_local(
         &mut self,
         rx: &mut mpsc::Receiver<ScanItem>,
         cfg: &SyncConfig,
@@ -665,7 +682,7 @@ impl Merge {
 
     /// The next object from the listing, checking the byte order the merge
     /// relies on.
-    async fn next_remote(
+    pub async fn next_remote(
         &mut self,
         rx: &mut mpsc::Receiver<Result<ObjectInfo, StoreError>>,
         cfg: &SyncConfig,

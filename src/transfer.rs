@@ -141,7 +141,7 @@ fn io_err(e: std::io::Error) -> UploadError {
 }
 
 /// The MD5 of a whole file of `size` bytes.
-fn hash_file(path: &Path, size: u64) -> Result<[u8; 16], UploadError> {
+pub fn hash_file(path: &Path, size: u64) -> Result<[u8; 16], UploadError> {
     hash_range(path, 0, size, true)
 }
 
@@ -172,7 +172,7 @@ fn hash_range(path: &Path, offset: u64, len: u64, to_end: bool) -> Result<[u8; 1
     Ok(md5.finalize().into())
 }
 
-async fn blocking<T: Send + 'static>(
+pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, UploadError> + Send + 'static,
 ) -> Result<T, UploadError> {
     tokio::task::spawn_blocking(f)
@@ -233,6 +233,7 @@ impl Uploader {
             (Decision::Skip, None) => Some(true),
             (Decision::Verify { head }, _) => Some(*head),
             (Decision::Hash, record) => Some(record.is_none()),
+            (Decision::Checksum, _) => Some(true),
             (Decision::Upload(_), _) => None,
         };
         let reason = match (verify_head, &job.decision) {
@@ -464,7 +465,9 @@ impl Uploader {
             md5,
             etag: etag.clone(),
         };
-        if let (true, Some(md5)) = (facts.same_mtime(local.mtime_ns), facts.md5) {
+        let trust_mtime = job.decision != Decision::Checksum;
+        if let (true, true, Some(md5)) = (trust_mtime, facts.same_mtime(local.mtime_ns), facts.md5)
+        {
             return Ok(Some(record(md5)));
         }
         let path = local.path.clone();

@@ -9,4 +9,5 @@ mod errors;
 mod ls;
 mod names;
 mod sync;
+mod verify;
 mod watch;
