@@ -226,13 +226,14 @@ w("- Every tool syncs into the root of a bucket. rclone first asks with HEAD "
 w("- s3s-fs puts no ETag in its listings. s3cmd sync reads the ETag of every "
   "listed object and stops with `KeyError: 'ETag'` as soon as the bucket "
   "holds objects, so with this server it can only do initial uploads.")
-w("- s3s-fs answers every page of a listing by walking the whole bucket "
-  "directory, so listing N keys flat, 1,000 per request, costs about "
-  "N²/1,000 directory entries (40,000 keys took 66 s to list in a trial, "
-  "10,000 took 4.4 s). s3ma and aws-cli list the destination flat; rclone "
-  "lists one directory at a time (delimiter `/`), which s3s-fs answers from "
-  "that directory alone. The no-op of case 5b is mostly that listing for "
-  "s3ma and aws-cli; on AWS S3 a page costs the same at any offset.")
+w("- s3s-fs answers every page of a listing by walking and stat-ing the whole "
+  "bucket directory, so listing N keys flat, P per request, costs about "
+  "N²/P file stats. aws-cli lists the destination flat, 1,000 keys per "
+  "request; s3ma lists it flat too but asks for 10,000 keys per request "
+  "(AWS S3 returns at most 1,000 whatever is asked; s3s-fs returns them "
+  "all); rclone lists one directory at a time (delimiter `/`), which "
+  "s3s-fs answers from that directory alone. The no-op of case 5b is "
+  "mostly that listing; on AWS S3 a page costs the same at any offset.")
 w("- rclone's defaults compare size and modification time, and it reads an "
   "object's modification time from its metadata with one HEAD per object; "
   "aws-cli compares size and the listing's LastModified; s3ma compares size "
@@ -243,7 +244,8 @@ w("- One run per number: differences under about 20% are within run-to-run "
   "noise on this machine, case 4 especially, which is bound by s3s-fs "
   "writing the file (and joining the parts of a multipart upload). The "
   "source trees were written just before and were in the page cache for "
-  "every tool alike. Every tool ran with an empty "
+  "every tool alike; dirty pages were written back (`sync`) before each "
+  "run. Every tool ran with an empty "
   "environment (`env -i`) plus its own settings and a scratch HOME.")
 skipped = [labels.get(r[1], r[1]) for r in rows if r[2] == "skipped" and r[0] == "5a"]
 if skipped:
@@ -599,6 +601,9 @@ measure() {
     out="$LOGS/$tag.log"
     tool_cmd "$tool" "$src" "$bucket" "$state"
     printf '%q ' "${CMD[@]}" >"$LOGS/$tag.cmd"
+    # Write back what the last run (or the data generation) left dirty,
+    # so no tool pays for another's writes.
+    sync
     touch "$T/marker"
     sleep 0.01
     log "case $case_id: $(label "$tool")"
