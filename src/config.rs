@@ -385,10 +385,10 @@ pub struct SyncConfig {
     pub filter: FilterConfig,
     pub transfer: TransferConfig,
     pub state_dir: PathBuf,
-    /// The primary's location, when this is a further destination on the
-    /// primary's service with its credentials: objects the primary holds
-    /// are copied from it on the server.
-    pub copy_from: Option<Location>,
+    /// The primary's location and connection, when this is a further
+    /// destination on the primary's service with its credentials: objects
+    /// the primary holds are copied from it on the server.
+    pub copy_from: Option<(Location, Connection)>,
 }
 
 /// Which local paths are mirrored.
@@ -691,13 +691,15 @@ pub struct Destination {
 
 impl Destination {
     /// The sync of the same directory to this destination.
-    pub fn sync_config(&self, primary: &SyncConfig) -> SyncConfig {
+    pub fn sync_config(&self, primary: &SyncConfig, primary_conn: &Connection) -> SyncConfig {
         let mut cfg = primary.clone();
         cfg.dest = self.dest.clone();
         if self.storage_class.is_some() {
             cfg.transfer.storage_class = self.storage_class.clone();
         }
-        cfg.copy_from = self.copy_from_primary.then(|| primary.dest.clone());
+        cfg.copy_from = self
+            .copy_from_primary
+            .then(|| (primary.dest.clone(), primary_conn.clone()));
         cfg
     }
 }
@@ -711,19 +713,34 @@ fn aws_region_of(url: &str) -> Option<String> {
     let name = host.strip_suffix(".amazonaws.com")?;
     let region = match name {
         "s3" | "s3-external-1" => "us-east-1",
-        _ => {
-            let rest = name.strip_prefix("s3.dualstack.").or_else(|| {
-                name.strip_prefix("s3.")
-                    .or_else(|| name.strip_prefix("s3-"))
-            })?;
-            rest
-        }
+        _ => name.strip_prefix("s3.dualstack.").or_else(|| {
+            name.strip_prefix("s3.")
+                .or_else(|| name.strip_prefix("s3-"))
+        })?,
     };
-    (!region.is_empty()
-        && region
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-'))
-    .then(|| region.to_string())
+    // A region name: `eu-west-1`, `us-gov-west-1`; not `accelerate` or
+    // `website-us-east-1`.
+    let parts: Vec<&str> = region.split('-').collect();
+    let looks_like_region = parts.len() >= 3
+        && parts[0].len() == 2
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+        && parts
+            .last()
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    looks_like_region.then(|| region.to_string())
+}
+
+/// The service a connection talks to, for comparing two of them: AWS
+/// (any region, as bucket names are global there) or the endpoint URL in
+/// lower case.
+fn service(conn: &Connection) -> String {
+    match &conn.endpoint {
+        None => "aws".into(),
+        Some(url) if aws_region_of(url).is_some() => "aws".into(),
+        Some(url) => url.trim_end_matches('/').to_ascii_lowercase(),
+    }
 }
 
 /// Points a connection at `url`: an AWS S3 endpoint becomes AWS in that
@@ -774,7 +791,7 @@ pub fn resolve_destinations(
         out.push(Destination {
             name: "bucketSync".into(),
             dest: Location::new(bucket, prefix).context("in the config key \"bucketSync\"")?,
-            copy_from_primary: c.endpoint == conn.endpoint,
+            copy_from_primary: service(&c) == service(conn),
             conn: c,
             storage_class: None,
         });
@@ -826,7 +843,7 @@ pub fn resolve_destinations(
         };
         out.push(Destination {
             name,
-            copy_from_primary: c.endpoint == conn.endpoint && same_account(&c, conn),
+            copy_from_primary: service(&c) == service(conn) && same_account(&c, conn),
             conn: c,
             dest,
             storage_class: d.storage_class.clone(),
@@ -840,7 +857,7 @@ pub fn resolve_destinations(
             );
         }
         let clash = |other: &Location, other_conn: &Connection| {
-            other_conn.endpoint == d.conn.endpoint
+            service(other_conn) == service(&d.conn)
                 && other.bucket == d.dest.bucket
                 && (other.prefix.starts_with(&d.dest.prefix)
                     || d.dest.prefix.starts_with(&other.prefix))
@@ -970,6 +987,12 @@ mod tests {
             ("https://s3.isk01.sakurastorage.jp", None),
             ("http://127.0.0.1:9000", None),
             ("https://bucket.s3.amazonaws.com.evil.example", None),
+            ("https://s3-accelerate.amazonaws.com", None),
+            ("https://s3-website-us-east-1.amazonaws.com", None),
+            (
+                "https://s3.us-gov-west-1.amazonaws.com",
+                Some("us-gov-west-1"),
+            ),
         ] {
             assert_eq!(aws_region_of(url).as_deref(), want, "{url}");
         }
@@ -1025,18 +1048,21 @@ mod tests {
         assert_eq!(d[2].conn.region.as_deref(), Some("auto"));
         assert_eq!(d[2].conn.profile.as_deref(), Some("r2"));
         assert!(d[2].conn.credentials.is_none());
-        let cfg = d[2].sync_config(&SyncConfig {
-            dir: PathBuf::from("/tmp"),
-            dest: loc.clone(),
-            delete: true,
-            max_delete: None,
-            dry_run: false,
-            checksum: false,
-            filter: resolve_filter(&Default::default(), &file),
-            transfer: resolve_transfer(&Default::default(), &file, None).expect("transfer"),
-            state_dir: PathBuf::from("/tmp/state"),
-            copy_from: None,
-        });
+        let cfg = d[2].sync_config(
+            &SyncConfig {
+                dir: PathBuf::from("/tmp"),
+                dest: loc.clone(),
+                delete: true,
+                max_delete: None,
+                dry_run: false,
+                checksum: false,
+                filter: resolve_filter(&Default::default(), &file),
+                transfer: resolve_transfer(&Default::default(), &file, None).expect("transfer"),
+                state_dir: PathBuf::from("/tmp/state"),
+                copy_from: None,
+            },
+            &conn,
+        );
         assert_eq!(cfg.dest.bucket, "elsewhere");
         assert_eq!(cfg.transfer.storage_class.as_deref(), Some("STANDARD_IA"));
         assert!(cfg.copy_from.is_none() && cfg.delete);

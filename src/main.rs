@@ -142,6 +142,10 @@ fn ls_target(
         Some(b) => Location::new(b, file.top_prefix.as_deref().unwrap_or(""))?,
         None => Location::default(),
     };
+    let elsewhere = loc.as_ref().is_some_and(|l| l.bucket != primary.bucket);
+    if args.destination.is_none() && !elsewhere {
+        return Ok((conn, loc));
+    }
     let dests = config::resolve_destinations(&conn, &primary, file)?;
     if let Some(name) = &args.destination {
         let Some(d) = dests
@@ -178,25 +182,37 @@ struct Target<C> {
     rep: Arc<Reporter>,
 }
 
-/// The primary first, then every further destination (unless
-/// `--primary-only`), each with its own reporter.
+/// The primary first, then every further destination, each with its own
+/// reporter. The config's further destinations belong to its own bucket:
+/// they are left out with `--primary-only`, and when the destination is
+/// given on the command line (they would mirror another directory, with
+/// deletions).
 fn targets<C>(
     primary: C,
     conn: config::Connection,
     rep: &Arc<Reporter>,
     loaded: &config::Loaded,
-    primary_only: bool,
+    mirror: &cli::MirrorArgs,
     sync_of: impl Fn(&C) -> &config::SyncConfig,
     derive: impl Fn(&C, config::SyncConfig) -> C,
 ) -> Result<Vec<Target<C>>> {
-    let dests = if primary_only {
+    let file = &loaded.file;
+    let configured = file.bucket_sync.is_some() || file.destinations.is_some();
+    let explicit = mirror.paths.iter().any(|p| p.starts_with("s3://"));
+    let dests = if mirror.primary_only || !configured {
+        Vec::new()
+    } else if explicit {
+        rep.warn(
+            "the config file's further destinations (bucketSync, destinations) go with its \
+             own bucket; with s3://… given on the command line they are left out",
+        );
         Vec::new()
     } else {
-        config::resolve_destinations(&conn, &sync_of(&primary).dest, &loaded.file)?
+        config::resolve_destinations(&conn, &sync_of(&primary).dest, file)?
     };
     let mut out = Vec::with_capacity(1 + dests.len());
     for d in dests {
-        let cfg = derive(&primary, d.sync_config(sync_of(&primary)));
+        let cfg = derive(&primary, d.sync_config(sync_of(&primary), &conn));
         out.push(Target {
             cfg,
             conn: d.conn,
@@ -236,15 +252,7 @@ const BUSY: &str = "another s3ma sync or watch of this directory and destination
 async fn sync(args: cli::SyncArgs, loaded: &config::Loaded, rep: Arc<Reporter>) -> Exit {
     let resolved = config::resolve_connection(&args.mirror.conn, &loaded.file).and_then(|conn| {
         let cfg = config::resolve_sync(&args.mirror, args.dry_run, loaded)?;
-        targets(
-            cfg,
-            conn,
-            &rep,
-            loaded,
-            args.mirror.primary_only,
-            |c| c,
-            |_, c| c,
-        )
+        targets(cfg, conn, &rep, loaded, &args.mirror, |c| c, |_, c| c)
     });
     let mut all = match resolved {
         Ok(v) => v,
@@ -301,15 +309,7 @@ async fn verify(args: cli::VerifyArgs, loaded: &config::Loaded, rep: Arc<Reporte
     let mirror = args.mirror();
     let resolved = config::resolve_connection(&mirror.conn, &loaded.file).and_then(|conn| {
         let cfg = config::resolve_sync(&mirror, false, loaded)?;
-        targets(
-            cfg,
-            conn,
-            &rep,
-            loaded,
-            mirror.primary_only,
-            |c| c,
-            |_, c| c,
-        )
+        targets(cfg, conn, &rep, loaded, &mirror, |c| c, |_, c| c)
     });
     let all = match resolved {
         Ok(v) => v,
@@ -345,7 +345,7 @@ async fn watch(args: cli::WatchArgs, loaded: &config::Loaded, rep: Arc<Reporter>
             conn,
             &rep,
             loaded,
-            args.mirror.primary_only,
+            &args.mirror,
             |c| &c.sync,
             |w, sync| config::WatchConfig { sync, ..w.clone() },
         )
@@ -361,6 +361,7 @@ async fn watch(args: cli::WatchArgs, loaded: &config::Loaded, rep: Arc<Reporter>
     let mut primary_done = Some(primary_done);
     for t in all {
         let stop = stop.clone();
+        let is_primary = primary_done.is_some();
         let first = match primary_done.take() {
             Some(done) => watch::First::Primary(done),
             None if t.cfg.sync.copy_from.is_some() => {
@@ -369,7 +370,7 @@ async fn watch(args: cli::WatchArgs, loaded: &config::Loaded, rep: Arc<Reporter>
             None => watch::First::Independent,
         };
         daemons.spawn(async move {
-            match watch::run(t.cfg, &t.conn, t.rep.clone(), stop, first).await {
+            let exit = match watch::run(t.cfg, &t.conn, t.rep.clone(), stop, first).await {
                 Ok(sync::Status::Busy(lock)) => {
                     t.rep
                         .fatal(&format!("{BUSY} (lock {lock}); this one did nothing"));
@@ -380,14 +381,21 @@ async fn watch(args: cli::WatchArgs, loaded: &config::Loaded, rep: Arc<Reporter>
                     t.rep.fatal(&format!("{e:#}"));
                     Exit::Fatal
                 }
-            }
+            };
+            (is_primary, exit)
         });
     }
     let mut exits = Vec::new();
     while let Some(done) = daemons.join_next().await {
-        let exit =
-            done.unwrap_or_else(|e| fail(Exit::Fatal, anyhow::anyhow!("a watch task failed: {e}")));
-        if exit != Exit::Success && !stop.requested() {
+        let (is_primary, exit) = done.unwrap_or_else(|e| {
+            (
+                true,
+                fail(Exit::Fatal, anyhow::anyhow!("a watch task failed: {e}")),
+            )
+        });
+        // Without the primary there is nothing to watch for; a further
+        // destination that cannot go on leaves the others running.
+        if is_primary && exit != Exit::Success && !stop.requested() {
             stop.request();
         }
         exits.push(exit);

@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -149,6 +151,9 @@ pub struct Store {
     endpoint: String,
     connect_timeout: Duration,
     read_timeout: Duration,
+    /// The server refused a listing page size above its default: ask for
+    /// none from now on.
+    default_pages: Arc<AtomicBool>,
 }
 
 /// Checks a PEM bundle the way the TLS layer will read it, so a bad file is
@@ -249,6 +254,7 @@ impl Store {
             endpoint: conn.describe(),
             connect_timeout: conn.connect_timeout,
             read_timeout: conn.read_timeout,
+            default_pages: Arc::default(),
         })
     }
 
@@ -644,7 +650,9 @@ impl Lister {
     /// listing in fewer requests, and a server that refuses the number
     /// (`InvalidArgument`) is asked again without it.
     pub fn page_size(mut self, n: i32) -> Self {
-        self.page_size = Some(n);
+        if !self.store.default_pages.load(Ordering::Relaxed) {
+            self.page_size = Some(n);
+        }
         self
     }
 
@@ -673,8 +681,13 @@ impl Lister {
                     )
                 });
             match sent {
-                Err(StoreError::InvalidArgument(_)) if self.page_size.is_some() => {
+                // Refused (InvalidArgument, or another 400 on some
+                // servers): the same page again at the default size.
+                Err(StoreError::InvalidArgument(_) | StoreError::Other(_))
+                    if self.page_size.is_some() =>
+                {
                     self.page_size = None;
+                    self.store.default_pages.store(true, Ordering::Relaxed);
                 }
                 other => break other?,
             }

@@ -283,8 +283,11 @@ pub async fn open(cfg: &SyncConfig, conn: &Connection, rep: &Reporter) -> Result
         cfg.transfer.clone(),
         requests.clone(),
     );
-    if let Some(primary) = &cfg.copy_from {
-        uploader = uploader.copying_from(primary.clone());
+    if let Some((primary, primary_conn)) = &cfg.copy_from {
+        // The primary's objects are looked at through its own client (its
+        // region); the copies are made through this destination's.
+        let primary_store = Store::connect(primary_conn).await?;
+        uploader = uploader.copying_from(primary.clone(), primary_store);
     }
     Ok(Opened::Ready(Box::new(Session {
         store,

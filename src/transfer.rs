@@ -120,7 +120,7 @@ pub struct Uploader {
     /// The primary destination, on the same service and readable with the
     /// same credentials: a file it already holds is copied from it on the
     /// server instead of being uploaded again.
-    primary: Option<Arc<Location>>,
+    primary: Option<Arc<(Location, Store)>>,
 }
 
 fn stat(path: &Path) -> Result<(u64, i64), UploadError> {
@@ -201,9 +201,10 @@ impl Uploader {
         }
     }
 
-    /// Copies from `primary` on the server where it already holds a file.
-    pub fn copying_from(mut self, primary: Location) -> Self {
-        self.primary = Some(Arc::new(primary));
+    /// Copies from `primary` (read through `store`) on the server where it
+    /// already holds a file.
+    pub fn copying_from(mut self, primary: Location, store: Store) -> Self {
+        self.primary = Some(Arc::new((primary, store)));
         self
     }
 
@@ -256,7 +257,10 @@ impl Uploader {
             return Outcome::WouldUpload { reason };
         }
         if let Some(primary) = self.primary.clone() {
-            match self.copy_from_primary(&job, &primary, start).await {
+            match self
+                .copy_from_primary(&job, &primary.0, &primary.1, start)
+                .await
+            {
                 Ok(outcome) => return outcome,
                 Err(NoCopy::Behind) if job.wait_for_primary => return Outcome::Behind,
                 Err(_) => {}
@@ -335,11 +339,12 @@ impl Uploader {
         &self,
         job: &Job,
         primary: &Location,
+        primary_store: &Store,
         start: Instant,
     ) -> Result<Outcome, NoCopy> {
         let from = primary.key_for(&job.file.rel);
         let source = (primary.bucket.as_str(), from.as_str());
-        let head = match self.store.head(source.0, source.1).await {
+        let head = match primary_store.head(source.0, source.1).await {
             Ok(h) => h,
             Err(e @ (StoreError::Unreachable { .. } | StoreError::TimedOut { .. })) => {
                 return Ok(Outcome::Failed(e.into()))

@@ -57,8 +57,12 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 /// How long the debouncer holds events to pair the halves of a rename.
 const PAIRING: Duration = Duration::from_millis(100);
 /// How long a destination that copies from the primary waits for the
-/// primary to hold a changed file before it uploads the file itself.
-const PRIMARY_WAIT: Duration = Duration::from_secs(300);
+/// primary to hold a changed file of `size` bytes before it uploads the
+/// file itself: 5 minutes, plus the time the primary needs to send it at
+/// 1 MiB/s.
+fn primary_wait(size: u64) -> Duration {
+    Duration::from_secs(300 + size / (1 << 20))
+}
 /// How often it looks at the primary meanwhile, at most.
 const PRIMARY_POLL: Duration = Duration::from_secs(5);
 /// The same message is printed at most once per this long.
@@ -375,11 +379,14 @@ pub async fn run(
     let first_ok = result.is_ok();
     match result {
         Ok(()) => d.schedule_rescan(),
-        // Fix the configuration first: systemd shows the error.
+        // Fix the configuration first: systemd shows the error. A further
+        // destination's trouble is its own: it reports and retries, and
+        // the others go on.
         Err(e)
-            if store_error(&e).is_some_and(|se| {
-                se.is_fatal() && !matches!(se, StoreError::Unreachable { .. })
-            }) =>
+            if matches!(first, First::Primary(_))
+                && store_error(&e).is_some_and(|se| {
+                    se.is_fatal() && !matches!(se, StoreError::Unreachable { .. })
+                }) =>
         {
             return Err(e)
         }
@@ -727,6 +734,9 @@ impl Daemon<'_> {
             Some(p) => {
                 let later = p.due.max(due);
                 p.marked = p.marked.max(marked);
+                // Changed again: the primary sends the new version, wait
+                // for it afresh.
+                p.behind = None;
                 if copy_from.is_some() {
                     let old = std::mem::replace(&mut p.copy_from, copy_from);
                     self.unpin(old.as_deref());
@@ -1042,9 +1052,9 @@ impl Daemon<'_> {
         p.sent = true;
         // Wait a while for the primary's upload to land, to copy it then;
         // after that, upload from the file.
+        let waited_enough = |since: Instant| now.duration_since(since) >= primary_wait(file.size);
         let wait_for_primary = self.sync.copy_from.is_some()
-            && p.behind
-                .is_none_or(|(since, _)| now.duration_since(since) < PRIMARY_WAIT);
+            && !p.behind.is_some_and(|(since, _)| waited_enough(since));
         // A renamed file whose old object is on record with this very size
         // and mtime: copy it on the server instead of sending it again.
         let source = copy_from.as_ref().and_then(|from| {

@@ -188,7 +188,9 @@ fn watch_mirrors_to_every_destination_and_one_outage_stalls_only_it() {
     env.write("old.txt", "there before the start");
     env.write("docs/readme.txt", "to be renamed");
     env.write("gone.txt", "to be deleted");
-    let mut w = env.watch(&[
+    let tree = env.tree().display().to_string();
+    let mut w = env.watch_args(&[
+        &tree,
         "--delete",
         "--config",
         &config,
@@ -300,6 +302,65 @@ fn ls_lists_a_configured_destination_through_its_own_endpoint() {
 }
 
 #[test]
+fn a_destination_on_the_command_line_leaves_the_configs_alone() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let near = env.second(Kind::S3sFs, &env.endpoint, "near/");
+    let config = config_with(&env, &[entry("near", &near)]);
+    env.write("a.txt", "a");
+    // Another bucket given by hand: the config's destinations belong to
+    // the config's own bucket and get nothing (no deletions either).
+    let other = env.second(Kind::S3sFs, &env.endpoint, "");
+    block_on(
+        near.client
+            .put_object()
+            .bucket(&near.bucket)
+            .key("near/keep.txt")
+            .body(b"not from this tree".to_vec().into())
+            .send(),
+    )
+    .expect("put");
+    let tree = env.tree().display().to_string();
+    let mut c = env.command();
+    c.args(["sync", &tree, &other.url(), "--delete", "--config", &config]);
+    let run = TestEnv::run_cmd(c).ok();
+    assert!(run.stderr.contains("left out"), "{run}");
+    assert_eq!(other.listing().len(), 1, "{run}");
+    let untouched: Vec<String> = near.listing().into_keys().collect();
+    assert_eq!(untouched, ["near/keep.txt"], "{run}");
+}
+
+#[test]
+fn in_watch_a_broken_destination_leaves_the_others_running() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let near = env.second(Kind::S3sFs, &env.endpoint, "near/");
+    let missing = Bucket {
+        kind: env.kind,
+        endpoint: env.endpoint.clone(),
+        bucket: "no-such-bucket-for-s3ma".into(),
+        prefix: "x/".into(),
+        client: env.client.clone(),
+    };
+    let config = config_with(&env, &[entry("gone", &missing), entry("near", &near)]);
+    env.write("a.txt", "before");
+    let tree = env.tree().display().to_string();
+    let mut w = env.watch_args(&[&tree, "--config", &config]);
+    env.converge_on(&env.primary(), WITHIN, &|| w.logs());
+    env.converge_on(&near, WITHIN, &|| w.logs());
+    env.write("b.txt", "while one destination is broken");
+    env.converge_on(&env.primary(), WITHIN, &|| w.logs());
+    env.converge_on(&near, WITHIN, &|| w.logs());
+    assert!(
+        w.actions("error").iter().any(|v| v["dest"] == "gone"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no-such-bucket-for-s3ma"))),
+        "the broken destination says why:\n{}",
+        w.logs()
+    );
+    assert_eq!(w.term(), 0, "{}", w.logs());
+}
+
+#[test]
 fn overlapping_or_unnamed_twin_destinations_are_refused() {
     let env = TestEnv::new(Kind::S3sFs);
     let same = Bucket {
@@ -313,5 +374,11 @@ fn overlapping_or_unnamed_twin_destinations_are_refused() {
     env.write("a.txt", "a");
     let run = sync_with(&env, &config, &[]).code(2);
     assert!(run.stderr.contains("overlaps the primary"), "{run}");
+    assert!(env.listing().is_empty(), "nothing was sent: {run}");
+    let one = env.second(Kind::S3sFs, &env.endpoint, "one/");
+    let two = env.second(Kind::S3sFs, &env.endpoint, "two/");
+    let config = config_with(&env, &[entry("twin", &one), entry("twin", &two)]);
+    let run = sync_with(&env, &config, &[]).code(2);
+    assert!(run.stderr.contains("two destinations are named"), "{run}");
     assert!(env.listing().is_empty(), "nothing was sent: {run}");
 }

@@ -537,18 +537,25 @@ impl TestEnv {
 
     /// Starts `s3ma watch TREE DEST --json --debounce 100 EXTRA…`.
     pub fn watch(&self, extra: &[&str]) -> Daemon {
+        let tree = self.tree().display().to_string();
+        let dest = self.dest();
+        let mut args = vec![tree.as_str(), dest.as_str(), "--endpoint", &self.endpoint];
+        args.extend_from_slice(extra);
+        self.watch_args(&args)
+    }
+
+    /// Starts `s3ma watch ARGS… --json --debounce 100`.
+    pub fn watch_args(&self, args: &[&str]) -> Daemon {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let out = self.tmp.path().join(format!("watch-{n}.out"));
         let err = self.tmp.path().join(format!("watch-{n}.err"));
         let mut c = self.command();
         c.arg("watch")
-            .arg(self.tree())
-            .arg(self.dest())
-            .args(["--json", "--endpoint", &self.endpoint])
-            .args(extra)
+            .args(args)
+            .arg("--json")
             .stdout(std::fs::File::create(&out).expect("stdout file"))
             .stderr(std::fs::File::create(&err).expect("stderr file"));
-        if !extra.contains(&"--debounce") {
+        if !args.contains(&"--debounce") {
             c.args(["--debounce", "100"]);
         }
         let child = c.spawn().expect("start s3ma watch");
