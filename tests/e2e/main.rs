@@ -4,6 +4,7 @@
 mod harness;
 
 mod config;
+mod crash;
 mod destinations;
 mod errors;
 mod ls;
