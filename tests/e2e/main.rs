@@ -7,6 +7,7 @@ mod config;
 mod crash;
 mod destinations;
 mod errors;
+mod faults;
 mod ls;
 mod names;
 mod sync;

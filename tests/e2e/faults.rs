@@ -1,0 +1,395 @@
+//! Fault injection: a TCP proxy between s3ma and a real server that, per
+//! connection and from a seed, answers 500 or 503 SlowDown, resets the
+//! connection after the request head or in the middle of a body, or stalls
+//! past the timeouts. With a fifth of the connections failing, `sync`
+//! converges (within its retries, or on the next run), `watch` converges
+//! without a restart, no multipart upload is left behind, and no object
+//! ever holds partial content.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// What the proxy does to one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Pass,
+    InternalError,
+    SlowDown,
+    ResetAfterHead,
+    /// The request body is cut off halfway (the server never sees it).
+    ResetInRequestBody,
+    /// The response is cut off after a few bytes (the server did the work).
+    ResetInResponse,
+    /// Reads the request, then says nothing for longer than the timeouts.
+    Stall,
+}
+
+const FAULTS: [Fault; 6] = [
+    Fault::InternalError,
+    Fault::SlowDown,
+    Fault::ResetAfterHead,
+    Fault::ResetInRequestBody,
+    Fault::ResetInResponse,
+    Fault::Stall,
+];
+
+/// How long a stalled connection stays silent (the tests run s3ma with a
+/// 2 s read timeout).
+const STALL: Duration = Duration::from_secs(5);
+
+pub struct FaultProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    /// Connections seen, and faults injected.
+    connections: Arc<AtomicU64>,
+    faults: Arc<AtomicU64>,
+}
+
+/// splitmix64: the fault of connection `n` depends only on the seed and n.
+fn mix(seed: u64, n: u64) -> u64 {
+    let mut z = seed.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl FaultProxy {
+    /// Forwards to `upstream` (`http://host:port`); `percent` of the
+    /// connections get a fault.
+    pub fn start(upstream: &str, seed: u64, percent: u64) -> FaultProxy {
+        let target = upstream.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicU64::new(0));
+        let faults = Arc::new(AtomicU64::new(0));
+        let (s, c, f) = (stop.clone(), connections.clone(), faults.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let client = match listener.accept() {
+                    Ok((client, _)) => client,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                let roll = mix(seed, n);
+                let fault = if roll % 100 < percent {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    FAULTS[((roll >> 8) % FAULTS.len() as u64) as usize]
+                } else {
+                    Fault::Pass
+                };
+                let target = target.clone();
+                std::thread::spawn(move || {
+                    let _ = client.set_nonblocking(false);
+                    serve(client, &target, fault, roll);
+                });
+            }
+        });
+        FaultProxy {
+            port,
+            stop,
+            connections,
+            faults,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.connections.load(Ordering::SeqCst),
+            self.faults.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Reads up to the end of the request head; returns what was read.
+fn read_head(client: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+        if head.len() > 64 << 10 {
+            return None;
+        }
+    }
+    Some(head)
+}
+
+/// Closes with a TCP reset rather than a clean end.
+fn reset(stream: TcpStream) {
+    let _ = socket_linger_zero(&stream);
+    drop(stream);
+}
+
+fn socket_linger_zero(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let linger = [1i32, 0i32]; // l_onoff = 1, l_linger = 0
+                               // SAFETY: setsockopt with a valid fd and a correctly sized struct linger.
+    let rc = unsafe {
+        libc_setsockopt(
+            stream.as_raw_fd(),
+            1,  // SOL_SOCKET
+            13, // SO_LINGER
+            linger.as_ptr().cast(),
+            std::mem::size_of_val(&linger) as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+extern "C" {
+    #[link_name = "setsockopt"]
+    fn libc_setsockopt(
+        fd: i32,
+        level: i32,
+        name: i32,
+        value: *const std::ffi::c_void,
+        len: u32,
+    ) -> i32;
+}
+
+fn error_response(status: &str, code: &str) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+         <Message>injected by the test proxy</Message></Error>"
+    );
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn content_length(head: &[u8]) -> u64 {
+    String::from_utf8_lossy(head)
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+fn serve(mut client: TcpStream, target: &str, fault: Fault, roll: u64) {
+    match fault {
+        Fault::Pass => relay(client, target, None),
+        Fault::ResetInResponse => relay(client, target, Some(1 + (roll >> 20) % 200)),
+        Fault::InternalError | Fault::SlowDown => {
+            if read_head(&mut client).is_some() {
+                let (status, code) = if fault == Fault::SlowDown {
+                    ("503 Slow Down", "SlowDown")
+                } else {
+                    ("500 Internal Server Error", "InternalError")
+                };
+                let _ = client.write_all(&error_response(status, code));
+                let _ = client.shutdown(Shutdown::Write);
+                // Let the client read the answer before the socket goes.
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Fault::ResetAfterHead => {
+            let _ = read_head(&mut client);
+            reset(client);
+        }
+        Fault::ResetInRequestBody => {
+            if let Some(head) = read_head(&mut client) {
+                let half = content_length(&head) / 2;
+                let _ = std::io::copy(&mut (&client).take(half), &mut std::io::sink());
+            }
+            reset(client);
+        }
+        Fault::Stall => {
+            let _ = read_head(&mut client);
+            std::thread::sleep(STALL);
+            reset(client);
+        }
+    }
+}
+
+/// Copies bytes both ways; with `cut`, resets the client after that many
+/// bytes of the response.
+fn relay(client: TcpStream, target: &str, cut: Option<u64>) {
+    let Ok(upstream) = TcpStream::connect(target) else {
+        reset(client);
+        return;
+    };
+    let (mut c_read, mut u_write) = match (client.try_clone(), upstream.try_clone()) {
+        (Ok(c), Ok(u)) => (c, u),
+        _ => return,
+    };
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_read, &mut u_write);
+        let _ = u_write.shutdown(Shutdown::Write);
+    });
+    let mut u_read = upstream;
+    let mut c_write = client;
+    match cut {
+        None => {
+            let _ = std::io::copy(&mut u_read, &mut c_write);
+            let _ = c_write.shutdown(Shutdown::Write);
+        }
+        Some(n) => {
+            let _ = std::io::copy(&mut (&u_read).take(n), &mut c_write);
+            let _ = u_read.shutdown(Shutdown::Both);
+            reset(c_write);
+        }
+    }
+    let _ = up.join();
+}
+
+const QUICK: [&str; 8] = [
+    "--connect-timeout",
+    "1",
+    "--read-timeout",
+    "2",
+    "--retries",
+    "4",
+    "--multipart-chunk-size",
+    "5MiB",
+];
+
+fn write_tree(env: &TestEnv) {
+    for i in 0..120u32 {
+        let size = 500 + (i as usize * 5_003) % 30_000;
+        env.write(
+            &format!("d{}/f{i:03}.bin", i % 5),
+            vec![(i % 199) as u8; size],
+        );
+    }
+    let big: Vec<u8> = (0..11_000_000u32).map(|i| (i % 233) as u8).collect();
+    env.write("big/one.bin", &big);
+}
+
+/// No multipart upload under the bucket is left open (moto lists them;
+/// s3s-fs does not implement the listing).
+fn assert_no_open_uploads(env: &TestEnv) {
+    let open = block_on(
+        env.client
+            .list_multipart_uploads()
+            .bucket(&env.bucket)
+            .send(),
+    )
+    .expect("list multipart uploads");
+    assert!(
+        open.uploads().is_empty(),
+        "multipart uploads left open: {:?}",
+        open.uploads()
+    );
+}
+
+#[test]
+fn sync_converges_through_a_fifth_of_connections_failing() {
+    for kind in KINDS {
+        let seed = 0x0fa1_7000 + kind as u64;
+        let env = TestEnv::new(kind);
+        write_tree(&env);
+        let proxy = FaultProxy::start(&env.endpoint, seed, 20);
+        let tree = env.tree().display().to_string();
+        let dest = env.dest();
+        let mut runs = Vec::new();
+        for _ in 0..4 {
+            let mut c = env.command();
+            c.args([
+                "sync",
+                &tree,
+                &dest,
+                "--json",
+                "--endpoint",
+                &proxy.endpoint(),
+            ])
+            .args(["--multipart-threshold", "5MiB"])
+            .args(QUICK);
+            let run = TestEnv::run_cmd(c);
+            let done = run.code == 0;
+            runs.push(run);
+            if done {
+                break;
+            }
+        }
+        let log = || {
+            runs.iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            runs.last().map(|r| r.code),
+            Some(0),
+            "no clean run in 4 on {kind:?} (seed {seed:#x}, {:?} connections/faults):\n{}",
+            proxy.counts(),
+            log()
+        );
+        let (connections, faults) = proxy.counts();
+        assert!(
+            faults * 10 >= connections,
+            "faults were injected: {connections}/{faults}"
+        );
+        // Checked directly against the server, not through the proxy.
+        env.converge(Duration::ZERO, &log);
+        env.s3ma(&["verify", &tree, &dest, "--download"]).ok();
+        if kind == Kind::Moto {
+            assert_no_open_uploads(&env);
+        }
+    }
+}
+
+#[test]
+fn watch_converges_through_a_fifth_of_connections_failing() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("before.txt", "there at the start");
+    let proxy = FaultProxy::start(&env.endpoint, 0x0fa1_7100, 20);
+    let tree = env.tree().display().to_string();
+    let dest = env.dest();
+    let endpoint = proxy.endpoint();
+    let mut args = vec![
+        tree.as_str(),
+        dest.as_str(),
+        "--delete",
+        "--endpoint",
+        &endpoint,
+    ];
+    args.extend_from_slice(&QUICK);
+    args.extend_from_slice(&["--multipart-threshold", "5MiB"]);
+    let mut w = env.watch_args(&args);
+    w.ready();
+    write_tree(&env);
+    std::fs::remove_file(env.tree().join("before.txt")).expect("rm");
+    env.write("d1/late.txt", "written after the burst");
+    env.converge(Duration::from_secs(120), &|| {
+        format!("{:?} connections/faults\n{}", proxy.counts(), w.logs())
+    });
+    let (connections, faults) = proxy.counts();
+    assert!(
+        faults * 10 >= connections,
+        "faults were injected: {connections}/{faults}"
+    );
+    assert_eq!(w.term(), 0, "{}", w.logs());
+}
