@@ -24,7 +24,7 @@ use crate::report::Reporter;
 use crate::scan::{self, Filter, LocalFile, ScanItem};
 use crate::state::{self, LockResult, RunLock, State};
 use crate::store::{ObjectInfo, Store, StoreError};
-use crate::transfer::{Job, Outcome, UploadError, Uploader};
+use crate::transfer::{Job, OpenUploads, Outcome, UploadError, Uploader};
 
 /// How a sync ended, when it did not fail outright.
 #[derive(Debug, PartialEq, Eq)]
@@ -283,6 +283,11 @@ pub async fn open(cfg: &SyncConfig, conn: &Connection, rep: &Reporter) -> Result
         cfg.transfer.clone(),
         requests.clone(),
     );
+    let open_uploads = OpenUploads::new(cfg.state_dir.join(format!("{id}.uploads")));
+    if !cfg.dry_run {
+        abort_left_uploads(&store, cfg, rep, &open_uploads).await;
+        uploader = uploader.recording_uploads(open_uploads);
+    }
     if let Some((primary, primary_conn)) = &cfg.copy_from {
         // The primary's objects are looked at through its own client (its
         // region); the copies are made through this destination's.
@@ -298,6 +303,31 @@ pub async fn open(cfg: &SyncConfig, conn: &Connection, rep: &Reporter) -> Result
         failed_rels: Vec::new(),
         _lock: lock,
     })))
+}
+
+/// Aborts the multipart uploads a killed run left under way, so their parts
+/// stop taking space. One that cannot be aborted now is tried again next
+/// time.
+async fn abort_left_uploads(store: &Store, cfg: &SyncConfig, rep: &Reporter, open: &OpenUploads) {
+    for (key, upload_id) in open.left() {
+        match store
+            .abort_multipart(&cfg.dest.bucket, &key, &upload_id)
+            .await
+        {
+            // NotFound: completed or aborted after all.
+            Ok(()) | Err(StoreError::NotFound) => {
+                open.forget(&upload_id);
+                rep.note(
+                    &key,
+                    "aborted the unfinished multipart upload an interrupted run left",
+                );
+            }
+            Err(e) => rep.warn(&format!(
+                "cannot abort the unfinished multipart upload of {key} an interrupted run \
+                 left ({e}); trying again next time"
+            )),
+        }
+    }
 }
 
 /// `s3ma sync`: one reconcile.

@@ -15,8 +15,8 @@
 //! above the multipart threshold) instead of sending the bytes again.
 
 use std::future::Future;
-use std::io::Read;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,56 @@ pub struct Uploader {
     /// same credentials: a file it already holds is copied from it on the
     /// server instead of being uploaded again.
     primary: Option<Arc<(Location, Store)>>,
+    open_uploads: Option<OpenUploads>,
+}
+
+/// Multipart uploads under way, one small file each in a directory beside
+/// the state database, written before the first part is sent: a run that
+/// is killed leaves them behind, and the next run aborts them
+/// ([`OpenUploads::left`]).
+#[derive(Clone, Debug)]
+pub struct OpenUploads(PathBuf);
+
+impl OpenUploads {
+    pub fn new(dir: PathBuf) -> OpenUploads {
+        OpenUploads(dir)
+    }
+
+    fn marker(&self, upload_id: &str) -> PathBuf {
+        let digest: [u8; 16] = Md5::digest(upload_id.as_bytes()).into();
+        let name: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self.0.join(name)
+    }
+
+    /// Best effort: without the record, a crash leaves the parts to the
+    /// bucket's lifecycle rules, as before.
+    fn record(&self, key: &str, upload_id: &str) {
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&self.0)?;
+            let mut f = std::fs::File::create(self.marker(upload_id))?;
+            f.write_all(format!("{key}\n{upload_id}").as_bytes())?;
+            f.sync_all()
+        };
+        let _ = write();
+    }
+
+    pub fn forget(&self, upload_id: &str) {
+        let _ = std::fs::remove_file(self.marker(upload_id));
+    }
+
+    /// The uploads a killed run left: (key, upload id).
+    pub fn left(&self) -> Vec<(String, String)> {
+        let Ok(dir) = std::fs::read_dir(&self.0) else {
+            return Vec::new();
+        };
+        dir.filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|text| {
+                let (key, id) = text.split_once('\n')?;
+                Some((key.to_string(), id.to_string()))
+            })
+            .collect()
+    }
 }
 
 fn stat(path: &Path) -> Result<(u64, i64), UploadError> {
@@ -198,7 +248,14 @@ impl Uploader {
             cfg: Arc::new(cfg),
             requests,
             primary: None,
+            open_uploads: None,
         }
+    }
+
+    /// Records multipart uploads under way in `open` (see [`OpenUploads`]).
+    pub fn recording_uploads(mut self, open: OpenUploads) -> Self {
+        self.open_uploads = Some(open);
+        self
     }
 
     /// Copies from `primary` (read through `store`) on the server where it
@@ -587,6 +644,9 @@ impl Uploader {
         Fut: Future<Output = Result<CompletedPart, UploadError>> + Send + 'static,
     {
         let upload_id = self.store.create_multipart(&self.bucket, key, meta).await?;
+        if let Some(open) = &self.open_uploads {
+            open.record(key, &upload_id);
+        }
         let result = self
             .send_parts(key, &upload_id, size, part_size, send)
             .await;
@@ -605,12 +665,16 @@ impl Uploader {
             }
             Err(e) => Err(e),
         };
-        if result.is_err() {
-            // Never leave parts behind; an abort failure is secondary.
-            let _ = self
+        // Never leave parts behind; an abort failure is secondary (the
+        // record stays, and the next run aborts it).
+        let ended = result.is_ok()
+            || self
                 .store
                 .abort_multipart(&self.bucket, key, &upload_id)
-                .await;
+                .await
+                .is_ok();
+        if let (true, Some(open)) = (ended, &self.open_uploads) {
+            open.forget(&upload_id);
         }
         result
     }

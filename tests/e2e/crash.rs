@@ -89,3 +89,61 @@ fn sigkill_during_sync_then_a_restart_converges_without_resending() {
     let run = env.s3ma(&["verify", &tree, &dest, "--download"]).ok();
     assert!(run.stdout.contains("0 missing, 0 extra, 0 differ"), "{run}");
 }
+
+#[test]
+fn a_multipart_upload_cut_off_by_sigkill_is_aborted_by_the_next_run() {
+    // moto lists multipart uploads; s3s-fs does not implement the listing.
+    let env = TestEnv::new(Kind::Moto);
+    let big: Vec<u8> = (0..40_000_000u32).map(|i| (i % 251) as u8).collect();
+    env.write("big.bin", &big);
+    let open_uploads = || {
+        block_on(
+            env.client
+                .list_multipart_uploads()
+                .bucket(&env.bucket)
+                .send(),
+        )
+        .expect("list multipart uploads")
+        .uploads()
+        .len()
+    };
+    let tree = env.tree().display().to_string();
+    let dest = env.dest();
+    let limits = [
+        "--concurrency",
+        "1",
+        "--multipart-threshold",
+        "5MiB",
+        "--multipart-chunk-size",
+        "5MiB",
+    ];
+    let mut c = env.command();
+    c.args(["sync", &tree, &dest, "--endpoint", &env.endpoint])
+        .args(limits)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().expect("spawn sync");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while open_uploads() == 0 {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the sync ended before its multipart upload could be cut off"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no multipart upload started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(open_uploads(), 1, "the killed run left its upload open");
+    let run = env.sync(&limits).ok();
+    assert!(
+        run.stdout
+            .contains("aborted the unfinished multipart upload"),
+        "{run}"
+    );
+    assert_eq!(open_uploads(), 0, "{run}");
+    env.converge(Duration::ZERO, &|| run.to_string());
+}
