@@ -393,3 +393,82 @@ fn watch_converges_through_a_fifth_of_connections_failing() {
     );
     assert_eq!(w.term(), 0, "{}", w.logs());
 }
+
+/// A server that answers every request with one S3 error.
+fn canned(status: &'static str, code: &'static str) -> (String, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        while !s.load(Ordering::SeqCst) {
+            let Ok((mut client, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            std::thread::spawn(move || {
+                let _ = client.set_nonblocking(false);
+                while read_head(&mut client).is_some() {
+                    if client.write_all(&error_response(status, code)).is_err() {
+                        break;
+                    }
+                    let _ = client.shutdown(Shutdown::Write);
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            });
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), stop)
+}
+
+#[test]
+fn server_refusals_are_named_with_what_to_do() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    let tree = env.tree().display().to_string();
+    for (status, code, says) in [
+        (
+            "403 Forbidden",
+            "AccessDenied",
+            "check the credentials' permissions",
+        ),
+        ("403 Forbidden", "RequestTimeTooSkewed", "clock is off"),
+        (
+            "400 Bad Request",
+            "AuthorizationHeaderMalformed",
+            "wrong region",
+        ),
+        ("301 Moved Permanently", "PermanentRedirect", "wrong region"),
+        (
+            "403 Forbidden",
+            "SignatureDoesNotMatch",
+            "rejected the credentials",
+        ),
+    ] {
+        let (endpoint, stop) = canned(status, code);
+        let mut c = env.command();
+        c.args(["sync", &tree, &env.dest(), "--endpoint", &endpoint])
+            .args(["--retries", "1", "--read-timeout", "5"]);
+        let run = TestEnv::run_cmd(c).code(3);
+        stop.store(true, Ordering::SeqCst);
+        assert!(
+            run.stderr.contains(code) && run.stderr.contains(says),
+            "{code}: {run}"
+        );
+        assert!(!run.stderr.contains(SECRET_KEY), "{code}: {run}");
+    }
+    // A host name that does not resolve.
+    let mut c = env.command();
+    c.args([
+        "sync",
+        &tree,
+        &env.dest(),
+        "--endpoint",
+        "http://no-such-host.invalid:9000",
+    ])
+    .args(["--retries", "1", "--connect-timeout", "5"]);
+    let run = TestEnv::run_cmd(c).code(3);
+    assert!(run.stderr.contains("does not resolve"), "{run}");
+}

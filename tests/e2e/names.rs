@@ -168,3 +168,49 @@ fn control_characters_xml_cannot_carry_are_reported_and_skipped() {
     assert!(run.stdout.contains("U+000D"), "{run}");
     env.assert_mirrors(&["ok.txt"]);
 }
+
+#[test]
+fn newlines_sparse_and_empty_files() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        env.write("empty.txt", "");
+        // 20 MB with a few bytes at the end and a hole before them.
+        let sparse = env.tree().join("sparse.bin");
+        let f = std::fs::File::create(&sparse).expect("create");
+        f.set_len(20_000_000).expect("set_len");
+        drop(f);
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&sparse)
+                .expect("open");
+            f.seek(SeekFrom::Start(19_999_990)).expect("seek");
+            f.write_all(b"end").expect("write");
+        }
+        env.write("line\nbreak.txt", "a name with a newline");
+        let run = env.sync(&[]);
+        let newline_key = format!("{}line\nbreak.txt", env.prefix);
+        if run.code == 0 {
+            // The server took the key: it round-trips.
+            assert!(env.listing().contains_key(&newline_key), "{run}");
+        } else {
+            // The server refused the key (moto does): the file is named,
+            // exit 1, and everything else is mirrored.
+            assert_eq!(run.code, 1, "{run}");
+            assert!(run.stdout.contains("line\\nbreak.txt"), "{run}");
+            std::fs::remove_file(env.tree().join("line\nbreak.txt")).expect("rm");
+        }
+        let objects = env.objects();
+        assert_eq!(objects[&format!("{}empty.txt", env.prefix)].len(), 0);
+        let got = &objects[&format!("{}sparse.bin", env.prefix)];
+        assert!(
+            got.len() == 20_000_000 && got[19_999_990..19_999_993] == *b"end",
+            "sparse file on {kind:?}"
+        );
+        assert!(
+            got[..19_999_990].iter().all(|b| *b == 0),
+            "the hole reads as zeros"
+        );
+    }
+}
