@@ -827,6 +827,11 @@ where
             if detail.contains("loading credentials") || detail.contains("no credentials") {
                 return StoreError::NoCredentials(detail);
             }
+            // The request body (a file) refused to finish: about that file,
+            // not the server.
+            if detail.contains("while it was sent") {
+                return StoreError::Other(detail);
+            }
             let hint = if detail.contains("certificate") || detail.contains("UnknownIssuer") {
                 " (the TLS certificate did not verify; for a private CA pass --ca-bundle FILE.pem or set AWS_CA_BUNDLE)"
             } else if detail.contains("dns error") || detail.contains("failed to lookup") {

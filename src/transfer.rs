@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::CompletedPart;
-use aws_smithy_types::byte_stream::Length;
+use aws_smithy_types::body::SdkBody;
 use md5::{Digest, Md5};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -230,14 +230,100 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| UploadError::Io(format!("worker failed: {e}")))?
 }
 
-async fn file_body(path: &Path, offset: u64, len: u64) -> Result<ByteStream, UploadError> {
-    ByteStream::read_from()
-        .path(path)
-        .offset(offset)
-        .length(Length::Exact(len))
-        .build()
-        .await
-        .map_err(|e| UploadError::Io(format!("cannot open for upload: {e}")))
+/// `len` bytes of a file from `offset`, as a request body that checks
+/// before its last bytes go out that what it sent has the MD5 `md5` (the
+/// request's Content-MD5). A file rewritten while it is sent fails the
+/// request before it is complete, so no server stores a mix of two
+/// versions, whether or not it checks Content-MD5 itself.
+fn file_body(path: &Path, offset: u64, len: u64, md5: [u8; 16]) -> Result<ByteStream, UploadError> {
+    let path = path.to_path_buf();
+    let open = move || -> std::io::Result<CheckedBody> {
+        use std::io::{Seek, SeekFrom};
+        let mut f = std::fs::File::open(&path)?;
+        f.seek(SeekFrom::Start(offset))?;
+        Ok(CheckedBody {
+            file: Ok(tokio::fs::File::from_std(f)),
+            remaining: len,
+            md5: Md5::new(),
+            expected: md5,
+            buf: Vec::new(),
+        })
+    };
+    open().map_err(|e| UploadError::Io(format!("cannot open for upload: {e}")))?;
+    Ok(ByteStream::new(SdkBody::retryable(move || {
+        let body = open().unwrap_or_else(|e| CheckedBody {
+            file: Err(e.to_string()),
+            remaining: len,
+            md5: Md5::new(),
+            expected: md5,
+            buf: Vec::new(),
+        });
+        SdkBody::from_body_1_x(body)
+    })))
+}
+
+/// See [`file_body`].
+struct CheckedBody {
+    file: Result<tokio::fs::File, String>,
+    remaining: u64,
+    md5: Md5,
+    expected: [u8; 16],
+    buf: Vec<u8>,
+}
+
+impl http_body::Body for CheckedBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        use tokio::io::AsyncRead;
+        let this = &mut *self;
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let file = match &mut this.file {
+            Ok(f) => f,
+            Err(e) => return Poll::Ready(Some(Err(std::io::Error::other(e.clone())))),
+        };
+        let want = this.remaining.min(256 << 10) as usize;
+        this.buf.resize(want, 0);
+        let mut read = tokio::io::ReadBuf::new(&mut this.buf);
+        match std::pin::Pin::new(file).poll_read(cx, &mut read) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+            Poll::Ready(Ok(())) => {}
+        }
+        let chunk = bytes::Bytes::copy_from_slice(read.filled());
+        if chunk.is_empty() {
+            return Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file got shorter while it was sent",
+            ))));
+        }
+        this.md5.update(&chunk);
+        this.remaining -= chunk.len() as u64;
+        if this.remaining == 0 {
+            let sent: [u8; 16] = this.md5.clone().finalize().into();
+            if sent != this.expected {
+                return Poll::Ready(Some(Err(std::io::Error::other(
+                    "the file changed while it was sent; the upload is not completed",
+                ))));
+            }
+        }
+        Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 impl Uploader {
@@ -431,7 +517,7 @@ impl Uploader {
             let (part_size, _) = plan::part_layout(size, self.cfg.chunk_size);
             let (bucket, key) = (primary.bucket.clone(), from.clone());
             let if_match = if_match.map(str::to_string);
-            self.multipart(&job.key, size, part_size, &meta, move |part| {
+            self.multipart(&job.key, size, part_size, &meta, None, move |part| {
                 let (bucket, key, if_match) = (bucket.clone(), key.clone(), if_match.clone());
                 async move {
                     let range = (part.offset, part.offset + part.len - 1);
@@ -574,7 +660,7 @@ impl Uploader {
             let p = path.to_path_buf();
             let md5 = blocking(move || hash_file(&p, size)).await?;
             let meta = self.meta(key, mtime_ns, &md5);
-            let body = file_body(path, 0, size).await?;
+            let body = file_body(path, 0, size, md5)?;
             let etag = self
                 .store
                 .put(&self.bucket, key, body, size, &md5, &meta)
@@ -589,14 +675,15 @@ impl Uploader {
             // the task that sends it, in parallel.
             let md5 = blocking(move || hash_file(&p, size)).await?;
             let meta = self.meta(key, mtime_ns, &md5);
+            let source = Some((path, (size, mtime_ns)));
             let path = path.to_path_buf();
             let etag = self
-                .multipart(key, size, part_size, &meta, move |part| {
+                .multipart(key, size, part_size, &meta, source, move |part| {
                     let path = path.clone();
                     async move {
                         let (p, offset, len) = (path.clone(), part.offset, part.len);
                         let md5 = blocking(move || hash_range(&p, offset, len, false)).await?;
-                        let body = file_body(&path, offset, len).await?;
+                        let body = file_body(&path, offset, len, md5)?;
                         Ok(part
                             .store
                             .upload_part(
@@ -631,12 +718,18 @@ impl Uploader {
     /// Creates a multipart upload, sends its parts with `send` (several at
     /// once), and completes it; aborts it on any failure, so no parts are
     /// left behind.
+    ///
+    /// `source`: the file and the (size, mtime) it had when it was hashed.
+    /// A file that changed while its parts were sent is not completed
+    /// (the parts may mix two versions): the upload is aborted and the
+    /// object keeps its previous content.
     async fn multipart<F, Fut>(
         &self,
         key: &str,
         size: u64,
         part_size: u64,
         meta: &PutMeta,
+        source: Option<(&Path, (u64, i64))>,
         send: F,
     ) -> Result<Option<String>, UploadError>
     where
@@ -651,6 +744,9 @@ impl Uploader {
             .send_parts(key, &upload_id, size, part_size, send)
             .await;
         let result = match result {
+            Ok(_) if source.is_some_and(|(path, was)| stat(path).ok() != Some(was)) => {
+                Err(UploadError::Changed)
+            }
             Ok(parts) => {
                 match self
                     .store

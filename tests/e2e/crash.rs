@@ -124,7 +124,17 @@ fn a_multipart_upload_cut_off_by_sigkill_is_aborted_by_the_next_run() {
         .stderr(std::process::Stdio::null());
     let mut child = c.spawn().expect("spawn sync");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while open_uploads() == 0 {
+    // Killed once the upload is open on the server and s3ma has recorded
+    // it (it records it as soon as the server answers, before any part).
+    let recorded = || {
+        std::fs::read_dir(env.state_dir())
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".uploads"))
+            .any(|d| std::fs::read_dir(d.path()).is_ok_and(|mut f| f.next().is_some()))
+    };
+    while open_uploads() == 0 || !recorded() {
         assert!(
             child.try_wait().expect("try_wait").is_none(),
             "the sync ended before its multipart upload could be cut off"

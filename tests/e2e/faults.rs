@@ -409,13 +409,11 @@ fn canned(status: &'static str, code: &'static str) -> (String, Arc<AtomicBool>)
             };
             std::thread::spawn(move || {
                 let _ = client.set_nonblocking(false);
-                while read_head(&mut client).is_some() {
-                    if client.write_all(&error_response(status, code)).is_err() {
-                        break;
-                    }
+                if read_head(&mut client).is_some()
+                    && client.write_all(&error_response(status, code)).is_ok()
+                {
                     let _ = client.shutdown(Shutdown::Write);
                     std::thread::sleep(Duration::from_millis(100));
-                    break;
                 }
             });
         }

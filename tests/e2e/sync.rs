@@ -561,3 +561,64 @@ fn failed_uploads_hold_back_deletions() {
     let keys = env.keys();
     assert!(keys.contains(&"site/old-name.txt".to_string()), "{keys:?}");
 }
+
+#[test]
+fn a_file_rewritten_during_its_upload_never_lands_torn() {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    for (name, size, extra) in [
+        // Multipart: parts read at different moments.
+        (
+            "big.bin",
+            12_000_000usize,
+            vec![
+                "--multipart-threshold",
+                "5MiB",
+                "--multipart-chunk-size",
+                "5MiB",
+            ],
+        ),
+        // A single PUT streamed from disk.
+        ("medium.bin", 1_500_000usize, vec![]),
+    ] {
+        let env = TestEnv::new(Kind::S3sFs);
+        let path = env.write(name, vec![b'A'; size]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (stop, path) = (stop.clone(), path.clone());
+            std::thread::spawn(move || {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .expect("open");
+                let mut fill = b'B';
+                while !stop.load(Ordering::SeqCst) {
+                    // Overwrite in place, in chunks: the file is never one
+                    // version for long.
+                    for chunk in 0..(size / 100_000) {
+                        f.seek(SeekFrom::Start((chunk * 100_000) as u64))
+                            .expect("seek");
+                        f.write_all(&[fill; 100_000]).expect("write");
+                    }
+                    fill = if fill == b'A' { b'B' } else { b'A' };
+                }
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let run = env.sync(&extra);
+        stop.store(true, Ordering::SeqCst);
+        writer.join().expect("writer");
+        let key = format!("{}{name}", env.prefix);
+        if let Some(bytes) = env.objects().get(&key) {
+            assert!(
+                bytes.len() == size
+                    && (bytes.iter().all(|b| *b == b'A') || bytes.iter().all(|b| *b == b'B')),
+                "{name}: the object mixes two versions of the file: {run}"
+            );
+        }
+        // Quiet again: the next run sends the file as it now is.
+        env.sync(&extra).ok();
+        env.converge(std::time::Duration::ZERO, &|| run.to_string());
+    }
+}
