@@ -262,6 +262,17 @@ fn file_body(path: &Path, offset: u64, len: u64, md5: [u8; 16]) -> Result<ByteSt
     })))
 }
 
+/// `len` bytes of a file from `offset`, streamed as they are.
+async fn part_body(path: &Path, offset: u64, len: u64) -> Result<ByteStream, UploadError> {
+    ByteStream::read_from()
+        .path(path)
+        .offset(offset)
+        .length(aws_smithy_types::byte_stream::Length::Exact(len))
+        .build()
+        .await
+        .map_err(|e| UploadError::Io(format!("cannot open for upload: {e}")))
+}
+
 /// See [`file_body`].
 struct CheckedBody {
     file: Result<tokio::fs::File, String>,
@@ -683,7 +694,10 @@ impl Uploader {
                     async move {
                         let (p, offset, len) = (path.clone(), part.offset, part.len);
                         let md5 = blocking(move || hash_range(&p, offset, len, false)).await?;
-                        let body = file_body(&path, offset, len, md5)?;
+                        // The part's bytes are not hashed a second time
+                        // while they go out: a file that changes meanwhile
+                        // is caught before the upload is completed.
+                        let body = part_body(&path, offset, len).await?;
                         Ok(part
                             .store
                             .upload_part(
