@@ -470,3 +470,66 @@ fn server_refusals_are_named_with_what_to_do() {
     let run = TestEnv::run_cmd(c).code(3);
     assert!(run.stderr.contains("does not resolve"), "{run}");
 }
+
+/// A proxy that holds every connection for `delay` before relaying it.
+fn slow_proxy(upstream: &str, delay: Duration) -> (String, Arc<AtomicBool>) {
+    let target = upstream.trim_start_matches("http://").to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        while !s.load(Ordering::SeqCst) {
+            let Ok((client, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let target = target.clone();
+            std::thread::spawn(move || {
+                let _ = client.set_nonblocking(false);
+                std::thread::sleep(delay);
+                relay(client, &target, None);
+            });
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), stop)
+}
+
+#[test]
+fn a_file_that_vanishes_between_the_walk_and_its_upload_is_noted() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("stays.txt", "stays");
+    env.write("goes.txt", "deleted after the walk saw it");
+    // The listing (the first request) is held for 2 s: by then the walk
+    // has long seen both files, and one of them is gone.
+    let (endpoint, stop) = slow_proxy(&env.endpoint, Duration::from_secs(2));
+    let tree = env.tree().display().to_string();
+    let mut c = env.command();
+    c.args([
+        "sync",
+        &tree,
+        &env.dest(),
+        "--json",
+        "--endpoint",
+        &endpoint,
+    ]);
+    let child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(700));
+    std::fs::remove_file(env.tree().join("goes.txt")).expect("rm");
+    let out = child.wait_with_output().expect("wait");
+    stop.store(true, Ordering::SeqCst);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let all = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        stdout.contains("goes.txt") && stdout.contains("disappeared during the sync"),
+        "{all}"
+    );
+    let keys: Vec<String> = env.listing().into_keys().collect();
+    assert_eq!(keys, [format!("{}stays.txt", env.prefix)], "{all}");
+}

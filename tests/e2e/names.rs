@@ -214,3 +214,87 @@ fn newlines_sparse_and_empty_files() {
         );
     }
 }
+
+/// Runs s3ma as an unprivileged user when the tests run as root (root reads
+/// everything, so unreadable files need another user).
+fn run_unprivileged(env: &TestEnv, args: &[&str]) -> Run {
+    use std::os::unix::fs::PermissionsExt;
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut c = if uid == "0" {
+        let base = env.tree().parent().expect("tmp").to_path_buf();
+        for d in [base.clone(), env.tree(), env.work()] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        for entry in walkdir::WalkDir::new(env.state_dir()) {
+            let entry = entry.expect("walk state dir");
+            std::os::unix::fs::chown(entry.path(), Some(65534), Some(65534)).expect("chown");
+        }
+        let mut c = env.command_for("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_s3ma"),
+        ]);
+        c
+    } else {
+        env.command()
+    };
+    c.args(args).args(["--endpoint", &env.endpoint]);
+    TestEnv::run_cmd(c)
+}
+
+#[test]
+fn unreadable_files_and_directories_are_named_and_keep_their_objects() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("ok.txt", "readable");
+    env.write("secret.txt", "unreadable later");
+    env.write("locked/inner.txt", "in a directory that becomes unreadable");
+    let tree = env.tree().display().to_string();
+    let dest = env.dest();
+    run_unprivileged(&env, &["sync", &tree, &dest, "--json"]).ok();
+    assert_eq!(env.listing().len(), 3);
+    let mode = |rel: &str, m: u32| {
+        std::fs::set_permissions(env.tree().join(rel), std::fs::Permissions::from_mode(m))
+            .expect("chmod")
+    };
+    // Changed, so it must be read again (an unchanged file is not read).
+    env.write("secret.txt", "unreadable now, and changed");
+    mode("secret.txt", 0o000);
+    mode("locked", 0o000);
+    env.write("new.txt", "still mirrored");
+    let run = run_unprivileged(&env, &["sync", &tree, &dest, "--json", "--delete"]);
+    mode("locked", 0o755);
+    mode("secret.txt", 0o644);
+    let run = run.code(1);
+    let errors: Vec<String> = run
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["action"] == "error")
+        .map(|v| format!("{} {}", v["path"], v["message"]))
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("secret.txt"))
+            && errors.iter().any(|e| e.contains("locked")),
+        "each unreadable path is named: {run}"
+    );
+    // Nothing of theirs was deleted; the rest was mirrored.
+    let keys: Vec<String> = env.listing().into_keys().collect();
+    let p = &env.prefix;
+    assert_eq!(
+        keys,
+        [
+            format!("{p}locked/inner.txt"),
+            format!("{p}new.txt"),
+            format!("{p}ok.txt"),
+            format!("{p}secret.txt")
+        ],
+        "{run}"
+    );
+}
