@@ -16,13 +16,17 @@ fn wrong_credentials_say_so_and_never_show_the_secret() {
         vec!["-vv", "sync", tree.as_str(), env.dest().as_str()],
         vec!["ls", "-vv", "--json"],
     ] {
+        let token = "SESSION-token-value-8d1e07";
         let mut cmd = env.command();
         cmd.env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_SESSION_TOKEN", token)
             .args(&args)
             .args(["--endpoint", &env.endpoint]);
         let run = TestEnv::run_cmd(cmd).code(3);
         assert!(run.stderr.contains("rejected the credentials"), "{run}");
         assert!(!run.all().contains(secret), "secret leaked: {run}");
+        assert!(!run.all().contains(token), "session token leaked: {run}");
+        assert!(!run.all().contains("Signature="), "a signature leaked: {run}");
         assert!(!run.all().contains("panicked"), "{run}");
     }
     assert!(env.keys().is_empty());
