@@ -157,3 +157,59 @@ fn a_multipart_upload_cut_off_by_sigkill_is_aborted_by_the_next_run() {
     assert_eq!(open_uploads(), 0, "{run}");
     env.converge(Duration::ZERO, &|| run.to_string());
 }
+
+#[test]
+fn sigkill_during_watch_bursts_at_seeded_moments_loses_nothing() {
+    let seed = 0x0bad_5eed_u64;
+    let mut rng = Rng(seed);
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("base.txt", "there from the start");
+    for round in 0..5u32 {
+        let mut w = env.watch(&["--delete"]);
+        w.ready();
+        // A burst of creates, edits and deletes, then a kill at a seeded
+        // moment while it is being mirrored.
+        for i in 0..150u32 {
+            let n = rng.below(300);
+            let rel = format!("r/{}/{n}.txt", n % 7);
+            if rng.below(5) == 0 {
+                let _ = std::fs::remove_file(env.tree().join(&rel));
+            } else {
+                env.write(&rel, format!("round {round}, write {i}"));
+            }
+        }
+        let after = rng.below(600);
+        std::thread::sleep(Duration::from_millis(after));
+        w.kill();
+        // Whatever is in the bucket is whole.
+        for (key, bytes) in env.objects() {
+            let rel = &key[env.prefix.len()..];
+            if let Ok(local) = std::fs::read(env.tree().join(rel)) {
+                let text = String::from_utf8_lossy(&bytes);
+                assert!(
+                    bytes == local || text.starts_with("round "),
+                    "round {round} (seed {seed:#x}, killed after {after} ms): {key} is torn"
+                );
+            }
+        }
+    }
+    let before_restart = env.objects();
+    let mut w = env.watch(&["--delete"]);
+    w.ready();
+    env.converge(Duration::from_secs(60), &|| w.logs());
+    assert!(
+        !w.stderr().contains("could not be read"),
+        "the state database opens cleanly:\n{}",
+        w.logs()
+    );
+    for key in w.keys("upload") {
+        let rel = &key[env.prefix.len()..];
+        let local = std::fs::read(env.tree().join(rel)).expect("local");
+        assert!(
+            before_restart.get(&key) != Some(&local),
+            "{key} was sent again although the bucket had it (seed {seed:#x}):\n{}",
+            w.logs()
+        );
+    }
+    assert_eq!(w.term(), 0, "{}", w.logs());
+}

@@ -26,7 +26,10 @@ fn wrong_credentials_say_so_and_never_show_the_secret() {
         assert!(run.stderr.contains("rejected the credentials"), "{run}");
         assert!(!run.all().contains(secret), "secret leaked: {run}");
         assert!(!run.all().contains(token), "session token leaked: {run}");
-        assert!(!run.all().contains("Signature="), "a signature leaked: {run}");
+        assert!(
+            !run.all().contains("Signature="),
+            "a signature leaked: {run}"
+        );
         assert!(!run.all().contains("panicked"), "{run}");
     }
     assert!(env.keys().is_empty());
