@@ -183,9 +183,10 @@ struct Target<C> {
 }
 
 /// The primary first, then every further destination, each with its own
-/// reporter. The config's further destinations belong to its own bucket:
-/// they are left out with `--primary-only`, and when the destination is
-/// given on the command line (they would mirror another directory, with
+/// reporter. The config's further destinations go with its own bucket:
+/// they are left out with `--primary-only`, and when the command line
+/// names another destination than the config's `bucket` and `topPrefix`
+/// (a one-off run must not mirror another directory into them, with
 /// deletions).
 fn targets<C>(
     primary: C,
@@ -198,13 +199,21 @@ fn targets<C>(
 ) -> Result<Vec<Target<C>>> {
     let file = &loaded.file;
     let configured = file.bucket_sync.is_some() || file.destinations.is_some();
-    let explicit = mirror.paths.iter().any(|p| p.starts_with("s3://"));
+    let elsewhere = match &file.bucket {
+        Some(bucket) => {
+            let own = Location::new(bucket, file.top_prefix.as_deref().unwrap_or(""))?;
+            sync_of(&primary).dest != own
+        }
+        // No primary in the file: its destinations go with the one given.
+        None => false,
+    };
     let dests = if mirror.primary_only || !configured {
         Vec::new()
-    } else if explicit {
+    } else if elsewhere {
         rep.warn(
             "the config file's further destinations (bucketSync, destinations) go with its \
-             own bucket; with s3://… given on the command line they are left out",
+             own bucket and topPrefix; with another destination on the command line they \
+             are left out",
         );
         Vec::new()
     } else {

@@ -320,6 +320,23 @@ fn a_destination_on_the_command_line_leaves_the_configs_alone() {
     )
     .expect("put");
     let tree = env.tree().display().to_string();
+    // The config's own bucket named on the command line: they go along.
+    let mut c = env.command();
+    c.args(["sync", &tree, &env.dest(), "--json", "--config", &config]);
+    let run = TestEnv::run_cmd(c).ok();
+    assert_eq!(
+        keys_of(&run.stdout, "copy", Some("near")),
+        ["near/a.txt"],
+        "{run}"
+    );
+    block_on(
+        near.client
+            .delete_object()
+            .bucket(&near.bucket)
+            .key("near/a.txt")
+            .send(),
+    )
+    .expect("delete");
     let mut c = env.command();
     c.args(["sync", &tree, &other.url(), "--delete", "--config", &config]);
     let run = TestEnv::run_cmd(c).ok();
