@@ -387,8 +387,6 @@ pub async fn reconcile(
     // are drained below either way (so multipart uploads get aborted or
     // completed, never cut off).
     let merged: Result<()> = async {
-        let mut local = merge.next_local(&mut lrx, cfg, rep).await?;
-        let mut remote = merge.next_remote(&mut rrx, cfg).await?;
         loop {
             if stop.requested() {
                 interrupted = true;
@@ -400,31 +398,19 @@ pub async fn reconcile(
             while let Some(done) = tasks.try_join_next() {
                 run.finish(done.context("an upload task failed")?);
             }
-            let take_local = match (&local, &remote) {
-                (None, None) => break,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((lk, _)), Some(r)) => lk.as_str() <= r.key.as_str(),
-            };
-            if !take_local {
-                let Some(r) = remote.take() else { break };
-                if cfg.delete {
-                    let rel = cfg.dest.rel_of(&r.key).unwrap_or(&r.key);
-                    if !merge.not_mirrored(filter, rel) {
+            let (key, file, matched) = match merge
+                .next_pair(&mut lrx, &mut rrx, cfg, rep, filter)
+                .await?
+            {
+                None => break,
+                Some(Pair::Extra(r)) => {
+                    if cfg.delete {
                         merge.deletes.push((r.key, r.size));
                     }
+                    continue;
                 }
-                remote = merge.next_remote(&mut rrx, cfg).await?;
-                continue;
-            }
-            let Some((key, file)) = local.take() else {
-                break;
+                Some(Pair::File { key, file, object }) => (key, file, object),
             };
-            let matched = remote.as_ref().filter(|r| r.key == key).cloned();
-            if matched.is_some() {
-                remote = merge.next_remote(&mut rrx, cfg).await?;
-            }
-            local = merge.next_local(&mut lrx, cfg, rep).await?;
             rep.scanned();
             let record = run.state.get(&key);
             let mut decision = plan::decide(&file, matched.as_ref(), record.as_ref());
@@ -643,6 +629,18 @@ async fn delete_all(
     Ok(())
 }
 
+/// One step of the merge of the walk with the listing, in key order.
+pub enum Pair {
+    /// A file to mirror, with the object at its key when there is one.
+    File {
+        key: String,
+        file: LocalFile,
+        object: Option<ObjectInfo>,
+    },
+    /// An object with no file (excluded and kept paths left out).
+    Extra(ObjectInfo),
+}
+
 /// The merge's view of both streams.
 #[derive(Default)]
 pub struct Merge {
@@ -653,17 +651,65 @@ pub struct Merge {
     deletes: Vec<(String, u64)>,
     last_local: Option<String>,
     last_remote: Option<String>,
+    /// The next item of each stream, once the first has been read.
+    local: Option<(String, LocalFile)>,
+    remote: Option<ObjectInfo>,
+    primed: bool,
 }
 
 impl Merge {
-    /// Whether an object under the prefix has no business in the mirror
-    /// check: its path exists but is not mirrored (kept), or is excluded.
-    pub fn not_mirrored(&self, filter: &Filter, rel: &str) -> bool {
+    /// Whether an object under the prefix has no business in the mirror:
+    /// its path exists but is not mirrored (kept), or is excluded.
+    fn not_mirrored(&self, filter: &Filter, rel: &str) -> bool {
         self.kept.covers(rel) || filter.excludes_key(rel)
     }
 
+    /// The next step of the merge; `None` when both streams are done.
+    pub async fn next_pair(
+        &mut self,
+        lrx: &mut mpsc::Receiver<ScanItem>,
+        rrx: &mut mpsc::Receiver<Result<ObjectInfo, StoreError>>,
+        cfg: &SyncConfig,
+        rep: &Reporter,
+        filter: &Filter,
+    ) -> Result<Option<Pair>> {
+        if !self.primed {
+            self.local = self.next_local(lrx, cfg, rep).await?;
+            self.remote = self.next_remote(rrx, cfg).await?;
+            self.primed = true;
+        }
+        loop {
+            let take_local = match (&self.local, &self.remote) {
+                (None, None) => return Ok(None),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((lk, _)), Some(r)) => lk.as_str() <= r.key.as_str(),
+            };
+            if !take_local {
+                let Some(r) = self.remote.take() else {
+                    return Ok(None);
+                };
+                self.remote = self.next_remote(rrx, cfg).await?;
+                let rel = cfg.dest.rel_of(&r.key).unwrap_or(&r.key);
+                if self.not_mirrored(filter, rel) {
+                    continue;
+                }
+                return Ok(Some(Pair::Extra(r)));
+            }
+            let Some((key, file)) = self.local.take() else {
+                return Ok(None);
+            };
+            let object = self.remote.take_if(|r| r.key == key);
+            if object.is_some() {
+                self.remote = self.next_remote(rrx, cfg).await?;
+            }
+            self.local = self.next_local(lrx, cfg, rep).await?;
+            return Ok(Some(Pair::File { key, file, object }));
+        }
+    }
+
     /// The next file from the walk, reporting skips and problems on the way.
-    pub async fn next_local(
+    async fn next_local(
         &mut self,
         rx: &mut mpsc::Receiver<ScanItem>,
         cfg: &SyncConfig,
@@ -715,7 +761,7 @@ impl Merge {
 
     /// The next object from the listing, checking the byte order the merge
     /// relies on.
-    pub async fn next_remote(
+    async fn next_remote(
         &mut self,
         rx: &mut mpsc::Receiver<Result<ObjectInfo, StoreError>>,
         cfg: &SyncConfig,

@@ -21,7 +21,7 @@ use crate::plan::RemoteFacts;
 use crate::report::{human_size, Reporter};
 use crate::scan::{self, Filter, LocalFile};
 use crate::store::{etag_md5, ObjectInfo, Store};
-use crate::sync::{self, Merge, Stop};
+use crate::sync::{self, Merge, Pair, Stop};
 use crate::transfer::{blocking, hash_file, UploadError};
 
 /// What a verification found.
@@ -131,8 +131,6 @@ pub async fn run(
     let failures_before = rep.failures();
 
     let merged: Result<()> = async {
-        let mut local = merge.next_local(&mut lrx, cfg, rep).await?;
-        let mut remote = merge.next_remote(&mut rrx, cfg).await?;
         loop {
             if stop.requested() {
                 bail!("interrupted; the comparison is incomplete");
@@ -140,34 +138,22 @@ pub async fn run(
             while let Some(done) = tasks.try_join_next() {
                 tally(rep, &mut found, done.context("a comparison task failed")?);
             }
-            let take_local = match (&local, &remote) {
-                (None, None) => break,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((lk, _)), Some(r)) => lk.as_str() <= r.key.as_str(),
-            };
-            if !take_local {
-                let Some(r) = remote.take() else { break };
-                let rel = cfg.dest.rel_of(&r.key).unwrap_or(&r.key);
-                if !merge.not_mirrored(&filter, rel) {
+            let (key, file, matched) = match merge
+                .next_pair(&mut lrx, &mut rrx, cfg, rep, &filter)
+                .await?
+            {
+                None => break,
+                Some(Pair::Extra(r)) => {
                     found.extra += 1;
                     rep.difference(
                         "extra",
                         &r.key,
                         &format!("{}, no local file", human_size(r.size)),
                     );
+                    continue;
                 }
-                remote = merge.next_remote(&mut rrx, cfg).await?;
-                continue;
-            }
-            let Some((key, file)) = local.take() else {
-                break;
+                Some(Pair::File { key, file, object }) => (key, file, object),
             };
-            let matched = remote.as_ref().filter(|r| r.key == key).cloned();
-            if matched.is_some() {
-                remote = merge.next_remote(&mut rrx, cfg).await?;
-            }
-            local = merge.next_local(&mut lrx, cfg, rep).await?;
             rep.scanned();
             let Some(object) = matched else {
                 found.missing += 1;
