@@ -681,10 +681,14 @@ impl Lister {
                     )
                 });
             match sent {
-                // Refused (InvalidArgument, or another 400 on some
+                // Refused (InvalidArgument, or a bare 400 on some
                 // servers): the same page again at the default size.
-                Err(StoreError::InvalidArgument(_) | StoreError::Other(_))
-                    if self.page_size.is_some() =>
+                Err(StoreError::InvalidArgument(_)) if self.page_size.is_some() => {
+                    self.page_size = None;
+                    self.store.default_pages.store(true, Ordering::Relaxed);
+                }
+                Err(StoreError::Other(m))
+                    if self.page_size.is_some() && m.starts_with("HTTP 400") =>
                 {
                     self.page_size = None;
                     self.store.default_pages.store(true, Ordering::Relaxed);
@@ -827,9 +831,9 @@ where
             if detail.contains("loading credentials") || detail.contains("no credentials") {
                 return StoreError::NoCredentials(detail);
             }
-            // The request body (a file) refused to finish: about that file,
-            // not the server.
-            if detail.contains("while it was sent") {
+            // The request body (a file) could not be read or refused to
+            // finish: about that file, not the server.
+            if d.is_user() || detail.contains("while it was sent") {
                 return StoreError::Other(detail);
             }
             let hint = if detail.contains("certificate") || detail.contains("UnknownIssuer") {

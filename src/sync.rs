@@ -314,13 +314,19 @@ async fn abort_left_uploads(store: &Store, cfg: &SyncConfig, rep: &Reporter, ope
             .abort_multipart(&cfg.dest.bucket, &key, &upload_id)
             .await
         {
-            // NotFound: completed or aborted after all.
-            Ok(()) | Err(StoreError::NotFound) => {
+            Ok(()) => {
                 open.forget(&upload_id);
                 rep.note(
                     &key,
                     "aborted the unfinished multipart upload an interrupted run left",
                 );
+            }
+            // Completed or aborted after all.
+            Err(StoreError::NotFound) => {
+                open.forget(&upload_id);
+                rep.debug(&format!(
+                    "the multipart upload of {key} an interrupted run left is gone already"
+                ));
             }
             Err(e) => rep.warn(&format!(
                 "cannot abort the unfinished multipart upload of {key} an interrupted run \

@@ -143,13 +143,18 @@ impl OpenUploads {
     }
 
     /// Best effort: without the record, a crash leaves the parts to the
-    /// bucket's lifecycle rules, as before.
+    /// bucket's lifecycle rules, as before. Written whole or not at all
+    /// (a temporary file renamed into place); the upload id comes first,
+    /// as it holds no newline and a key may.
     fn record(&self, key: &str, upload_id: &str) {
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(&self.0)?;
-            let mut f = std::fs::File::create(self.marker(upload_id))?;
-            f.write_all(format!("{key}\n{upload_id}").as_bytes())?;
-            f.sync_all()
+            let marker = self.marker(upload_id);
+            let tmp = marker.with_extension("tmp");
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(format!("{upload_id}\n{key}").as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &marker)
         };
         let _ = write();
     }
@@ -158,18 +163,28 @@ impl OpenUploads {
         let _ = std::fs::remove_file(self.marker(upload_id));
     }
 
-    /// The uploads a killed run left: (key, upload id).
+    /// The uploads a killed run left: (key, upload id). Half-written
+    /// records (a kill while writing one) are removed.
     pub fn left(&self) -> Vec<(String, String)> {
         let Ok(dir) = std::fs::read_dir(&self.0) else {
             return Vec::new();
         };
-        dir.filter_map(Result::ok)
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-            .filter_map(|text| {
-                let (key, id) = text.split_once('\n')?;
-                Some((key.to_string(), id.to_string()))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for entry in dir.filter_map(Result::ok) {
+            let path = entry.path();
+            let parsed = std::fs::read_to_string(&path).ok().and_then(|text| {
+                let (id, key) = text.split_once('\n')?;
+                (!id.is_empty() && !key.is_empty() && path.extension().is_none())
+                    .then(|| (key.to_string(), id.to_string()))
+            });
+            match parsed {
+                Some(upload) => out.push(upload),
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -316,8 +331,8 @@ impl http_body::Body for CheckedBody {
             ))));
         }
         this.md5.update(&chunk);
-        this.remaining -= chunk.len() as u64;
-        if this.remaining == 0 {
+        let left = this.remaining - chunk.len() as u64;
+        if left == 0 {
             let sent: [u8; 16] = this.md5.clone().finalize().into();
             if sent != this.expected {
                 return Poll::Ready(Some(Err(std::io::Error::other(
@@ -325,6 +340,7 @@ impl http_body::Body for CheckedBody {
                 ))));
             }
         }
+        this.remaining = left;
         Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
     }
 
@@ -874,6 +890,34 @@ pub struct Part {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_uploads_round_trip_any_key_and_drop_half_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = OpenUploads::new(dir.path().join("x.uploads"));
+        open.record("line\nbreak.bin", "id-1");
+        open.record("plain.bin", "id-2");
+        // A record a kill cut short, and a temporary file never renamed.
+        std::fs::write(dir.path().join("x.uploads/0123"), "id-3").expect("write");
+        std::fs::write(dir.path().join("x.uploads/4567.tmp"), "id-4\nk").expect("write");
+        let mut left = open.left();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ("line\nbreak.bin".to_string(), "id-1".to_string()),
+                ("plain.bin".to_string(), "id-2".to_string())
+            ]
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("x.uploads"))
+                .expect("dir")
+                .count(),
+            2
+        );
+        open.forget("id-1");
+        assert_eq!(open.left().len(), 1);
+    }
 
     #[test]
     fn hashes_whole_files_and_parts() {

@@ -85,10 +85,22 @@ async fn check(
             Err(e) => return Check::Error(format!("cannot download it: {e}")),
         }
     } else {
-        match object.etag.as_deref().and_then(etag_md5) {
-            Some(md5) => Some(md5),
-            None => match store.head(&bucket, &object.key).await {
-                Ok(h) => RemoteFacts::from_head(h.etag.as_deref(), &h.metadata).md5,
+        let listed = object.etag.as_deref().and_then(etag_md5);
+        match listed {
+            Some(md5) if md5 == local => Some(md5),
+            // No plain-MD5 ETag, or one that disagrees: ask for the
+            // md5chksum metadata.
+            _ => match store.head(&bucket, &object.key).await {
+                Ok(h) => match (
+                    listed,
+                    RemoteFacts::from_head(h.etag.as_deref(), &h.metadata).md5,
+                ) {
+                    // The ETag says otherwise, the metadata agrees: an
+                    // encrypted object's ETag is no MD5, so only the bytes
+                    // can tell (--download).
+                    (Some(_), Some(meta)) if meta == local => return Check::Unverified,
+                    (_, md5) => md5,
+                },
                 Err(e) => return Check::Error(format!("cannot read its metadata: {e}")),
             },
         }
@@ -237,8 +249,9 @@ pub async fn run(
     );
     if found.unverified > 0 {
         rep.warn(&format!(
-            "{} objects have the right size but no MD5 to compare (multipart uploads made \
-             without md5chksum metadata); run with --download to hash their bytes",
+            "{} objects have the right size but no MD5 that can be trusted (a multipart \
+             object without md5chksum metadata, or an ETag that is no MD5 and disagrees with \
+             it); run with --download to hash their bytes",
             found.unverified
         ));
     }

@@ -132,7 +132,12 @@ fn a_multipart_upload_cut_off_by_sigkill_is_aborted_by_the_next_run() {
             .flatten()
             .filter_map(Result::ok)
             .filter(|e| e.file_name().to_string_lossy().ends_with(".uploads"))
-            .any(|d| std::fs::read_dir(d.path()).is_ok_and(|mut f| f.next().is_some()))
+            .any(|d| {
+                std::fs::read_dir(d.path()).is_ok_and(|f| {
+                    f.filter_map(Result::ok)
+                        .any(|m| m.path().extension().is_none())
+                })
+            })
     };
     while open_uploads() == 0 || !recorded() {
         assert!(
