@@ -64,7 +64,7 @@ fn node_s3ma_config_json_keeps_working() {
             .filter(|l| l.contains(r#""action":"copy""#) && l.contains(r#""dest":"bucketSync""#))
             .collect();
         assert_eq!(copies.len(), 2, "{run}");
-        let (ctype, meta) = second.head("mirror/data/report.test");
+        let (ctype, meta, _) = second.head("mirror/data/report.test");
         assert_eq!(ctype, "application/x-test", "{kind:?}");
         assert_eq!(
             meta.get("md5chksum").map(String::as_str),

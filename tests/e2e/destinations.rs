@@ -104,7 +104,7 @@ fn sync_copies_on_the_server_and_uploads_to_another() {
             under("far/"),
             "{run}"
         );
-        let (_, meta) = near.head("near/big.bin");
+        let (_, meta, _) = near.head("near/big.bin");
         assert_eq!(
             meta.get("md5chksum").map(String::as_str),
             Some(md5_b64(&big).as_str()),

@@ -43,7 +43,7 @@ const FAULTS: [Fault; 6] = [
 const STALL: Duration = Duration::from_secs(5);
 
 pub struct FaultProxy {
-    port: u16,
+    endpoint: String,
     stop: Arc<AtomicBool>,
     /// Connections seen, and faults injected.
     connections: Arc<AtomicU64>,
@@ -63,39 +63,21 @@ impl FaultProxy {
     /// connections get a fault.
     pub fn start(upstream: &str, seed: u64, percent: u64) -> FaultProxy {
         let target = upstream.trim_start_matches("http://").to_string();
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("addr").port();
-        let stop = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicU64::new(0));
         let faults = Arc::new(AtomicU64::new(0));
-        let (s, c, f) = (stop.clone(), connections.clone(), faults.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                let client = match listener.accept() {
-                    Ok((client, _)) => client,
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(5));
-                        continue;
-                    }
-                };
-                let n = c.fetch_add(1, Ordering::SeqCst);
-                let roll = mix(seed, n);
-                let fault = if roll % 100 < percent {
-                    f.fetch_add(1, Ordering::SeqCst);
-                    FAULTS[((roll >> 8) % FAULTS.len() as u64) as usize]
-                } else {
-                    Fault::Pass
-                };
-                let target = target.clone();
-                std::thread::spawn(move || {
-                    let _ = client.set_nonblocking(false);
-                    serve(client, &target, fault, roll);
-                });
-            }
+        let (c, f) = (connections.clone(), faults.clone());
+        let (endpoint, stop) = listen(move |client| {
+            let roll = mix(seed, c.fetch_add(1, Ordering::SeqCst));
+            let fault = if roll % 100 < percent {
+                f.fetch_add(1, Ordering::SeqCst);
+                FAULTS[((roll >> 8) % FAULTS.len() as u64) as usize]
+            } else {
+                Fault::Pass
+            };
+            serve(client, &target, fault, roll);
         });
         FaultProxy {
-            port,
+            endpoint,
             stop,
             connections,
             faults,
@@ -103,7 +85,7 @@ impl FaultProxy {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.endpoint.clone()
     }
 
     pub fn counts(&self) -> (u64, u64) {
@@ -118,6 +100,31 @@ impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// Serves each connection to a new loopback port on its own thread with
+/// `handle`, until the flag it returns is set. Returns the endpoint URL.
+fn listen(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> (String, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        while !s.load(Ordering::SeqCst) {
+            let Ok((client, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                let _ = client.set_nonblocking(false);
+                handle(client);
+            });
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), stop)
 }
 
 /// Reads up to the end of the request head; returns what was read.
@@ -396,29 +403,14 @@ fn watch_converges_through_a_fifth_of_connections_failing() {
 
 /// A server that answers every request with one S3 error.
 fn canned(status: &'static str, code: &'static str) -> (String, Arc<AtomicBool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let port = listener.local_addr().expect("addr").port();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    std::thread::spawn(move || {
-        while !s.load(Ordering::SeqCst) {
-            let Ok((mut client, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            std::thread::spawn(move || {
-                let _ = client.set_nonblocking(false);
-                if read_head(&mut client).is_some()
-                    && client.write_all(&error_response(status, code)).is_ok()
-                {
-                    let _ = client.shutdown(Shutdown::Write);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            });
+    listen(move |mut client| {
+        if read_head(&mut client).is_some()
+            && client.write_all(&error_response(status, code)).is_ok()
+        {
+            let _ = client.shutdown(Shutdown::Write);
+            std::thread::sleep(Duration::from_millis(100));
         }
-    });
-    (format!("http://127.0.0.1:{port}"), stop)
+    })
 }
 
 #[test]
@@ -474,26 +466,10 @@ fn server_refusals_are_named_with_what_to_do() {
 /// A proxy that holds every connection for `delay` before relaying it.
 fn slow_proxy(upstream: &str, delay: Duration) -> (String, Arc<AtomicBool>) {
     let target = upstream.trim_start_matches("http://").to_string();
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let port = listener.local_addr().expect("addr").port();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    std::thread::spawn(move || {
-        while !s.load(Ordering::SeqCst) {
-            let Ok((client, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            let target = target.clone();
-            std::thread::spawn(move || {
-                let _ = client.set_nonblocking(false);
-                std::thread::sleep(delay);
-                relay(client, &target, None);
-            });
-        }
-    });
-    (format!("http://127.0.0.1:{port}"), stop)
+    listen(move |client| {
+        std::thread::sleep(delay);
+        relay(client, &target, None);
+    })
 }
 
 #[test]

@@ -570,23 +570,9 @@ impl TestEnv {
         self.listing().into_keys().collect()
     }
 
-    /// Content-Type and user metadata of one object.
+    /// Content-Type, user metadata and ETag of one object.
     pub fn head(&self, key: &str) -> (String, HashMap<String, String>, Option<String>) {
-        block_on(async {
-            let h = self
-                .client
-                .head_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("head {key}: {e:?}"));
-            (
-                h.content_type().unwrap_or_default().to_string(),
-                h.metadata().cloned().unwrap_or_default(),
-                h.e_tag().map(|e| e.trim_matches('"').to_string()),
-            )
-        })
+        self.primary().head(key)
     }
 
     /// Puts an object directly (not through s3ma).
@@ -638,8 +624,8 @@ impl Bucket {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }
 
-    /// Content-Type and user metadata of one object.
-    pub fn head(&self, key: &str) -> (String, HashMap<String, String>) {
+    /// Content-Type, user metadata and ETag of one object.
+    pub fn head(&self, key: &str) -> (String, HashMap<String, String>, Option<String>) {
         block_on(async {
             let h = self
                 .client
@@ -652,6 +638,7 @@ impl Bucket {
             (
                 h.content_type().unwrap_or_default().to_string(),
                 h.metadata().cloned().unwrap_or_default(),
+                h.e_tag().map(|e| e.trim_matches('"').to_string()),
             )
         })
     }
