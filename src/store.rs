@@ -560,6 +560,24 @@ impl Store {
             .build())
     }
 
+    /// The ids of the multipart uploads open for exactly `key`.
+    pub async fn open_uploads(&self, bucket: &str, key: &str) -> Result<Vec<String>, StoreError> {
+        let resp = self
+            .client
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .prefix(key)
+            .send()
+            .await
+            .map_err(|e| self.classify(e, Some(bucket)))?;
+        Ok(resp
+            .uploads()
+            .iter()
+            .filter(|u| u.key() == Some(key))
+            .filter_map(|u| u.upload_id().map(str::to_string))
+            .collect())
+    }
+
     pub async fn abort_multipart(
         &self,
         bucket: &str,

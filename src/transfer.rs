@@ -802,6 +802,14 @@ impl Uploader {
         if let (true, Some(open)) = (ended, &self.open_uploads) {
             open.forget(&upload_id);
         }
+        // A CreateMultipartUpload whose answer was lost (and retried)
+        // leaves an upload nobody knows the id of: abort whatever is still
+        // open for this key. Best effort; some servers cannot list uploads.
+        if let Ok(orphans) = self.store.open_uploads(&self.bucket, key).await {
+            for id in orphans {
+                let _ = self.store.abort_multipart(&self.bucket, key, &id).await;
+            }
+        }
         result
     }
 
