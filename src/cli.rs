@@ -93,7 +93,8 @@ pub struct MirrorArgs {
     pub checksum: bool,
 
     /// Refuse to delete anything when more than N objects would be deleted
-    /// in one reconcile.
+    /// in one reconcile; `watch` deletes at most N per --max-delete-window
+    /// and holds the rest.
     #[arg(long, value_name = "N", help_heading = "Mirror")]
     pub max_delete: Option<u64>,
 
@@ -131,6 +132,21 @@ pub struct WatchArgs {
     /// 30s, 15m, 1h, 1d; 0 turns it off [default: 1h].
     #[arg(long, value_name = "DURATION", help_heading = "Watch")]
     pub rescan_interval: Option<String>,
+
+    /// A file that never stays quiet (a growing log) is uploaded at least
+    /// this often [default: 60s].
+    #[arg(long, value_name = "DURATION", help_heading = "Watch")]
+    pub max_delay: Option<String>,
+
+    /// The window --max-delete counts deletions over; deletions beyond it
+    /// are held [default: 1h].
+    #[arg(long, value_name = "DURATION", help_heading = "Watch")]
+    pub max_delete_window: Option<String>,
+
+    /// Events queued between the kernel and the uploader; beyond that a
+    /// full reconcile catches up [default: 65536].
+    #[arg(long, value_name = "N", help_heading = "Watch")]
+    pub event_queue: Option<usize>,
 }
 
 #[derive(Debug, Args, Default)]

@@ -56,6 +56,9 @@ const KNOWN_KEYS: &[&str] = &[
     "includeTempFiles",
     "debounce",
     "rescanInterval",
+    "maxDelay",
+    "maxDeleteWindow",
+    "eventQueue",
     "destinations",
 ];
 
@@ -103,6 +106,12 @@ pub struct FileConfig {
     pub debounce: Option<u64>,
     /// A duration such as `"1h"`, or seconds as a number.
     pub rescan_interval: Option<DurationValue>,
+    /// Longest a changing path waits before it is uploaded anyway.
+    pub max_delay: Option<DurationValue>,
+    /// The window `maxDelete` counts deletions over, in `watch`.
+    pub max_delete_window: Option<DurationValue>,
+    /// Events held between the kernel and the daemon.
+    pub event_queue: Option<usize>,
     /// Further buckets every object is mirrored to.
     pub destinations: Option<Vec<DestinationFile>>,
 }
@@ -375,15 +384,24 @@ impl Connection {
 /// What `sync` (and later `watch`) needs.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
+    /// The directory, as the user named it (a symbolic link stays one).
     pub dir: PathBuf,
+    /// The bucket and key prefix it is mirrored to.
     pub dest: Location,
+    /// Delete objects whose file is gone.
     pub delete: bool,
+    /// At most this many deletions per reconcile (in `watch`, per
+    /// [`WatchConfig::max_delete_window`]).
     pub max_delete: Option<u64>,
+    /// Print what would be done, change nothing.
     pub dry_run: bool,
     /// Compare every file's MD5 with the object's, not size and mtime.
     pub checksum: bool,
+    /// Which paths are mirrored.
     pub filter: FilterConfig,
+    /// How objects are sent.
     pub transfer: TransferConfig,
+    /// Where the state database, the lock and the journal live.
     pub state_dir: PathBuf,
     /// The primary's location and connection, when this is a further
     /// destination on the primary's service with its credentials: objects
@@ -392,7 +410,7 @@ pub struct SyncConfig {
 }
 
 /// Which local paths are mirrored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct FilterConfig {
     /// Gitignore-style globs relative to the root.
     pub exclude: Vec<String>,
@@ -653,6 +671,14 @@ pub fn default_state_dir() -> PathBuf {
     }
 }
 
+impl SyncConfig {
+    /// The compiled filters for the directory; the state directory is
+    /// never mirrored, even when it lies inside.
+    pub fn filter(&self) -> Result<crate::scan::Filter> {
+        crate::scan::Filter::new(&self.dir, &self.filter, Some(&self.state_dir))
+    }
+}
+
 pub fn resolve_sync(args: &MirrorArgs, dry_run: bool, loaded: &Loaded) -> Result<SyncConfig> {
     let file = &loaded.file;
     let (dir, dest) = resolve_paths(&args.paths, file)?;
@@ -886,10 +912,36 @@ pub fn resolve_destinations(
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
     pub sync: SyncConfig,
-    /// How long a path must be quiet before it is uploaded.
+    /// How long a path must be quiet before it is uploaded (unless it was
+    /// closed after writing, which says it is complete).
     pub debounce: Duration,
+    /// A path that keeps changing is uploaded at least this often.
+    pub max_delay: Duration,
     /// Full reconcile this often; `None` never.
     pub rescan_interval: Option<Duration>,
+    /// `max_delete` counts the deletions of this long a window.
+    pub max_delete_window: Duration,
+    /// Events the kernel's side may queue for the daemon; when they are
+    /// more, they are dropped and a full reconcile catches up.
+    pub event_queue: usize,
+}
+
+/// A duration from a flag, else from a config key, else the default.
+fn duration_setting(
+    flag: &Option<String>,
+    flag_name: &str,
+    key: &Option<DurationValue>,
+    key_name: &str,
+    default: Duration,
+) -> Result<Duration> {
+    match (flag, key) {
+        (Some(s), _) => parse_duration(s).with_context(|| format!("in --{flag_name}")),
+        (None, Some(DurationValue::Seconds(n))) => Ok(Duration::from_secs(*n)),
+        (None, Some(DurationValue::Text(s))) => {
+            parse_duration(s).with_context(|| format!("in the config key \"{key_name}\""))
+        }
+        (None, None) => Ok(default),
+    }
 }
 
 pub fn resolve_watch(args: &WatchArgs, loaded: &Loaded) -> Result<WatchConfig> {
@@ -898,18 +950,49 @@ pub fn resolve_watch(args: &WatchArgs, loaded: &Loaded) -> Result<WatchConfig> {
     if ms > 600_000 {
         bail!("the debounce window must be at most 600000 ms (10 minutes), not {ms}");
     }
-    let rescan = match (&args.rescan_interval, &file.rescan_interval) {
-        (Some(s), _) => parse_duration(s).context("in --rescan-interval")?,
-        (None, Some(DurationValue::Seconds(n))) => Duration::from_secs(*n),
-        (None, Some(DurationValue::Text(s))) => {
-            parse_duration(s).context("in the config key \"rescanInterval\"")?
-        }
-        (None, None) => Duration::from_secs(3600),
-    };
+    let rescan = duration_setting(
+        &args.rescan_interval,
+        "rescan-interval",
+        &file.rescan_interval,
+        "rescanInterval",
+        Duration::from_secs(3600),
+    )?;
+    let debounce = Duration::from_millis(ms);
+    let max_delay = duration_setting(
+        &args.max_delay,
+        "max-delay",
+        &file.max_delay,
+        "maxDelay",
+        Duration::from_secs(60),
+    )?;
+    if max_delay < debounce.max(Duration::from_secs(1)) {
+        bail!(
+            "--max-delay must be at least 1s and at least the debounce window ({ms} ms), not \
+             {} s",
+            max_delay.as_secs()
+        );
+    }
+    let window = duration_setting(
+        &args.max_delete_window,
+        "max-delete-window",
+        &file.max_delete_window,
+        "maxDeleteWindow",
+        Duration::from_secs(3600),
+    )?;
+    if window.is_zero() {
+        bail!("--max-delete-window must be longer than 0 s (1h is the default)");
+    }
+    let event_queue = args.event_queue.or(file.event_queue).unwrap_or(65_536);
+    if !(16..=16_777_216).contains(&event_queue) {
+        bail!("the event queue must hold between 16 and 16777216 events, not {event_queue}");
+    }
     Ok(WatchConfig {
         sync: resolve_sync(&args.mirror, false, loaded)?,
-        debounce: Duration::from_millis(ms),
+        debounce,
+        max_delay,
         rescan_interval: (!rescan.is_zero()).then_some(rescan),
+        max_delete_window: window,
+        event_queue,
     })
 }
 

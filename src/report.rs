@@ -76,6 +76,22 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// `90 s` → `1m30s`, `3600 s` → `1h`.
+pub fn human_duration(d: Duration) -> String {
+    let mut left = d.as_secs();
+    let mut out = String::new();
+    for (unit, secs) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if left >= secs {
+            out.push_str(&format!("{}{unit}", left / secs));
+            left %= secs;
+        }
+    }
+    if left > 0 || out.is_empty() {
+        out.push_str(&format!("{left}s"));
+    }
+    out
+}
+
 /// `1536` → `1.5 KiB`.
 pub fn human_size(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -261,6 +277,13 @@ impl Reporter {
         }
     }
 
+    /// Like [`Reporter::status`], at `-v` only.
+    pub fn verbose_status(&self, action: &str, text: &str, fields: serde_json::Value) {
+        if self.level >= Level::Verbose {
+            self.status(action, text, fields);
+        }
+    }
+
     /// An unchanged file; printed only at `-v`.
     pub fn skipped(&self, key: &str, why: &str) {
         add(&self.counts.skipped, 1);
@@ -409,6 +432,14 @@ mod tests {
     fn names_stay_on_one_line() {
         assert_eq!(printable("new\nline\t.txt"), "new\\nline\\t.txt");
         assert_eq!(printable("日本 a+b"), "日本 a+b");
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(human_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(human_duration(Duration::ZERO), "0s");
+        assert_eq!(human_duration(Duration::from_secs(86_400 + 61)), "1d1m1s");
     }
 
     #[test]

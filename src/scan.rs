@@ -91,10 +91,15 @@ pub struct Filter {
     ignore: Gitignore,
     include_hidden: bool,
     include_temp: bool,
+    /// s3ma's own state directory, when it is inside the root (relative
+    /// to it): never mirrored, whatever the other filters say, or its
+    /// database would be uploaded each time it is written.
+    own: Option<PathBuf>,
 }
 
 impl Filter {
-    pub fn new(root: &Path, cfg: &FilterConfig) -> Result<Filter> {
+    /// The filters for `root`; `state_dir` is left out when it lies inside.
+    pub fn new(root: &Path, cfg: &FilterConfig, state_dir: Option<&Path>) -> Result<Filter> {
         let mut b = GitignoreBuilder::new(root);
         for glob in &cfg.exclude {
             b.add_line(None, glob)
@@ -107,16 +112,24 @@ impl Filter {
             }
         }
         let ignore = b.build().context("cannot compile the exclude patterns")?;
+        let own = state_dir.and_then(|state| {
+            let state = std::fs::canonicalize(state).ok()?;
+            let root = std::fs::canonicalize(root).ok()?;
+            let rel = state.strip_prefix(&root).ok()?;
+            (!rel.as_os_str().is_empty()).then(|| rel.to_path_buf())
+        });
         Ok(Filter {
             ignore,
             include_hidden: cfg.include_hidden,
             include_temp: cfg.include_temp_files,
+            own,
         })
     }
 
     /// Is this entry (relative `/` path, last component `name`) excluded?
     fn excludes(&self, rel: &Path, name: &[u8], is_dir: bool) -> bool {
-        (!self.include_hidden && name.first() == Some(&b'.'))
+        self.own.as_deref() == Some(rel)
+            || (!self.include_hidden && name.first() == Some(&b'.'))
             || (!self.include_temp && !is_dir && is_temp_name(name))
             || self.ignore.matched(rel, is_dir).is_ignore()
     }
@@ -382,7 +395,7 @@ mod tests {
             std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
             std::fs::write(path, p).expect("write");
         }
-        let filter = Filter::new(root, &cfg()).expect("filter");
+        let filter = Filter::new(root, &cfg(), None).expect("filter");
         let got = files(root, &filter);
         let mut want = got.clone();
         want.sort();
@@ -419,7 +432,7 @@ mod tests {
             std::fs::write(path, p).expect("write");
         }
         std::fs::write(root.join(IGNORE_FILE), "sub/e\n").expect("write");
-        let filter = Filter::new(root, &cfg()).expect("filter");
+        let filter = Filter::new(root, &cfg(), None).expect("filter");
         assert_eq!(files(root, &filter), ["keep.txt"]);
         assert!(filter.excludes_key(".git/config"));
         assert!(filter.excludes_key("sub/cache/d"));
@@ -446,7 +459,7 @@ mod tests {
             assert!(!is_temp_name(name.as_bytes()), "{name}");
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        let filter = Filter::new(dir.path(), &cfg()).expect("filter");
+        let filter = Filter::new(dir.path(), &cfg(), None).expect("filter");
         assert!(filter.excludes_key("sub/a.txt~"));
         assert!(!filter.excludes_key("sub~/a.txt"), "only file names");
         let all = Filter::new(
@@ -455,6 +468,7 @@ mod tests {
                 include_temp_files: true,
                 ..cfg()
             },
+            None,
         )
         .expect("filter");
         assert!(!all.excludes_key("sub/a.txt~"));

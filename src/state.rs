@@ -59,13 +59,26 @@ pub enum LockResult {
     Busy(PathBuf),
 }
 
-fn ensure_dir(state_dir: &Path) -> Result<()> {
+pub fn ensure_dir(state_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(state_dir).with_context(|| {
         format!(
             "cannot create the state directory {} (choose another with --state-dir)",
             state_dir.display()
         )
     })
+}
+
+/// Renames the database (and the records beside it) of `from` to `to`,
+/// when `to` has none yet: a pair whose identity was spelled differently
+/// by an earlier version keeps what it knew.
+pub fn adopt(state_dir: &Path, from: &str, to: &str) {
+    let name = |id: &str, suffix: &str| state_dir.join(format!("{id}{suffix}"));
+    if from == to || name(to, ".db").exists() || !name(from, ".db").exists() {
+        return;
+    }
+    for suffix in [".db", ".db-wal", ".db-shm", ".uploads", ".journal"] {
+        let _ = std::fs::rename(name(from, suffix), name(to, suffix));
+    }
 }
 
 pub fn lock(state_dir: &Path, id: &str) -> Result<LockResult> {
@@ -265,51 +278,24 @@ impl State {
         }
     }
 
-    /// Records changed paths (relative to the root) in the watch journal
-    /// and commits, so they survive a crash from the moment this returns.
-    pub fn mark_dirty<'a>(&mut self, rels: impl IntoIterator<Item = &'a str>) {
-        if !self.begin() {
-            return;
-        }
-        for rel in rels {
-            let res = self.conn.as_ref().map(|c| {
-                c.prepare_cached("INSERT OR IGNORE INTO dirty (rel) VALUES (?1)")
-                    .and_then(|mut st| st.execute(params![rel]))
-            });
-            if let Some(Err(e)) = res {
-                self.fail("journal", e);
-                return;
-            }
-        }
-        self.flush();
-    }
-
-    /// Takes a path off the journal once its change is mirrored.
-    pub fn clear_dirty(&mut self, rel: &str) {
-        if !self.begin() {
-            return;
-        }
-        let res = self.conn.as_ref().map(|c| {
-            c.prepare_cached("DELETE FROM dirty WHERE rel = ?1")
-                .and_then(|mut st| st.execute(params![rel]))
-        });
-        match res {
-            Some(Ok(_)) => self.wrote(),
-            Some(Err(e)) => self.fail("journal", e),
-            None => {}
-        }
-    }
-
-    /// The journal: paths changed but not yet known to be mirrored.
-    pub fn dirty(&mut self) -> Vec<String> {
+    /// Takes the paths a watch journal kept in this database (before the
+    /// journal had a file of its own) off it, to be journaled anew.
+    pub fn take_legacy_journal(&mut self) -> Vec<String> {
         let Some(conn) = self.conn.as_ref() else {
             return Vec::new();
         };
-        let res = conn
+        let res: rusqlite::Result<Vec<String>> = conn
             .prepare("SELECT rel FROM dirty ORDER BY rel")
             .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect());
         match res {
-            Ok(v) => v,
+            Ok(rels) => {
+                if !rels.is_empty() {
+                    if let Err(e) = conn.execute("DELETE FROM dirty", []) {
+                        self.fail("journal", e);
+                    }
+                }
+                rels
+            }
             Err(e) => {
                 self.fail("journal read", e);
                 Vec::new()
@@ -390,22 +376,42 @@ mod tests {
     }
 
     #[test]
-    fn journal_survives_reopen_until_cleared() {
+    fn keys_under_a_directory_and_the_old_journal_table() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let (mut s, _) = State::open(dir.path(), "x", "id").expect("open");
-            s.mark_dirty(["b/c.txt", "a.txt", "a.txt"]);
             s.put("d/1", &rec(1));
             s.put("d/2/3", &rec(1));
             s.put("d0", &rec(1));
             s.put("d", &rec(1));
             assert_eq!(s.keys_under("d"), ["d/1", "d/2/3"]);
+            let conn = s.conn.as_ref().expect("open");
+            conn.execute("INSERT INTO dirty (rel) VALUES ('b/c.txt'), ('a.txt')", [])
+                .expect("insert");
         }
         let (mut s, _) = State::open(dir.path(), "x", "id").expect("reopen");
-        assert_eq!(s.dirty(), ["a.txt", "b/c.txt"]);
-        s.clear_dirty("a.txt");
-        s.flush();
-        assert_eq!(s.dirty(), ["b/c.txt"]);
+        assert_eq!(s.take_legacy_journal(), ["a.txt", "b/c.txt"]);
+        assert!(s.take_legacy_journal().is_empty());
+    }
+
+    #[test]
+    fn adopting_renames_an_old_database_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut s, _) = State::open(dir.path(), "old", "id").expect("open");
+            s.put("k", &rec(3));
+        }
+        adopt(dir.path(), "old", "new");
+        let (mut s, _) = State::open(dir.path(), "new", "id").expect("open");
+        assert_eq!(s.get("k"), Some(rec(3)));
+        drop(s);
+        // The new one is kept from then on.
+        let (mut o, _) = State::open(dir.path(), "old", "id").expect("open");
+        o.put("other", &rec(4));
+        drop(o);
+        adopt(dir.path(), "old", "new");
+        let (mut s, _) = State::open(dir.path(), "new", "id").expect("open");
+        assert_eq!(s.get("other"), None);
     }
 
     #[test]

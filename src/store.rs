@@ -32,7 +32,7 @@ use md5::{Digest, Md5};
 use crate::config::Connection;
 
 /// What went wrong, classified for the caller.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error(
         "bucket '{0}' does not exist on {1}; create it first or check the name and --endpoint"
@@ -72,22 +72,53 @@ pub enum StoreError {
     ClockSkew(String),
     #[error("the server answered 200 but its response could not be read: {0}")]
     UnreadableSuccess(String),
+    /// The service failed the request (5xx, SlowDown) after the retries:
+    /// trouble on its side, not with this request.
+    #[error("{0}")]
+    ServerError(String),
     #[error("{0}")]
     Other(String),
 }
 
+/// Whose problem an error is: the one question every caller asks of a
+/// failed request, answered in one place ([`StoreError::blame`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// About this request: this object or this file (refused, not found,
+    /// changed meanwhile). Other requests may well succeed.
+    Request,
+    /// The service is unreachable or failing; waiting may fix it.
+    Server,
+    /// The configuration is wrong (bucket, credentials, region, clock):
+    /// no request can succeed until someone fixes it.
+    Fatal,
+}
+
 impl StoreError {
-    /// Errors after which no further request can succeed.
-    pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
+    /// Whose problem this is; see [`Blame`].
+    pub fn blame(&self) -> Blame {
+        match self {
             StoreError::NoSuchBucket(..)
-                | StoreError::BadCredentials(_)
-                | StoreError::NoCredentials(_)
-                | StoreError::WrongRegion(_)
-                | StoreError::ClockSkew(_)
-                | StoreError::Unreachable { .. }
-        )
+            | StoreError::BadCredentials(_)
+            | StoreError::NoCredentials(_)
+            | StoreError::WrongRegion(_)
+            | StoreError::ClockSkew(_) => Blame::Fatal,
+            StoreError::Unreachable { .. }
+            | StoreError::TimedOut { .. }
+            | StoreError::ServerError(_)
+            | StoreError::UnreadableSuccess(_) => Blame::Server,
+            StoreError::NotFound
+            | StoreError::InvalidArgument(_)
+            | StoreError::PreconditionFailed
+            | StoreError::AccessDenied(_)
+            | StoreError::Other(_) => Blame::Request,
+        }
+    }
+
+    /// Errors after which a run cannot go on: the configuration is wrong,
+    /// or the endpoint cannot be reached at all.
+    pub fn is_fatal(&self) -> bool {
+        self.blame() == Blame::Fatal || matches!(self, StoreError::Unreachable { .. })
     }
 }
 
@@ -362,7 +393,7 @@ impl Store {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    return Err(StoreError::Other(format!(
+                    return Err(StoreError::ServerError(format!(
                         "the download of {key} broke off: {}",
                         source_chain(&e)
                     )))
@@ -908,6 +939,13 @@ where
         "NoSuchKey" | "NotFound" => return StoreError::NotFound,
         "PreconditionFailed" => return StoreError::PreconditionFailed,
         "InvalidArgument" => return StoreError::InvalidArgument(what),
+        "SlowDown"
+        | "ServiceUnavailable"
+        | "InternalError"
+        | "RequestTimeout"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestLimitExceeded" => return StoreError::ServerError(what),
         _ => {}
     }
     match status {
@@ -918,6 +956,10 @@ where
         } else {
             what
         }),
+        Some(s) if s >= 500 && what.is_empty() => {
+            StoreError::ServerError(format!("HTTP {s} from {endpoint}: {}", source_chain(&err)))
+        }
+        Some(s) if s >= 500 => StoreError::ServerError(what),
         Some(s) if what.is_empty() => {
             StoreError::Other(format!("HTTP {s} from {endpoint}: {}", source_chain(&err)))
         }

@@ -9,7 +9,7 @@
 //! after the guards (empty tree, `--max-delete`) have been checked.
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use crate::plan::{self, Decision};
 use crate::report::Reporter;
 use crate::scan::{self, Filter, LocalFile, ScanItem};
 use crate::state::{self, LockResult, RunLock, State};
-use crate::store::{ObjectInfo, Store, StoreError};
+use crate::store::{Blame, ObjectInfo, Store, StoreError};
 use crate::transfer::{Job, OpenUploads, Outcome, UploadError, Uploader};
 
 /// How a sync ended, when it did not fail outright.
@@ -68,11 +68,17 @@ impl Stop {
     }
 }
 
-/// A fatal problem found while the run was going: the run stops and the
-/// caller exits with the fatal code.
+/// A guard refused the deletions: the run stops and the caller exits with
+/// the fatal code.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(pub String);
+pub enum Refused {
+    /// The tree has nothing to mirror while the prefix holds objects.
+    #[error("{0}")]
+    EmptyTree(String),
+    /// More deletions than `--max-delete` allows.
+    #[error("{message}")]
+    MaxDelete { count: usize, message: String },
+}
 
 /// Keys that must survive `--delete`: paths that exist locally but are not
 /// mirrored (symlinks, unreadable directories, special files).
@@ -108,36 +114,32 @@ struct Run<'a> {
     failed_rels: &'a mut Vec<String>,
     fatal: Option<StoreError>,
     upload_failures: u64,
-    timeouts_in_a_row: usize,
+    server_errors_in_a_row: usize,
 }
 
 impl Run<'_> {
     fn finish(&mut self, (key, file, outcome): Done) {
         let dry = self.cfg.dry_run;
+        let concluded = conclude(self.rep, self.state, &key, &file, outcome, dry);
         if matches!(
-            outcome,
-            Outcome::Failed(UploadError::Store(StoreError::TimedOut { .. }))
-        ) {
-            self.timeouts_in_a_row += 1;
-        } else {
-            self.timeouts_in_a_row = 0;
-        }
-        let Err(outcome) = record_success(self.rep, self.state, &key, &file.rel, outcome, dry)
-        else {
-            return;
-        };
-        match outcome {
-            Outcome::Uploaded { .. } | Outcome::Copied { .. } | Outcome::Unchanged { .. } => {}
-            Outcome::WouldUpload { reason } => {
-                self.rep
-                    .uploaded(&key, &file.rel, file.size, Duration::ZERO, true, reason)
+            &concluded,
+            Concluded::Failed {
+                blame: Blame::Server,
+                ..
             }
-            Outcome::Vanished => self.rep.note(
+        ) {
+            self.server_errors_in_a_row += 1;
+        } else {
+            self.server_errors_in_a_row = 0;
+        }
+        match concluded {
+            Concluded::Mirrored => {}
+            Concluded::Vanished => self.rep.note(
                 &file.path.display().to_string(),
                 "disappeared during the sync; not uploaded",
             ),
             // Not asked for (`wait_for_primary` is off in a sync).
-            Outcome::Behind => {
+            Concluded::Behind => {
                 self.upload_failures += 1;
                 self.failed_rels.push(file.rel.clone());
                 self.rep.failed(
@@ -145,58 +147,76 @@ impl Run<'_> {
                     &format!("the primary does not hold it yet (key {key})"),
                 )
             }
-            Outcome::Failed(UploadError::Store(e)) if e.is_fatal() => {
+            Concluded::Failed {
+                error: UploadError::Store(e),
+                ..
+            } if e.is_fatal() => {
                 if self.fatal.is_none() {
                     self.fatal = Some(e);
                 }
             }
-            Outcome::Failed(UploadError::Store(StoreError::TimedOut { endpoint }))
-                if self.timeouts_in_a_row >= self.cfg.transfer.concurrency =>
-            {
-                // Every request in flight timed out, none got through: the
-                // endpoint is gone, not one file slow.
+            Concluded::Failed {
+                blame: Blame::Server,
+                message,
+                ..
+            } if self.server_errors_in_a_row >= self.cfg.transfer.concurrency => {
+                // Every request in flight failed on the server's side, none
+                // got through: the endpoint is in no state to serve this
+                // run, not one file unlucky.
                 self.fatal = Some(StoreError::Unreachable {
-                    endpoint,
+                    endpoint: self.cfg.dest.to_string(),
                     detail: format!(
-                        "{} requests in a row timed out (raise --read-timeout if the link is slow)",
-                        self.timeouts_in_a_row + 1
+                        "{} requests in a row failed, the last with: {message} (raise \
+                         --read-timeout if the link is slow)",
+                        self.server_errors_in_a_row
                     ),
                 });
             }
-            Outcome::Failed(e) => {
+            Concluded::Failed { message, .. } => {
                 self.upload_failures += 1;
                 self.failed_rels.push(file.rel.clone());
-                let hint = match e {
-                    UploadError::Changed => "; it is written to constantly, try again later",
-                    _ => "",
-                };
-                self.rep.failed(
-                    &file.path.display().to_string(),
-                    &format!("{e}{hint} (key {key})"),
-                )
+                self.rep.failed(&file.path.display().to_string(), &message)
             }
         }
     }
 }
 
-/// Reports and records a transfer that left the right content in place
-/// (uploaded, copied on the server, or found already there); any other
-/// outcome is handed back to the caller.
-pub fn record_success(
+/// What a finished transfer means for its file, in `sync` and `watch`
+/// alike (see [`conclude`]).
+#[derive(Debug)]
+pub enum Concluded {
+    /// The object holds the file (or, in a dry run, would be made to):
+    /// reported, and recorded in the state database.
+    Mirrored,
+    /// The file disappeared; nothing was sent.
+    Vanished,
+    /// A destination that copies from the primary found the primary not
+    /// holding the file yet.
+    Behind,
+    /// Failed: whose problem it is, and a message naming the key.
+    Failed {
+        blame: Blame,
+        error: UploadError,
+        message: String,
+    },
+}
+
+/// Reports and records one transfer's outcome, and says what it means.
+pub fn conclude(
     rep: &Reporter,
     state: &mut State,
     key: &str,
-    rel: &str,
+    file: &LocalFile,
     outcome: Outcome,
     dry_run: bool,
-) -> Result<(), Outcome> {
+) -> Concluded {
     match outcome {
         Outcome::Uploaded {
             record,
             elapsed,
             reason,
         } => {
-            rep.uploaded(key, rel, record.size, elapsed, false, reason);
+            rep.uploaded(key, &file.rel, record.size, elapsed, false, reason);
             state.put(key, &record);
         }
         Outcome::Copied {
@@ -213,16 +233,60 @@ pub fn record_success(
                 state.put(key, &record);
             }
         }
-        other => return Err(other),
+        Outcome::WouldUpload { reason } => {
+            rep.uploaded(key, &file.rel, file.size, Duration::ZERO, true, reason)
+        }
+        Outcome::Vanished => return Concluded::Vanished,
+        Outcome::Behind => return Concluded::Behind,
+        Outcome::Failed(error) => {
+            let hint = match error {
+                UploadError::Changed => "; it is written to constantly, try again later",
+                _ => "",
+            };
+            return Concluded::Failed {
+                blame: error.blame(),
+                message: format!("{error}{hint} (key {key})"),
+                error,
+            };
+        }
     }
-    Ok(())
+    Concluded::Mirrored
+}
+
+/// Before a transfer that may replace the object at `key`: the state
+/// database forgets what it said of the old object, durably, so that a run
+/// killed during the transfer cannot trust a record the object no longer
+/// matches (the next run asks the server instead).
+pub fn before_write(state: &mut State, key: &str, record: Option<&crate::state::Record>) {
+    if record.is_some() {
+        state.remove(key);
+        state.flush();
+    }
+}
+
+/// The directory as the user named it, made absolute without resolving
+/// symbolic links: `/srv/app/current` stays itself when it is switched to
+/// another release, so its state and lock do not follow one target.
+pub fn given_dir(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 fn identity(dir: &Path, conn: &Connection, cfg: &SyncConfig) -> String {
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     format!(
         "{}\n{}\n{}\n{}",
         dir.display(),
+        conn.endpoint.as_deref().unwrap_or("aws"),
+        cfg.dest.bucket,
+        cfg.dest.prefix
+    )
+}
+
+/// The lock is the destination's: two runs that write one bucket prefix
+/// would undo each other's work, whatever directories they mirror (the
+/// same tree through a symbolic link, or two trees by mistake).
+fn lock_identity(conn: &Connection, cfg: &SyncConfig) -> String {
+    format!(
+        "lock\n{}\n{}\n{}",
         conn.endpoint.as_deref().unwrap_or("aws"),
         cfg.dest.bucket,
         cfg.dest.prefix
@@ -252,17 +316,27 @@ pub enum Opened {
 /// Takes the lock, opens the state database and builds the client.
 pub async fn open(cfg: &SyncConfig, conn: &Connection, rep: &Reporter) -> Result<Opened> {
     scan::check_root(&cfg.dir)?;
-    let filter = Filter::new(&cfg.dir, &cfg.filter)?;
-    let identity = identity(&cfg.dir, conn, cfg);
-    let id = state::state_id(&identity);
-    let lock = match state::lock(&cfg.state_dir, &id)? {
+    let dir = given_dir(&cfg.dir);
+    let id_text = identity(&dir, conn, cfg);
+    let id = state::state_id(&id_text);
+    let lock = match state::lock(&cfg.state_dir, &state::state_id(&lock_identity(conn, cfg)))? {
         LockResult::Acquired(l) => l,
         LockResult::Busy(path) => return Ok(Opened::Busy(path.display().to_string())),
     };
+    // The state directory exists now; inside the tree, it is never mirrored.
+    let filter = cfg.filter()?;
+    // Databases made before the path as given was the identity were named
+    // after the resolved path: adopt one.
+    if let Ok(resolved) = std::fs::canonicalize(&cfg.dir) {
+        if resolved != dir {
+            let legacy = state::state_id(&identity(&resolved, conn, cfg));
+            state::adopt(&cfg.state_dir, &legacy, &id);
+        }
+    }
     let state = if cfg.dry_run && !cfg.state_dir.join(format!("{id}.db")).exists() {
         State::disabled()
     } else {
-        let (s, warning) = State::open(&cfg.state_dir, &id, &identity)?;
+        let (s, warning) = State::open(&cfg.state_dir, &id, &id_text)?;
         if let Some(w) = warning {
             rep.warn(&w);
         }
@@ -383,7 +457,7 @@ pub async fn reconcile(
         failed_rels,
         fatal: None,
         upload_failures: 0,
-        timeouts_in_a_row: 0,
+        server_errors_in_a_row: 0,
     };
     let mut merge = Merge::default();
     let mut tasks: JoinSet<Done> = JoinSet::new();
@@ -429,6 +503,9 @@ pub async fn reconcile(
             if decision == Decision::Skip {
                 rep.skipped(&key, "unchanged");
                 continue;
+            }
+            if !cfg.dry_run {
+                before_write(run.state, &key, record.as_ref());
             }
             let permit = requests
                 .clone()
@@ -489,7 +566,7 @@ pub async fn reconcile(
     let deletes = merge.deletes;
     if !deletes.is_empty() {
         if !merge.saw_local {
-            bail!(Refused(format!(
+            bail!(Refused::EmptyTree(format!(
                 "refusing to delete {} objects under {}: {} has nothing to mirror (is it \
                  mounted? is it the right directory?); nothing was deleted",
                 deletes.len(),
@@ -499,12 +576,15 @@ pub async fn reconcile(
         }
         if let Some(max) = cfg.max_delete {
             if deletes.len() as u64 > max {
-                bail!(Refused(format!(
-                    "refusing to delete {} objects under {}: more than --max-delete {max}; \
-                     nothing was deleted (raise --max-delete if this is intended)",
-                    deletes.len(),
-                    cfg.dest
-                )));
+                bail!(Refused::MaxDelete {
+                    count: deletes.len(),
+                    message: format!(
+                        "refusing to delete {} objects under {}: more than --max-delete {max}; \
+                         nothing was deleted (raise --max-delete if this is intended)",
+                        deletes.len(),
+                        cfg.dest
+                    )
+                });
             }
         }
         if let Some(why) = &merge.blind {
@@ -599,7 +679,7 @@ async fn delete_all(
     stop: &Stop,
     deletes: &[(String, u64)],
 ) -> Result<()> {
-    for batch in deletes.chunks(1000) {
+    for batch in deletes.chunks(DELETE_BATCH) {
         if stop.requested() {
             return Ok(());
         }
@@ -609,30 +689,93 @@ async fn delete_all(
             }
             continue;
         }
-        let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
-        let started = std::time::Instant::now();
-        let failed = match store.delete_batch(&cfg.dest.bucket, &keys).await {
-            Ok(f) => f,
-            Err(e) if e.is_fatal() => {
-                return Err(anyhow!(e)).with_context(|| format!("cannot delete from {}", cfg.dest))
+        let done = delete_keys(store, &cfg.dest.bucket, batch).await;
+        match &done.error {
+            Some(e) if e.is_fatal() => {
+                return Err(anyhow!(e.clone()))
+                    .with_context(|| format!("cannot delete from {}", cfg.dest))
             }
-            Err(e) => keys.iter().map(|k| (k.clone(), e.to_string())).collect(),
-        };
-        let elapsed = started.elapsed();
-        let failed_keys: BTreeSet<&str> = failed.iter().map(|(k, _)| k.as_str()).collect();
-        for (k, msg) in &failed {
-            rep.failed(k, &format!("cannot delete: {msg}"));
+            _ => {
+                done.record(rep, state);
+                for (k, msg) in done.failures() {
+                    rep.failed(k, &msg);
+                }
+            }
         }
-        for (k, size) in batch
-            .iter()
-            .filter(|(k, _)| !failed_keys.contains(k.as_str()))
-        {
-            rep.deleted(k, Some((*size, elapsed)), false);
+    }
+    Ok(())
+}
+
+/// Keys per DeleteObjects request, at most (S3's limit).
+pub const DELETE_BATCH: usize = 1000;
+
+/// What a run of deletions did: which keys are gone, which the server
+/// refused (with its message), and the error that stopped it, if any (the
+/// keys after it were not tried).
+#[derive(Debug, Default)]
+pub struct Deleted {
+    pub gone: Vec<(String, u64)>,
+    pub refused: Vec<(String, String)>,
+    pub untried: Vec<(String, u64)>,
+    pub error: Option<StoreError>,
+    pub elapsed: Duration,
+}
+
+impl Deleted {
+    /// Reports each deleted key and takes it off the state database.
+    pub fn record(&self, rep: &Reporter, state: &mut State) {
+        for (k, size) in &self.gone {
+            rep.deleted(k, Some((*size, self.elapsed)), false);
             state.remove(k);
         }
         state.flush();
     }
-    Ok(())
+
+    /// Every key still there: refused by the server (with its message), or
+    /// left untried by the error that stopped the deletions.
+    pub fn failures(&self) -> Vec<(&str, String)> {
+        let mut out: Vec<(&str, String)> = self
+            .refused
+            .iter()
+            .map(|(k, msg)| (k.as_str(), format!("cannot delete: {msg}")))
+            .collect();
+        if let Some(e) = &self.error {
+            out.extend(
+                self.untried
+                    .iter()
+                    .map(|(k, _)| (k.as_str(), format!("cannot delete: {e}"))),
+            );
+        }
+        out
+    }
+}
+
+/// Deletes `keys` (with their sizes, for the report) in batches.
+pub async fn delete_keys(store: &Store, bucket: &str, keys: &[(String, u64)]) -> Deleted {
+    let started = std::time::Instant::now();
+    let mut out = Deleted::default();
+    for (i, batch) in keys.chunks(DELETE_BATCH).enumerate() {
+        let names: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+        match store.delete_batch(bucket, &names).await {
+            Ok(failed) => {
+                let failed: std::collections::HashMap<String, String> =
+                    failed.into_iter().collect();
+                for (k, size) in batch {
+                    match failed.get(k) {
+                        Some(msg) => out.refused.push((k.clone(), msg.clone())),
+                        None => out.gone.push((k.clone(), *size)),
+                    }
+                }
+            }
+            Err(e) => {
+                out.untried = keys[i * DELETE_BATCH..].to_vec();
+                out.error = Some(e);
+                break;
+            }
+        }
+    }
+    out.elapsed = started.elapsed();
+    out
 }
 
 /// One step of the merge of the walk with the listing, in key order.

@@ -32,7 +32,7 @@ use crate::keys::Location;
 use crate::plan::{self, Decision, RemoteFacts};
 use crate::scan::LocalFile;
 use crate::state::Record;
-use crate::store::{etag_md5, ObjectInfo, PutMeta, Store, StoreError};
+use crate::store::{etag_md5, Blame, ObjectInfo, PutMeta, Store, StoreError};
 
 /// Files up to this size are read into memory once (hash and body).
 pub const SMALL_BODY: u64 = 256 << 10;
@@ -43,6 +43,8 @@ const MAX_PARALLEL_PARTS: usize = 8;
 const HASH_BEFORE_HEAD: u64 = 8 << 20;
 /// Attempts for a file that keeps changing while it is sent.
 const CHANGE_ATTEMPTS: u32 = 3;
+/// The reason given for an upload of a file that grew while it was sent.
+pub const GREW: &str = "grew while it was sent: its first bytes went, the rest follows";
 /// CopyObject's limit; larger objects are uploaded again instead.
 pub const MAX_COPY: u64 = 5 << 30;
 
@@ -57,6 +59,17 @@ pub enum UploadError {
     Io(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl UploadError {
+    /// Whose problem this is: anything but a store error is about the
+    /// file.
+    pub fn blame(&self) -> Blame {
+        match self {
+            UploadError::Store(e) => e.blame(),
+            _ => Blame::Request,
+        }
+    }
 }
 
 /// One file to bring up to date.
@@ -208,6 +221,32 @@ fn io_err(e: std::io::Error) -> UploadError {
 /// The MD5 of a whole file of `size` bytes.
 pub fn hash_file(path: &Path, size: u64) -> Result<[u8; 16], UploadError> {
     hash_range(path, 0, size, true)
+}
+
+/// The MD5 of the first `size` bytes of a file; bytes after them (a file
+/// that grew) do not matter.
+fn hash_prefix(path: &Path, size: u64) -> Result<[u8; 16], UploadError> {
+    hash_range(path, 0, size, false)
+}
+
+/// Does the file still begin with the `was.0` bytes whose MD5 is `md5`?
+/// True when it is unchanged, or has only grown (appended to) since it was
+/// stat'ed as `was` (size, mtime). What was sent is then a version the file
+/// really had, its first bytes; the growth goes with the next round.
+async fn kept_prefix(path: &Path, was: (u64, i64), md5: [u8; 16]) -> Result<bool, UploadError> {
+    let now = stat(path)?;
+    if now == was {
+        return Ok(true);
+    }
+    if now.0 < was.0 {
+        return Ok(false);
+    }
+    let p = path.to_path_buf();
+    match blocking(move || hash_prefix(&p, was.0)).await {
+        Ok(m) => Ok(m == md5),
+        Err(UploadError::Changed) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The MD5 of `len` bytes at `offset`. `Changed` when the file is shorter
@@ -439,11 +478,11 @@ impl Uploader {
         let mut attempt = 1;
         loop {
             match self.upload(&job.file.path, &job.key).await {
-                Ok(record) => {
+                Ok((record, grew)) => {
                     return Outcome::Uploaded {
                         record,
                         elapsed: start.elapsed(),
-                        reason,
+                        reason: if grew { GREW } else { reason },
                     }
                 }
                 Err(UploadError::Changed) if attempt < CHANGE_ATTEMPTS => attempt += 1,
@@ -472,6 +511,9 @@ impl Uploader {
             )
             .await;
         match copied {
+            // A copy answered with a plain MD5 that is not the source's
+            // did not copy what the record describes: upload instead.
+            Ok(Some(etag)) if etag_md5(&etag).is_some_and(|md5| md5 != source.md5) => {}
             Ok(etag) => {
                 let still = stat(&job.file.path);
                 if still.as_ref().ok() == Some(&(job.file.size, job.file.mtime_ns)) {
@@ -488,10 +530,7 @@ impl Uploader {
                 }
             }
             // The server is in trouble: retrying later beats uploading now.
-            Err(e @ (StoreError::Unreachable { .. } | StoreError::TimedOut { .. })) => {
-                return Outcome::Failed(e.into())
-            }
-            Err(e) if e.is_fatal() => return Outcome::Failed(e.into()),
+            Err(e) if e.blame() != Blame::Request => return Outcome::Failed(e.into()),
             Err(_) => {}
         }
         let job = Job {
@@ -516,9 +555,7 @@ impl Uploader {
         let source = (primary.bucket.as_str(), from.as_str());
         let head = match primary_store.head(source.0, source.1).await {
             Ok(h) => h,
-            Err(e @ (StoreError::Unreachable { .. } | StoreError::TimedOut { .. })) => {
-                return Ok(Outcome::Failed(e.into()))
-            }
+            Err(e) if e.blame() == Blame::Server => return Ok(Outcome::Failed(e.into())),
             Err(StoreError::NotFound) => return Err(NoCopy::Behind),
             Err(_) => return Err(NoCopy::Refused),
         };
@@ -580,10 +617,7 @@ impl Uploader {
                 elapsed: start.elapsed(),
                 from: format!("s3://{}/{from}", primary.bucket),
             }),
-            Err(
-                e
-                @ UploadError::Store(StoreError::Unreachable { .. } | StoreError::TimedOut { .. }),
-            ) => Ok(Outcome::Failed(e)),
+            Err(e) if e.blame() == Blame::Server => Ok(Outcome::Failed(e)),
             // Replaced meanwhile: the primary's next version is on its way.
             Err(UploadError::Store(StoreError::PreconditionFailed | StoreError::NotFound)) => {
                 Err(NoCopy::Behind)
@@ -658,16 +692,19 @@ impl Uploader {
     }
 
     /// Uploads one file as it is now; the record describes what was sent.
-    pub async fn upload(&self, path: &Path, key: &str) -> Result<Record, UploadError> {
+    /// A file that grows while it is sent is sent as it was when it was
+    /// stat'ed (its first bytes, checked unchanged afterwards); the second
+    /// value says so.
+    pub async fn upload(&self, path: &Path, key: &str) -> Result<(Record, bool), UploadError> {
         let (size, mtime_ns) = stat(path)?;
         let (md5, etag) = if size <= SMALL_BODY {
             let p = path.to_path_buf();
-            // Read at most one byte more than expected: a file replaced by
-            // a huge one is noticed without reading it whole.
+            // Exactly the bytes the stat saw; growth after them is checked
+            // for below.
             let data = blocking(move || {
-                let mut data = Vec::with_capacity(size as usize + 1);
+                let mut data = Vec::with_capacity(size as usize);
                 std::fs::File::open(&p)
-                    .and_then(|f| f.take(size + 1).read_to_end(&mut data))
+                    .and_then(|f| f.take(size).read_to_end(&mut data))
                     .map_err(io_err)?;
                 Ok(data)
             })
@@ -685,7 +722,7 @@ impl Uploader {
             (md5, etag)
         } else if size < self.cfg.multipart_threshold {
             let p = path.to_path_buf();
-            let md5 = blocking(move || hash_file(&p, size)).await?;
+            let md5 = blocking(move || hash_prefix(&p, size)).await?;
             let meta = self.meta(key, mtime_ns, &md5);
             let body = file_body(path, 0, size, md5)?;
             let etag = self
@@ -700,9 +737,9 @@ impl Uploader {
             // The whole file's MD5 goes into the metadata, which is given
             // when the upload is created; each part's MD5 is computed by
             // the task that sends it, in parallel.
-            let md5 = blocking(move || hash_file(&p, size)).await?;
+            let md5 = blocking(move || hash_prefix(&p, size)).await?;
             let meta = self.meta(key, mtime_ns, &md5);
-            let source = Some((path, (size, mtime_ns)));
+            let source = Some((path, (size, mtime_ns), md5));
             let path = path.to_path_buf();
             let etag = self
                 .multipart(key, size, part_size, &meta, source, move |part| {
@@ -731,35 +768,40 @@ impl Uploader {
                 .await;
             (md5, etag)
         };
-        // Whatever happened, a file that changed meanwhile is re-sent.
-        let now = stat(path)?;
-        if now != (size, mtime_ns) {
+        // Whatever happened, a file that changed meanwhile is re-sent;
+        // one that only grew was sent as it was.
+        let grew = stat(path)? != (size, mtime_ns);
+        if grew && !kept_prefix(path, (size, mtime_ns), md5).await? {
             return Err(UploadError::Changed);
         }
         let etag = etag?;
-        Ok(Record {
-            size,
-            mtime_ns,
-            md5,
-            etag,
-        })
+        Ok((
+            Record {
+                size,
+                mtime_ns,
+                md5,
+                etag,
+            },
+            grew,
+        ))
     }
 
     /// Creates a multipart upload, sends its parts with `send` (several at
     /// once), and completes it; aborts it on any failure, so no parts are
     /// left behind.
     ///
-    /// `source`: the file and the (size, mtime) it had when it was hashed.
-    /// A file that changed while its parts were sent is not completed
-    /// (the parts may mix two versions): the upload is aborted and the
-    /// object keeps its previous content.
+    /// `source`: the file, the (size, mtime) it had when it was hashed and
+    /// the MD5 of those bytes. A file that changed while its parts were
+    /// sent is not completed (the parts may mix two versions): the upload
+    /// is aborted and the object keeps its previous content. One that only
+    /// grew is completed with the bytes it had.
     async fn multipart<F, Fut>(
         &self,
         key: &str,
         size: u64,
         part_size: u64,
         meta: &PutMeta,
-        source: Option<(&Path, (u64, i64))>,
+        source: Option<(&Path, (u64, i64), [u8; 16])>,
         send: F,
     ) -> Result<Option<String>, UploadError>
     where
@@ -773,10 +815,12 @@ impl Uploader {
         let result = self
             .send_parts(key, &upload_id, size, part_size, send)
             .await;
+        let kept = match (&result, source) {
+            (Ok(_), Some((path, was, md5))) => kept_prefix(path, was, md5).await.unwrap_or(false),
+            _ => true,
+        };
         let result = match result {
-            Ok(_) if source.is_some_and(|(path, was)| stat(path).ok() != Some(was)) => {
-                Err(UploadError::Changed)
-            }
+            Ok(_) if !kept => Err(UploadError::Changed),
             Ok(parts) => {
                 match self
                     .store

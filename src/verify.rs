@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use crate::config::{Connection, SyncConfig};
 use crate::plan::RemoteFacts;
 use crate::report::{human_size, Reporter};
-use crate::scan::{self, Filter, LocalFile};
+use crate::scan::{self, LocalFile};
 use crate::store::{etag_md5, ObjectInfo, Store};
 use crate::sync::{self, Merge, Pair, Stop};
 use crate::transfer::{blocking, hash_file, UploadError};
@@ -131,7 +131,7 @@ pub async fn run(
     stop: &Stop,
 ) -> Result<Found> {
     scan::check_root(&cfg.dir)?;
-    let filter = Filter::new(&cfg.dir, &cfg.filter)?;
+    let filter = cfg.filter()?;
     let store = Store::connect(conn).await?;
     let started = Instant::now();
     let (walker, mut lrx) = sync::spawn_walk(cfg, &filter);

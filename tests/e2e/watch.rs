@@ -259,23 +259,42 @@ fn sigkill_during_a_burst_then_restart_loses_nothing() {
 
 #[test]
 fn sigterm_exits_zero_and_the_journal_finishes_the_job() {
+    use std::io::Write as _;
     for kind in KINDS {
         let env = TestEnv::new(kind);
         let same = env.write("same.txt", "aaaa");
         crate::harness::set_mtime(&same, 1_600_000_000);
-        let mut w = env.watch(&["--delete", "--debounce", "3000"]);
+        let mut w = env.watch(&["--delete", "--debounce", "3000", "-vv"]);
         w.ready();
         env.converge(WITHIN, &|| w.logs());
+        // Files still open for writing (no close yet): they wait out the
+        // 3 s window, so nothing is uploaded before the stop.
+        std::fs::create_dir_all(env.tree().join("j")).expect("mkdir");
+        let mut open = Vec::new();
         for i in 0..30 {
-            env.write(&format!("j/{i}.txt"), format!("journaled {i}"));
+            let mut f =
+                std::fs::File::create(env.tree().join(format!("j/{i}.txt"))).expect("create");
+            f.write_all(format!("journaled {i}").as_bytes())
+                .expect("write");
+            open.push(f);
         }
         // Same size and the same mtime: only the event tells it changed.
-        env.write("same.txt", "bbbb");
-        crate::harness::set_mtime(&same, 1_600_000_000);
-        // Long enough for the events to be journaled, well inside the
-        // 3 s window: nothing is uploaded before the stop.
-        std::thread::sleep(Duration::from_millis(1000));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&same)
+            .expect("open");
+        f.write_all(b"bbbb").expect("write");
+        f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000))
+            .expect("mtime");
+        open.push(f);
+        // Both reached the daemon (it logs each event at -vv).
+        let deadline = std::time::Instant::now() + WITHIN;
+        while !(w.stderr().contains("same.txt") && w.stderr().contains("/j\"")) {
+            assert!(std::time::Instant::now() < deadline, "{}", w.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert_eq!(w.term(), 0, "{}", w.logs());
+        drop(open);
         // At least same.txt and j/ (files written before j's own watch
         // existed have no event of their own; walking j finds them).
         let stopped = w.actions("stopped");

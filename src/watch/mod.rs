@@ -1,0 +1,709 @@
+//! `s3ma watch`: reconcile once, then keep the destination up to date from
+//! file-system events, for as long as the daemon runs.
+//!
+//! The parts, each in its own file:
+//! - [`intake`]: notify's events, through a bounded queue, become typed
+//!   changes ([`intake::Change`]); a full queue or the kernel's overflow
+//!   means a full reconcile.
+//! - [`inbox`]: changes become pending paths ([`pending::Pending`]),
+//!   journaled ([`journal::Journal`]) before anything else happens to
+//!   them, so a crash at any moment loses nothing. Intake goes on while a
+//!   reconcile runs.
+//! - [`act`]: a due path is looked at and acted on: a file is uploaded (or
+//!   copied on the server when it is a rename whose old object is known
+//!   and nothing else touches it), a new directory is walked, a path that
+//!   is gone is deleted (batched, within `--max-delete` per window:
+//!   [`budget::Budget`]). Each task claims the keys it writes and reads
+//!   ([`claims::Claims`]) so no two tasks race on one object.
+//! - [`finish`]: a task's result settles its path, or brings it back later.
+//! - [`root`]: the watched directory itself (gone, empty, a switched
+//!   symbolic link); [`gate`]: backoff after failures.
+//!
+//! Only this daemon writes the destination while it runs (the lock says
+//! so), so what it knows of the bucket (the state database, plus the keys
+//! a task may have written without a record yet) is the whole truth, and
+//! events alone keep it right; the periodic reconcile catches what the
+//! kernel never reported.
+
+mod act;
+mod budget;
+mod claims;
+mod finish;
+mod gate;
+mod inbox;
+mod intake;
+mod journal;
+mod pending;
+mod root;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::{Connection, SyncConfig, WatchConfig};
+use crate::report::{get, Reporter};
+use crate::scan;
+use crate::store::{Blame, StoreError};
+use crate::sync::{self, Opened, Refused, Session, Status, Stop};
+
+use self::budget::Budget;
+use self::claims::{Claim, Claims};
+use self::finish::Finished;
+use self::gate::{Gate, Quiet};
+use self::inbox::Inbox;
+use self::intake::{Flags, Inbound, Watcher};
+use self::journal::Journal;
+use self::pending::{Pending, Timing};
+use self::root::{Health, Root, Seen};
+
+/// How often the root is looked at, besides the events about it.
+const ROOT_POLL: Duration = Duration::from_secs(2);
+/// Full reconciles this often while the inotify watch limit is hit.
+const LIMITED_RESCAN: Duration = Duration::from_secs(300);
+/// How long in-flight work may take to finish after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// How a daemon's first reconcile is ordered with the primary's.
+pub enum First {
+    /// The primary: says when its first reconcile is over.
+    Primary(tokio::sync::watch::Sender<bool>),
+    /// A destination that copies from the primary: its first reconcile
+    /// waits for the primary's, so it copies instead of uploading twice.
+    AfterPrimary(tokio::sync::watch::Receiver<bool>),
+    /// A destination elsewhere: no need to wait.
+    Independent,
+}
+
+/// The tasks in flight, with the path each acts on and the keys it holds.
+#[derive(Default)]
+struct Tasks {
+    set: JoinSet<Finished>,
+    info: HashMap<tokio::task::Id, (Option<String>, Claim)>,
+    claims: Claims,
+}
+
+impl Tasks {
+    fn spawn(
+        &mut self,
+        rel: Option<String>,
+        claim: Claim,
+        task: impl std::future::Future<Output = Finished> + Send + 'static,
+    ) {
+        self.claims.take(&claim);
+        let handle = self.set.spawn(task);
+        self.info.insert(handle.id(), (rel, claim));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+}
+
+struct Daemon<'a> {
+    cfg: &'a WatchConfig,
+    sync: &'a SyncConfig,
+    rep: &'a Reporter,
+    stop: &'a Stop,
+    session: Box<Session>,
+    rx: mpsc::Receiver<Inbound>,
+    tx: mpsc::Sender<Inbound>,
+    flags: Arc<Flags>,
+    inbox: Inbox,
+    watcher: Option<Watcher>,
+    root: Root,
+    /// Some directories are not watched (the watch limit): reconcile often.
+    limited: bool,
+    gate: Gate,
+    budget: Budget,
+    tasks: Tasks,
+    /// Keys a task may have written with no record of it yet: a deletion
+    /// under them must not miss them. Cleared by a full reconcile, which
+    /// sees the bucket itself.
+    maybe: BTreeSet<String>,
+    /// Paths that wait for another task to let go of a key.
+    blocked: BTreeSet<String>,
+    quiet: Quiet,
+    rescan: Option<String>,
+    next_rescan: Option<Instant>,
+    /// The held deletions were last reported at this count.
+    held_said: u64,
+}
+
+pub async fn run(
+    mut cfg: WatchConfig,
+    conn: &Connection,
+    rep: Arc<Reporter>,
+    stop: Arc<Stop>,
+    mut first: First,
+) -> Result<Status> {
+    scan::check_root(&cfg.sync.dir)?;
+    // Events name paths under the root as given (a symbolic link stays
+    // one: it may be switched).
+    cfg.sync.dir = sync::given_dir(&cfg.sync.dir);
+    let cfg = cfg;
+    let sync = &cfg.sync;
+    let mut session = match sync::open(sync, conn, &rep).await? {
+        Opened::Ready(s) => s,
+        Opened::Busy(path) => return Ok(Status::Busy(path)),
+    };
+    let (journal, warning) = Journal::open(&session.state.path().with_extension("journal"))?;
+    if let Some(w) = warning {
+        rep.warn(&w);
+    }
+    let timing = Timing {
+        debounce: cfg.debounce,
+        max_delay: cfg.max_delay,
+    };
+    let mut inbox = Inbox::new(
+        sync.dir.clone(),
+        sync.dest.prefix.clone(),
+        session.filter.clone(),
+        Pending::new(timing),
+        journal,
+    );
+    let (tx, rx) = mpsc::channel(cfg.event_queue);
+    let flags = Arc::new(Flags::default());
+    // Watch first, then reconcile: nothing changed during the reconcile is
+    // missed.
+    let (watcher, partial) = intake::start(
+        &sync.dir,
+        sync.filter.follow_symlinks,
+        tx.clone(),
+        flags.clone(),
+        LIMITED_RESCAN,
+    )?;
+    spawn_hangup(flags.clone());
+    // What the journal holds was changed before a crash or a stop: hash it.
+    let mut left = inbox.journal.all();
+    left.extend(session.state.take_legacy_journal());
+    inbox.resume(&left);
+    let root = Root::new(&sync.dir, &session.filter);
+    let mut d = Daemon {
+        cfg: &cfg,
+        sync,
+        rep: &rep,
+        stop: &stop,
+        session,
+        rx,
+        tx,
+        flags,
+        inbox,
+        watcher: Some(watcher),
+        root,
+        limited: partial.is_some(),
+        gate: Gate::default(),
+        budget: Budget::new(sync.max_delete, cfg.max_delete_window),
+        tasks: Tasks::default(),
+        maybe: BTreeSet::new(),
+        blocked: BTreeSet::new(),
+        quiet: Quiet::default(),
+        rescan: None,
+        next_rescan: None,
+        held_said: 0,
+    };
+    if let Some(msg) = &partial {
+        rep.failed(&sync.dir.display().to_string(), msg);
+    }
+    if let First::AfterPrimary(primary) = &mut first {
+        tokio::select! {
+            // An error means the primary stopped trying: go on alone.
+            _ = primary.wait_for(|done| *done) => {}
+            _ = stop.wait() => {}
+        }
+    }
+    let started = Instant::now();
+    let result = d.reconcile("start").await;
+    if let First::Primary(done) = &first {
+        let _ = done.send(true);
+    }
+    let first_ok = result.is_ok();
+    match result {
+        Ok(()) => d.schedule_rescan(),
+        // Fix the configuration first: systemd shows the error. A further
+        // destination's trouble is its own: it reports and retries, and
+        // the others go on.
+        Err(e)
+            if matches!(first, First::Primary(_))
+                && store_error(&e).is_some_and(|se| se.blame() == Blame::Fatal) =>
+        {
+            return Err(e)
+        }
+        Err(e) => d.reconcile_failed(&e),
+    }
+    let dirs = count_dirs(&sync.dir, sync.filter.follow_symlinks);
+    let c = &rep.counts;
+    rep.status(
+        "ready",
+        &format!(
+            "initial reconcile {} in {:.2} s (uploaded {}, deleted {}, failed {}); watching {} \
+             director{} under {} for changes to {}",
+            if first_ok { "done" } else { "failed (retried)" },
+            started.elapsed().as_secs_f64(),
+            get(&c.uploaded),
+            get(&c.deleted),
+            get(&c.failed),
+            dirs,
+            if dirs == 1 { "y" } else { "ies" },
+            sync.dir.display(),
+            sync.dest
+        ),
+        json!({"directories": dirs, "uploaded": get(&c.uploaded), "deleted": get(&c.deleted),
+               "failed": get(&c.failed), "seconds": started.elapsed().as_secs_f64()}),
+    );
+    d.run().await;
+    d.shutdown().await;
+    Ok(Status::Done)
+}
+
+fn count_dirs(dir: &Path, follow: bool) -> usize {
+    walkdir::WalkDir::new(dir)
+        .follow_links(follow)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_dir())
+        .count()
+}
+
+/// The error chain's store error, if any.
+fn store_error(e: &anyhow::Error) -> Option<&StoreError> {
+    e.chain().find_map(|c| c.downcast_ref::<StoreError>())
+}
+
+/// SIGHUP (`systemctl reload`): a full reconcile now.
+fn spawn_hangup(flags: Arc<Flags>) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            flags.raise(&flags.hangup);
+        }
+    });
+}
+
+/// Why the loop woke.
+enum Wake {
+    Stop,
+    Input(Option<Inbound>),
+    Done(Box<Result<(tokio::task::Id, Finished), tokio::task::JoinError>>),
+    Flag,
+    Timer,
+}
+
+impl Daemon<'_> {
+    async fn run(&mut self) {
+        loop {
+            if self.stop.requested() {
+                return;
+            }
+            self.after_input();
+            if let Some(why) = self.rescan.take() {
+                match self.reconcile(&why).await {
+                    Ok(()) => self.schedule_rescan(),
+                    Err(e) => self.reconcile_failed(&e),
+                }
+                continue;
+            }
+            self.dispatch();
+            self.inbox.journal.commit();
+            self.idle_check();
+            let wake = self.next_wake();
+            let busy = !self.tasks.is_empty();
+            let stop = self.stop;
+            let flags = self.flags.clone();
+            let woke = tokio::select! {
+                _ = stop.wait() => Wake::Stop,
+                input = self.rx.recv() => Wake::Input(input),
+                Some(done) = self.tasks.set.join_next_with_id(), if busy => {
+                    Wake::Done(Box::new(done))
+                }
+                _ = flags.wake.notified() => Wake::Flag,
+                _ = tokio::time::sleep_until(wake.into()) => Wake::Timer,
+            };
+            match woke {
+                Wake::Stop | Wake::Input(None) => return,
+                Wake::Input(Some(input)) => self.take_inputs(input),
+                Wake::Done(done) => self.finish_joined(*done),
+                Wake::Flag => {}
+                Wake::Timer => self.tick(),
+            }
+        }
+    }
+
+    /// Takes `first` and whatever else is queued, journaled in one commit.
+    fn take_inputs(&mut self, first: Inbound) {
+        self.inbox.take(self.rep, first);
+        while let Ok(more) = self.rx.try_recv() {
+            self.inbox.take(self.rep, more);
+        }
+        self.inbox.journal_new();
+    }
+
+    /// Acts on what intake and the other threads raised: rescans, the
+    /// root, new exclusions, the watch limit.
+    fn after_input(&mut self) {
+        if Flags::take(&self.flags.overflowed) {
+            self.rescan.get_or_insert_with(|| {
+                format!(
+                    "more than {} events were waiting (--event-queue)",
+                    self.cfg.event_queue
+                )
+            });
+        }
+        if Flags::take(&self.flags.hangup) {
+            self.rescan.get_or_insert_with(|| "SIGHUP".into());
+        }
+        if let Some(why) = self.inbox.rescan.take() {
+            self.rescan.get_or_insert_with(|| why.to_string());
+        }
+        if std::mem::take(&mut self.inbox.limit_hit) && !self.limited {
+            self.limited = true;
+            self.rep.failed(
+                &self.sync.dir.display().to_string(),
+                &intake::watch_limit_message(&self.sync.dir, LIMITED_RESCAN),
+            );
+            self.schedule_rescan();
+        }
+        if std::mem::take(&mut self.inbox.ignore_changed) {
+            // New exclusions: compile them, then reconcile with them.
+            match self.sync.filter() {
+                Ok(f) => {
+                    self.inbox.filter = f.clone();
+                    self.session.filter = f;
+                    self.rescan
+                        .get_or_insert_with(|| "the ignore file changed".into());
+                }
+                Err(e) => self.rep.failed(
+                    &self.sync.dir.join(scan::IGNORE_FILE).display().to_string(),
+                    &format!("{e:#}; keeping the previous exclusions"),
+                ),
+            }
+        }
+        if std::mem::take(&mut self.inbox.root_event) {
+            self.check_root();
+        }
+    }
+
+    fn schedule_rescan(&mut self) {
+        let every = match (self.cfg.rescan_interval, self.limited) {
+            (Some(i), true) => Some(i.min(LIMITED_RESCAN)),
+            (None, true) => Some(LIMITED_RESCAN),
+            (i, false) => i,
+        };
+        self.next_rescan = every.map(|i| Instant::now() + i);
+    }
+
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let mut wake = now + ROOT_POLL;
+        if let Some(t) = self.next_rescan {
+            wake = wake.min(t);
+        }
+        if let Some(due) = self.inbox.pending.next_due() {
+            // Every request slot taken: a finishing transfer wakes the loop;
+            // parts of a multipart upload free slots without that, so look
+            // again now and then.
+            let due = if self.session.requests.available_permits() == 0 {
+                due.max(now + Duration::from_millis(100))
+            } else {
+                due
+            };
+            // While gated, nothing starts before the gate opens.
+            wake = wake.min(self.gate.until().map_or(due, |g| due.max(g)));
+        }
+        wake.max(now + Duration::from_millis(1))
+    }
+
+    fn tick(&mut self) {
+        if self.next_rescan.is_some_and(|t| t <= Instant::now()) {
+            self.rescan.get_or_insert_with(|| "periodic".into());
+        }
+        self.check_root();
+    }
+
+    /// Says once when everything is mirrored (at `-v`: tests and people
+    /// watching it work know when it is idle).
+    fn idle_check(&mut self) {
+        if self.inbox.pending.len() == 0 && self.tasks.is_empty() {
+            if !self.inbox.idle_said {
+                self.inbox.idle_said = true;
+                self.rep.verbose_status(
+                    "idle",
+                    "every change is mirrored; waiting for the next",
+                    json!({}),
+                );
+            }
+        } else {
+            self.inbox.idle_said = false;
+        }
+    }
+
+    /// Looks at the root and acts on what changed: the watches go with a
+    /// root that went; a root that is back, or leads elsewhere now, is
+    /// watched afresh and reconciled; deletions wait while it is not
+    /// present (said loudly).
+    fn check_root(&mut self) -> Health {
+        let dir = self.sync.dir.display().to_string();
+        match self.root.look(&self.session.filter) {
+            Seen::Same => {}
+            Seen::Gone => {
+                self.watcher = None;
+                self.rep.failed(
+                    &dir,
+                    "the watched directory is gone (unmounted, moved or removed); deletions are \
+                     suspended and s3ma waits for it to come back",
+                );
+            }
+            Seen::Emptied => self.rep.failed(
+                &dir,
+                "the watched directory is empty now (is the disk mounted?); deletions are \
+                 suspended until it holds files again",
+            ),
+            Seen::Refilled => self
+                .rep
+                .warn(&format!("{dir} holds files again; deletions resume")),
+            Seen::Changed(why) => {
+                // The old watches are on another directory, or on nothing.
+                self.watcher = None;
+                match intake::start(
+                    &self.sync.dir,
+                    self.sync.filter.follow_symlinks,
+                    self.tx.clone(),
+                    self.flags.clone(),
+                    LIMITED_RESCAN,
+                ) {
+                    Ok((w, partial)) => {
+                        self.watcher = Some(w);
+                        self.root.watching();
+                        if let Some(msg) = partial {
+                            self.limited = true;
+                            self.rep.failed(&dir, &msg);
+                        }
+                        self.rep
+                            .warn(&format!("{why}; watching it and reconciling"));
+                        self.rescan.get_or_insert(why);
+                    }
+                    Err(e) => {
+                        self.root.unwatched();
+                        if let Some(m) = self.quiet.pass(&format!("{e:#}")) {
+                            self.rep.failed(&dir, &m);
+                        }
+                    }
+                }
+            }
+        }
+        self.root.health()
+    }
+
+    /// A full reconcile. In-flight work is finished first (it shares the
+    /// state database); intake goes on meanwhile, so events are journaled
+    /// while the reconcile runs. Pending paths whose last change is older
+    /// than the reconcile are settled by it when it succeeds.
+    async fn reconcile(&mut self, why: &str) -> Result<()> {
+        self.rep.debug(&format!("reconcile ({why})"));
+        while !self.tasks.is_empty() {
+            tokio::select! {
+                Some(done) = self.tasks.set.join_next_with_id() => self.finish_joined(done),
+                Some(input) = self.rx.recv() => self.take_inputs(input),
+            }
+        }
+        if self.check_root() == Health::Gone {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let recheck: HashSet<String> = self.inbox.pending.rels().map(|(r, _)| r.clone()).collect();
+        let before = (
+            get(&self.rep.counts.uploaded),
+            get(&self.rep.counts.deleted),
+        );
+        // Deletions done meanwhile count against the daemon's cap.
+        let mut cfg = self.sync.clone();
+        cfg.max_delete = self.budget.remaining(started);
+        let status = {
+            let Daemon {
+                session,
+                rep,
+                stop,
+                rx,
+                inbox,
+                ..
+            } = self;
+            let work = sync::reconcile(session, &cfg, rep, stop, &recheck);
+            tokio::pin!(work);
+            loop {
+                tokio::select! {
+                    status = &mut work => break status,
+                    Some(input) = rx.recv() => {
+                        inbox.take(rep, input);
+                        inbox.journal_new();
+                    }
+                }
+            }
+        };
+        let uploaded = get(&self.rep.counts.uploaded) - before.0;
+        let deleted = get(&self.rep.counts.deleted) - before.1;
+        self.budget.spend(deleted, Instant::now());
+        let status = status?;
+        match status {
+            Status::Done => {
+                let settled: Vec<String> = self
+                    .inbox
+                    .pending
+                    .rels()
+                    .filter(|(rel, e)| {
+                        e.last() < started && !e.in_flight() && !self.inbox.pending.pinned(rel)
+                    })
+                    .map(|(rel, _)| rel.clone())
+                    .collect();
+                for rel in settled {
+                    self.settle(&rel);
+                }
+                self.inbox.journal.commit();
+                // The reconcile saw the bucket: nothing unknown is left.
+                self.maybe.clear();
+                self.gate.open();
+            }
+            Status::Partial => {
+                let now = Instant::now();
+                for rel in std::mem::take(&mut self.session.failed_rels) {
+                    if self.inbox.pending.touch(&rel, now, true) {
+                        self.inbox.new.push(rel.clone());
+                    }
+                    let wait = self.gate.retry_after(1);
+                    self.inbox.pending.set_due(&rel, now + wait);
+                }
+                self.inbox.journal_new();
+            }
+            Status::Interrupted | Status::Busy(_) => {}
+        }
+        if why != "start" {
+            self.rep.status(
+                "reconcile",
+                &format!(
+                    "reconcile ({why}) done in {:.2} s: uploaded {uploaded}, deleted {deleted}",
+                    started.elapsed().as_secs_f64()
+                ),
+                json!({"reason": why, "uploaded": uploaded, "deleted": deleted,
+                       "seconds": started.elapsed().as_secs_f64()}),
+            );
+        }
+        Ok(())
+    }
+
+    fn reconcile_failed(&mut self, e: &anyhow::Error) {
+        if let Some(refused) = e.chain().find_map(|c| c.downcast_ref::<Refused>()) {
+            if let Refused::MaxDelete { count, .. } = refused {
+                // The reconcile found more deletions than the cap leaves:
+                // held, like the daemon's own.
+                self.budget.trip();
+                self.say_held(*count as u64);
+            } else if let Some(m) = self.quiet.pass(&format!("{e:#}")) {
+                self.rep.failed(&self.sync.dir.display().to_string(), &m);
+            }
+            // A guard refused the deletions; look again later.
+            self.next_rescan = Some(Instant::now() + LIMITED_RESCAN);
+            return;
+        }
+        let wait = self.gate.close();
+        let msg = format!("reconcile failed: {e:#}");
+        if let Some(m) = self.quiet.pass(&msg) {
+            self.rep.failed(
+                &self.sync.dest.to_string(),
+                &format!("{m}; retrying in {:.1} s", wait.as_secs_f64()),
+            );
+        }
+        self.rescan = None;
+        self.next_rescan = Some(Instant::now() + wait);
+    }
+
+    /// Says how many deletions are held and how to let them through: when
+    /// the cap is first hit, then at most once a minute as more are held.
+    fn say_held(&mut self, from_reconcile: u64) {
+        let held = self.budget.held().max(from_reconcile);
+        if held == self.held_said {
+            return;
+        }
+        let max = self.budget.max().unwrap_or(0);
+        let msg = format!(
+            "holding {held} deletions under {}: more than --max-delete {max} within {}. Nothing \
+             more is deleted until s3ma watch restarts; the paths stay in its journal. To let \
+             them through, restart it with a higher --max-delete (or stop it and run `s3ma sync \
+             {} {} --delete --max-delete N`); to cancel them, put the files back",
+            self.sync.dest,
+            crate::report::human_duration(self.budget.window()),
+            self.sync.dir.display(),
+            self.sync.dest,
+        );
+        let first = self.held_said == 0;
+        if first || self.quiet.pass("held deletions").is_some() {
+            self.held_said = held;
+            self.rep.status(
+                "held",
+                &format!("warning: {msg}"),
+                json!({"held": held, "max_delete": max,
+                       "window_seconds": self.budget.window().as_secs()}),
+            );
+        }
+    }
+
+    /// Stops intake, journals the events still on their way, lets
+    /// in-flight work finish for a bounded time.
+    async fn shutdown(&mut self) {
+        self.watcher = None;
+        while let Ok(input) = self.rx.try_recv() {
+            self.inbox.take(self.rep, input);
+        }
+        self.inbox.journal_new();
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.set.join_next_with_id()).await {
+                Ok(Some(done)) => self.finish_joined(done),
+                Ok(None) => break,
+                Err(_) => {
+                    self.rep.warn(&format!(
+                        "{} transfers did not finish within {} s of the stop; they will be \
+                         redone at the next start",
+                        self.tasks.len(),
+                        STOP_GRACE.as_secs()
+                    ));
+                    self.tasks.set.abort_all();
+                    break;
+                }
+            }
+        }
+        self.inbox.journal.commit();
+        self.session.state.flush();
+        for w in [&self.session.state.broken, &self.inbox.journal.broken]
+            .into_iter()
+            .flatten()
+        {
+            self.rep.warn(w);
+        }
+        let waiting = self.inbox.pending.len();
+        self.rep.status(
+            "stopped",
+            &format!("stopped; {waiting} changes are journaled for the next start"),
+            json!({"waiting": waiting, "held": self.budget.held()}),
+        );
+    }
+
+    /// Done with a path: off the pending set, the journal and the held
+    /// deletions.
+    fn settle(&mut self, rel: &str) {
+        self.inbox.pending.settle(rel);
+        self.inbox.journal.clear(rel);
+        self.budget.release(rel);
+        self.blocked.remove(rel);
+    }
+}
