@@ -70,16 +70,27 @@ pub struct RemoteFacts {
     /// record in nanoseconds (1 for rclone's format, 1e9 for node-s3ma's
     /// HTTP date).
     pub mtime: Option<(i64, i64)>,
+    /// The object's metadata describes it: `md5chksum` is there and does
+    /// not contradict a plain-MD5 ETag. When it does not, and the bytes
+    /// are found right, the metadata wants repairing.
+    pub metadata_whole: bool,
 }
 
 impl RemoteFacts {
+    /// The object's MD5 and how far its metadata can be trusted. The bytes'
+    /// own MD5 (a plain ETag) wins over an `md5chksum` that contradicts it:
+    /// such metadata was copied from elsewhere, or torn from its object.
     pub fn from_head(etag: Option<&str>, metadata: &HashMap<String, String>) -> RemoteFacts {
-        let md5 = metadata
-            .get(META_MD5)
-            .and_then(|v| decode_md5_b64(v))
-            .or_else(|| etag.and_then(etag_md5));
+        let in_metadata = metadata.get(META_MD5).and_then(|v| decode_md5_b64(v));
+        let of_bytes = etag.and_then(etag_md5);
+        let md5 = of_bytes.or(in_metadata);
         let mtime = metadata.get(META_MTIME).and_then(|v| parse_mtime(v));
-        RemoteFacts { md5, mtime }
+        RemoteFacts {
+            md5,
+            mtime,
+            metadata_whole: in_metadata.is_some()
+                && of_bytes.is_none_or(|e| Some(e) == in_metadata),
+        }
     }
 
     /// Does the recorded mtime equal the file's, to the record's precision?
@@ -252,6 +263,7 @@ mod tests {
         assert!(f.same_mtime(1_396_824_827_999_000_000));
         assert!(!f.same_mtime(1_396_824_828_000_000_000));
         assert!(f.md5.is_some(), "a plain ETag is an MD5");
+        assert!(!f.metadata_whole, "no md5chksum");
         let f = RemoteFacts::from_head(Some("abc-2"), &HashMap::new());
         assert_eq!(f, RemoteFacts::default());
         meta.insert(
@@ -263,6 +275,14 @@ mod tests {
             f.md5.map(hex::encode).as_deref(),
             Some("d41d8cd98f00b204e9800998ecf8427e")
         );
+        assert!(f.metadata_whole);
+        // md5chksum copied onto other bytes: the ETag tells the truth.
+        let f = RemoteFacts::from_head(Some("0cc175b9c0f1b6a831c399e269772661"), &meta);
+        assert_eq!(
+            f.md5.map(hex::encode).as_deref(),
+            Some("0cc175b9c0f1b6a831c399e269772661")
+        );
+        assert!(!f.metadata_whole);
     }
 
     #[test]

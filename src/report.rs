@@ -353,6 +353,11 @@ impl Reporter {
         }
     }
 
+    /// Is `-vv` on (to skip building debug lines that will not print)?
+    pub fn debugging(&self) -> bool {
+        self.level >= Level::Debug
+    }
+
     pub fn debug(&self, message: &str) {
         if self.level >= Level::Debug {
             self.err(&format!("debug: {message}"));

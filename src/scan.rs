@@ -238,6 +238,16 @@ pub fn walk_under(
         let entry = match it.next() {
             None => break,
             Some(Ok(e)) => e,
+            // Removed while the walk went by: nothing there to mirror (a
+            // live tree changes under the walk).
+            Some(Err(err))
+                if err.depth() > 0
+                    && err
+                        .io_error()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
+            {
+                continue
+            }
             Some(Err(err)) => {
                 let path = err.path().unwrap_or(root).to_path_buf();
                 let message = if err.loop_ancestor().is_some() {
@@ -330,6 +340,12 @@ pub fn walk_under(
                     size: meta.len(),
                     mtime_ns: mtime_ns(&meta),
                 }),
+                Err(e)
+                    if e.io_error()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
+                {
+                    continue
+                }
                 Err(e) => ScanItem::Kept {
                     rel,
                     dir: false,

@@ -156,6 +156,14 @@ impl State {
              ) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS dirty (rel TEXT PRIMARY KEY) WITHOUT ROWID;",
         )?;
+        // Databases of earlier versions lack the column that marks a record
+        // unsure.
+        let has_unsure = conn
+            .prepare("SELECT 1 FROM pragma_table_info('objects') WHERE name = 'unsure'")?
+            .exists([])?;
+        if !has_unsure {
+            conn.execute_batch("ALTER TABLE objects ADD COLUMN unsure INTEGER")?;
+        }
         conn.execute(
             "INSERT OR IGNORE INTO meta (name, value) VALUES ('identity', ?1)",
             params![identity],
@@ -190,10 +198,14 @@ impl State {
         self.conn = None;
     }
 
+    /// What was last uploaded to `key`, when the object is known to be
+    /// that (an unsure record, one a write may have replaced, is none).
     pub fn get(&mut self, key: &str) -> Option<Record> {
         let conn = self.conn.as_ref()?;
         let res = conn
-            .prepare_cached("SELECT size, mtime_ns, md5, etag FROM objects WHERE key = ?1")
+            .prepare_cached(
+                "SELECT size, mtime_ns, md5, etag FROM objects WHERE key = ?1 AND unsure IS NULL",
+            )
             .and_then(|mut st| {
                 st.query_row(params![key], |r| {
                     let md5: Vec<u8> = r.get(2)?;
@@ -263,6 +275,43 @@ impl State {
         }
     }
 
+    /// A write to `key` is about to start: until its outcome is recorded,
+    /// the record no longer vouches for the object (committed at once, so
+    /// it holds after a crash), though the key stays known to be in use.
+    pub fn mark_unsure(&mut self, key: &str) {
+        if !self.begin() {
+            return;
+        }
+        let res = self.conn.as_ref().map(|c| {
+            c.prepare_cached("UPDATE objects SET unsure = 1 WHERE key = ?1")
+                .and_then(|mut st| st.execute(params![key]))
+        });
+        match res {
+            Some(Ok(_)) => self.flush(),
+            Some(Err(e)) => self.fail("write", e),
+            None => {}
+        }
+    }
+
+    /// The size last recorded for `key`, sure or not: is an object there,
+    /// as far as s3ma knows?
+    pub fn known(&mut self, key: &str) -> Option<u64> {
+        let conn = self.conn.as_ref()?;
+        let res = conn
+            .prepare_cached("SELECT size FROM objects WHERE key = ?1")
+            .and_then(|mut st| {
+                st.query_row(params![key], |r| r.get::<_, i64>(0))
+                    .optional()
+            });
+        match res {
+            Ok(size) => size.map(|s| s.max(0) as u64),
+            Err(e) => {
+                self.fail("read", e);
+                None
+            }
+        }
+    }
+
     pub fn remove(&mut self, key: &str) {
         if !self.begin() {
             return;
@@ -303,18 +352,23 @@ impl State {
         }
     }
 
-    /// Keys on record under `dir/` (`dir` a key without the trailing `/`).
-    pub fn keys_under(&mut self, dir: &str) -> Vec<String> {
+    /// Keys on record under `dir/` (`dir` a key without the trailing `/`),
+    /// sure or not, with their sizes.
+    pub fn keys_under(&mut self, dir: &str) -> Vec<(String, u64)> {
         let Some(conn) = self.conn.as_ref() else {
             return Vec::new();
         };
         // Keys starting with "dir/" sort between "dir/" and "dir0" ('0' is
         // the byte after '/').
         let res = conn
-            .prepare_cached("SELECT key FROM objects WHERE key >= ?1 AND key < ?2 ORDER BY key")
+            .prepare_cached(
+                "SELECT key, size FROM objects WHERE key >= ?1 AND key < ?2 ORDER BY key",
+            )
             .and_then(|mut st| {
-                st.query_map(params![format!("{dir}/"), format!("{dir}0")], |r| r.get(0))?
-                    .collect()
+                st.query_map(params![format!("{dir}/"), format!("{dir}0")], |r| {
+                    Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+                })?
+                .collect()
             });
         match res {
             Ok(v) => v,
@@ -384,7 +438,10 @@ mod tests {
             s.put("d/2/3", &rec(1));
             s.put("d0", &rec(1));
             s.put("d", &rec(1));
-            assert_eq!(s.keys_under("d"), ["d/1", "d/2/3"]);
+            assert_eq!(
+                s.keys_under("d"),
+                [("d/1".to_string(), 1), ("d/2/3".to_string(), 1)]
+            );
             let conn = s.conn.as_ref().expect("open");
             conn.execute("INSERT INTO dirty (rel) VALUES ('b/c.txt'), ('a.txt')", [])
                 .expect("insert");
@@ -392,6 +449,40 @@ mod tests {
         let (mut s, _) = State::open(dir.path(), "x", "id").expect("reopen");
         assert_eq!(s.take_legacy_journal(), ["a.txt", "b/c.txt"]);
         assert!(s.take_legacy_journal().is_empty());
+    }
+
+    #[test]
+    fn an_unsure_record_vouches_for_nothing_but_stays_known() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut s, _) = State::open(dir.path(), "x", "id").expect("open");
+            s.put("d/a", &rec(5));
+            s.mark_unsure("d/a");
+            // Committed at once: a crash now keeps it unsure.
+            std::mem::forget(s);
+        }
+        let (mut s, _) = State::open(dir.path(), "x", "id").expect("reopen");
+        assert_eq!(s.get("d/a"), None);
+        assert_eq!(s.known("d/a"), Some(5));
+        assert_eq!(s.keys_under("d"), [("d/a".to_string(), 5)]);
+        s.put("d/a", &rec(6));
+        assert_eq!(s.get("d/a"), Some(rec(6)));
+    }
+
+    #[test]
+    fn a_database_of_an_earlier_version_gets_the_unsure_column() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = Connection::open(dir.path().join("x.db")).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE objects (key TEXT PRIMARY KEY, size INTEGER NOT NULL,
+                 mtime_ns INTEGER NOT NULL, md5 BLOB NOT NULL, etag TEXT) WITHOUT ROWID;
+             INSERT INTO objects VALUES ('k', 5, 1700000000123456789, x'07070707070707070707070707070707', 'abc');",
+        )
+        .expect("old schema");
+        drop(conn);
+        let (mut s, w) = State::open(dir.path(), "x", "id").expect("open");
+        assert!(w.is_none(), "{w:?}");
+        assert_eq!(s.get("k"), Some(rec(5)));
     }
 
     #[test]

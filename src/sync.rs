@@ -112,6 +112,7 @@ struct Run<'a> {
     rep: &'a Reporter,
     state: &'a mut State,
     failed_rels: &'a mut Vec<String>,
+    unconfirmed: &'a mut Vec<String>,
     fatal: Option<StoreError>,
     upload_failures: u64,
     server_errors_in_a_row: usize,
@@ -121,6 +122,9 @@ impl Run<'_> {
     fn finish(&mut self, (key, file, outcome): Done) {
         let dry = self.cfg.dry_run;
         let concluded = conclude(self.rep, self.state, &key, &file, outcome, dry);
+        if matches!(concluded, Concluded::Vanished | Concluded::Failed { .. }) && !dry {
+            self.unconfirmed.push(key.clone());
+        }
         if matches!(
             &concluded,
             Concluded::Failed {
@@ -254,13 +258,12 @@ pub fn conclude(
 }
 
 /// Before a transfer that may replace the object at `key`: the state
-/// database forgets what it said of the old object, durably, so that a run
+/// database stops vouching for the old object, durably, so that a run
 /// killed during the transfer cannot trust a record the object no longer
 /// matches (the next run asks the server instead).
 pub fn before_write(state: &mut State, key: &str, record: Option<&crate::state::Record>) {
     if record.is_some() {
-        state.remove(key);
-        state.flush();
+        state.mark_unsure(key);
     }
 }
 
@@ -304,6 +307,13 @@ pub struct Session {
     /// Paths (relative to the root) whose upload failed in the last
     /// reconcile.
     pub failed_rels: Vec<String>,
+    /// Keys the last reconcile tried to write without recording an outcome
+    /// (failed, or the file vanished): an object may be there or not.
+    pub unconfirmed: Vec<String>,
+    /// Objects the last reconcile would have deleted but did not, because
+    /// some uploads failed (`watch` deletes them one by one, with its own
+    /// guards).
+    pub deletes_left: Vec<String>,
     _lock: RunLock,
 }
 
@@ -375,6 +385,8 @@ pub async fn open(cfg: &SyncConfig, conn: &Connection, rep: &Reporter) -> Result
         uploader,
         requests,
         failed_rels: Vec::new(),
+        unconfirmed: Vec::new(),
+        deletes_left: Vec::new(),
         _lock: lock,
     })))
 }
@@ -442,9 +454,13 @@ pub async fn reconcile(
         uploader,
         requests,
         failed_rels,
+        unconfirmed,
+        deletes_left,
         ..
     } = session;
     failed_rels.clear();
+    unconfirmed.clear();
+    deletes_left.clear();
     let (store, filter, uploader, requests) = (&*store, &*filter, &*uploader, &*requests);
 
     let (walker, mut lrx) = spawn_walk(cfg, filter);
@@ -455,6 +471,7 @@ pub async fn reconcile(
         rep,
         state,
         failed_rels,
+        unconfirmed,
         fatal: None,
         upload_failures: 0,
         server_errors_in_a_row: 0,
@@ -602,6 +619,7 @@ pub async fn reconcile(
                  and run again",
                 deletes.len()
             ));
+            deletes_left.extend(deletes.into_iter().map(|(k, _)| k));
         } else {
             delete_all(store, cfg, rep, state, stop, &deletes).await?;
         }

@@ -303,7 +303,7 @@ fn file_body(path: &Path, offset: u64, len: u64, md5: [u8; 16]) -> Result<ByteSt
             buf: Vec::new(),
         })
     };
-    open().map_err(|e| UploadError::Io(format!("cannot open for upload: {e}")))?;
+    open().map_err(open_err)?;
     Ok(ByteStream::new(SdkBody::retryable(move || {
         let body = open().unwrap_or_else(|e| CheckedBody {
             file: Err(e.to_string()),
@@ -324,7 +324,21 @@ async fn part_body(path: &Path, offset: u64, len: u64) -> Result<ByteStream, Upl
         .length(aws_smithy_types::byte_stream::Length::Exact(len))
         .build()
         .await
-        .map_err(|e| UploadError::Io(format!("cannot open for upload: {e}")))
+        .map_err(|e| {
+            let io = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
+            match io {
+                Some(io) if io.kind() == std::io::ErrorKind::NotFound => UploadError::Vanished,
+                _ => UploadError::Io(format!("cannot open for upload: {e}")),
+            }
+        })
+}
+
+fn open_err(e: std::io::Error) -> UploadError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        UploadError::Vanished
+    } else {
+        UploadError::Io(format!("cannot open for upload: {e}"))
+    }
 }
 
 /// See [`file_body`].
@@ -637,6 +651,7 @@ impl Uploader {
                     md5: Some(s.md5),
                     // Hash: the mtime alone may not vouch for the content.
                     mtime: (job.decision != Decision::Hash).then_some((s.mtime_ns, 1)),
+                    metadata_whole: true,
                 },
                 s.etag.clone(),
             ),
@@ -649,6 +664,8 @@ impl Uploader {
                 let listed = || RemoteFacts {
                     md5: listed_md5,
                     mtime: None,
+                    // Not looked at.
+                    metadata_whole: true,
                 };
                 match listed_md5 {
                     // A small file is cheaper to hash than a HEAD request.
@@ -688,7 +705,29 @@ impl Uploader {
             // recorded mtime is the only evidence.
             None => facts.same_mtime(local.mtime_ns),
         };
-        Ok(same.then(|| record(md5)))
+        if !same {
+            return Ok(None);
+        }
+        let missing_mtime = self.cfg.mtime_metadata && facts.mtime.is_none();
+        if (!facts.metadata_whole || missing_mtime) && local.size <= MAX_COPY {
+            // The right bytes without the metadata that says so (a copy or
+            // upload cut off between the two, or another tool's upload):
+            // the metadata is put right on the server, the bytes stay.
+            let meta = self.meta(&job.key, local.mtime_ns, &md5);
+            let from = (self.bucket.as_str(), job.key.as_str());
+            if let Ok(new) = self
+                .store
+                .copy(from, &self.bucket, &job.key, etag.as_deref(), &meta)
+                .await
+            {
+                let mut repaired = record(md5);
+                if new.is_some() {
+                    repaired.etag = new;
+                }
+                return Ok(Some(repaired));
+            }
+        }
+        Ok(Some(record(md5)))
     }
 
     /// Uploads one file as it is now; the record describes what was sent.
@@ -770,10 +809,11 @@ impl Uploader {
         };
         // Whatever happened, a file that changed meanwhile is re-sent;
         // one that only grew was sent as it was.
-        let grew = stat(path)? != (size, mtime_ns);
-        if grew && !kept_prefix(path, (size, mtime_ns), md5).await? {
+        let now = stat(path)?;
+        if now != (size, mtime_ns) && !kept_prefix(path, (size, mtime_ns), md5).await? {
             return Err(UploadError::Changed);
         }
+        let grew = now.0 > size;
         let etag = etag?;
         Ok((
             Record {

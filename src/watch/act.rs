@@ -86,7 +86,13 @@ impl Daemon<'_> {
         };
         let meta = match meta {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Not there, or a file where a directory on its path was.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
                 return self.gone(rel, now, permit, deletions)
             }
             Err(e) => {
@@ -122,16 +128,20 @@ impl Daemon<'_> {
     }
 
     /// Puts a path back until `due` (it stays pending, not in flight).
-    fn defer(&mut self, rel: &str, due: Instant) {
+    fn defer(&mut self, rel: &str, due: Instant, why: &str) {
+        if self.rep.debugging() {
+            let ms = due.saturating_duration_since(Instant::now()).as_millis();
+            self.rep.debug(&format!("{rel} waits {ms} ms: {why}"));
+        }
         self.inbox.pending.set_due(rel, due);
         self.inbox.pending.land(rel);
     }
 
     /// A path that waits for a key another task holds: looked at again
     /// when a task ends (or after a second at the latest).
-    fn block(&mut self, rel: &str, now: Instant) {
+    fn block(&mut self, rel: &str, now: Instant, why: &str) {
         self.blocked.insert(rel.to_string());
-        self.defer(rel, now + Duration::from_secs(1));
+        self.defer(rel, now + Duration::from_secs(1), why);
     }
 
     fn file(
@@ -154,13 +164,14 @@ impl Daemon<'_> {
             if let Ok(age) = SystemTime::now().duration_since(mtime) {
                 if age < timing.debounce {
                     let quiet = now + (timing.debounce - age);
-                    return self.defer(&rel, deadline.map_or(quiet, |d| quiet.min(d)));
+                    let due = deadline.map_or(quiet, |d| quiet.min(d));
+                    return self.defer(&rel, due, "still being written");
                 }
             }
         }
         let key = self.sync.dest.key_for(&rel);
         if !self.tasks.claims.writable(&key) || deletions.batch.has(&key) {
-            return self.block(&rel, now);
+            return self.block(&rel, now, "its key is being written or read");
         }
         if self.sync.delete {
             // A directory replaced by this file leaves objects under it
@@ -169,7 +180,7 @@ impl Daemon<'_> {
             let stale = self.stale_under(&key);
             if !stale.is_empty() {
                 if !self.tasks.claims.free(&claim_of(&stale)) {
-                    return self.block(&rel, now);
+                    return self.block(&rel, now, "objects under it are being written");
                 }
                 if self.may_delete(&rel, stale.len() as u64, now) {
                     deletions.batch.sweep(&rel, stale);
@@ -257,7 +268,7 @@ impl Daemon<'_> {
                 sweep.push((key, size));
             }
             if !self.tasks.claims.free(&claim_of(&sweep)) {
-                return self.block(rel, now);
+                return self.block(rel, now, "objects under it are being written");
             }
         }
         let copy_from = self.inbox.pending.take_copy_from(rel);
@@ -336,16 +347,21 @@ impl Daemon<'_> {
         permit: OwnedSemaphorePermit,
         deletions: &mut Deletions,
     ) {
+        // Nothing is there to be copied to: a copy this path was to get is
+        // moot (and must not pin its source, which may be waiting on this
+        // very path's pin, as after two directories were swapped and both
+        // removed).
+        self.inbox.pending.take_copy_from(&rel);
         if !self.sync.delete || self.session.filter.excludes_key(&rel) {
             return self.settle(&rel);
         }
         // A renamed file's old object stays until its copy has started
         // (the copy's claim protects it from then on).
         if self.inbox.pending.pinned(&rel) {
-            return self.block(&rel, now);
+            return self.block(&rel, now, "a renamed file will be copied from it");
         }
         if self.check_root() != Health::Present {
-            return self.defer(&rel, now + ROOT_POLL);
+            return self.defer(&rel, now + ROOT_POLL, "the root is not there");
         }
         let key = self.sync.dest.key_for(&rel);
         let mut keys = self.stale_under(&key);
@@ -356,12 +372,13 @@ impl Daemon<'_> {
             return self.settle(&rel);
         }
         if !self.tasks.claims.free(&claim_of(&keys)) {
-            return self.block(&rel, now);
+            return self.block(&rel, now, "its objects are being written");
         }
         if !self.may_delete(&rel, keys.len() as u64, now) {
             // Held: pending and journaled, looked at again when it changes
             // (or a window later, still held).
-            return self.defer(&rel, now + self.budget.window());
+            let window = self.budget.window();
+            return self.defer(&rel, now + window, "deletion held (--max-delete)");
         }
         deletions.batch.remove(&rel, keys);
         deletions.permit.get_or_insert(permit);
@@ -370,8 +387,8 @@ impl Daemon<'_> {
     /// Is an object at `key` known or possibly there (written by a task
     /// with no record yet)? Its size when known.
     fn known(&mut self, key: &str) -> Option<u64> {
-        match self.session.state.get(key) {
-            Some(r) => Some(r.size),
+        match self.session.state.known(key) {
+            Some(size) => Some(size),
             None => self.maybe.contains(key).then_some(0),
         }
     }
@@ -387,10 +404,7 @@ impl Daemon<'_> {
             .take_while(|k| k.starts_with(&under))
             .map(|k| (k.clone(), 0))
             .collect();
-        for k in self.session.state.keys_under(dir) {
-            let size = self.session.state.get(&k).map_or(0, |r| r.size);
-            keys.insert(k, size);
-        }
+        keys.extend(self.session.state.keys_under(dir));
         keys.into_iter()
             .filter(|(k, _)| {
                 self.sync.dest.rel_of(k).is_some_and(|sub| {
@@ -444,7 +458,7 @@ impl Daemon<'_> {
         retry.attempts = retry.attempts.saturating_add(1);
         let attempts = retry.attempts;
         let wait = self.gate.retry_after(attempts);
-        self.defer(rel, Instant::now() + wait);
+        self.defer(rel, Instant::now() + wait, message);
         if let Some(m) = self.quiet.pass(&format!("{what}: {message}")) {
             self.rep.failed(
                 what,

@@ -90,7 +90,9 @@ impl Inbox {
                 }
             }
             Ok(ev) => {
-                rep.debug(&format!("event {:?} {:?}", ev.kind, ev.paths));
+                if rep.debugging() {
+                    rep.debug(&format!("event {:?} {:?}", ev.kind, ev.paths));
+                }
                 for change in intake::classify(&ev) {
                     self.change(rep, change);
                 }

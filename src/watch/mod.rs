@@ -173,6 +173,8 @@ pub async fn run(
     );
     let (tx, rx) = mpsc::channel(cfg.event_queue);
     let flags = Arc::new(Flags::default());
+    let mut root = Root::new(&sync.dir, &session.filter);
+    let before = root.about_to_watch();
     // Watch first, then reconcile: nothing changed during the reconcile is
     // missed.
     let (watcher, partial) = intake::start(
@@ -182,12 +184,12 @@ pub async fn run(
         flags.clone(),
         LIMITED_RESCAN,
     )?;
+    root.watching(before);
     spawn_hangup(flags.clone());
     // What the journal holds was changed before a crash or a stop: hash it.
     let mut left = inbox.journal.all();
     left.extend(session.state.take_legacy_journal());
     inbox.resume(&left);
-    let root = Root::new(&sync.dir, &session.filter);
     let mut d = Daemon {
         cfg: &cfg,
         sync,
@@ -476,6 +478,7 @@ impl Daemon<'_> {
             Seen::Changed(why) => {
                 // The old watches are on another directory, or on nothing.
                 self.watcher = None;
+                let before = self.root.about_to_watch();
                 match intake::start(
                     &self.sync.dir,
                     self.sync.filter.follow_symlinks,
@@ -485,7 +488,7 @@ impl Daemon<'_> {
                 ) {
                     Ok((w, partial)) => {
                         self.watcher = Some(w);
-                        self.root.watching();
+                        self.root.watching(before);
                         if let Some(msg) = partial {
                             self.limited = true;
                             self.rep.failed(&dir, &msg);
@@ -555,6 +558,7 @@ impl Daemon<'_> {
         let deleted = get(&self.rep.counts.deleted) - before.1;
         self.budget.spend(deleted, Instant::now());
         let status = status?;
+        let unconfirmed = std::mem::take(&mut self.session.unconfirmed);
         match status {
             Status::Done => {
                 let settled: Vec<String> = self
@@ -570,7 +574,8 @@ impl Daemon<'_> {
                     self.settle(&rel);
                 }
                 self.inbox.journal.commit();
-                // The reconcile saw the bucket: nothing unknown is left.
+                // The reconcile saw the bucket: nothing unknown is left
+                // but what it tried and could not record.
                 self.maybe.clear();
                 self.gate.open();
             }
@@ -583,10 +588,21 @@ impl Daemon<'_> {
                     let wait = self.gate.retry_after(1);
                     self.inbox.pending.set_due(&rel, now + wait);
                 }
+                // The deletions it left for the failed uploads' sake: each
+                // is a gone path to the daemon, deleted once no copy needs
+                // it.
+                for key in std::mem::take(&mut self.session.deletes_left) {
+                    if let Some(rel) = self.sync.dest.rel_of(&key) {
+                        if self.inbox.pending.touch(rel, now, false) {
+                            self.inbox.new.push(rel.to_string());
+                        }
+                    }
+                }
                 self.inbox.journal_new();
             }
             Status::Interrupted | Status::Busy(_) => {}
         }
+        self.maybe.extend(unconfirmed);
         if why != "start" {
             self.rep.status(
                 "reconcile",
@@ -691,10 +707,11 @@ impl Daemon<'_> {
             self.rep.warn(w);
         }
         let waiting = self.inbox.pending.len();
+        let some: Vec<&String> = self.inbox.pending.rels().map(|(r, _)| r).take(20).collect();
         self.rep.status(
             "stopped",
             &format!("stopped; {waiting} changes are journaled for the next start"),
-            json!({"waiting": waiting, "held": self.budget.held()}),
+            json!({"waiting": waiting, "held": self.budget.held(), "paths": some}),
         );
     }
 

@@ -52,19 +52,31 @@ pub struct Root {
     empty_announced: bool,
 }
 
-fn identity(dir: &Path) -> Option<(u64, u64)> {
+/// What the root's name leads to now: (device, inode).
+pub type Identity = Option<(u64, u64)>;
+
+fn identity(dir: &Path) -> Identity {
     std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Root {
-    /// The root as it is at the start, about to be watched.
+    /// The root as it is before it is first watched; take
+    /// [`Root::about_to_watch`] before starting the watches and give it to
+    /// [`Root::watching`] after.
     pub fn new(dir: &Path, filter: &Filter) -> Root {
         Root {
             dir: dir.to_path_buf(),
-            watched: identity(dir),
+            watched: None,
             health: health(dir, filter),
             empty_announced: false,
         }
+    }
+
+    /// The identity to record once the watches are started: taken before
+    /// they are, so a switch while they start is seen at the next look
+    /// (recording it after would hide a watch on the old directory).
+    pub fn about_to_watch(&self) -> Identity {
+        identity(&self.dir)
     }
 
     pub fn health(&self) -> Health {
@@ -76,9 +88,9 @@ impl Root {
         std::fs::read_link(&self.dir).ok()
     }
 
-    /// The watches were (re)started on what the root is now.
-    pub fn watching(&mut self) {
-        self.watched = identity(&self.dir);
+    /// The watches were (re)started on what the root was at `before`.
+    pub fn watching(&mut self, before: Identity) {
+        self.watched = before;
     }
 
     /// The watches were lost (the root went away).
@@ -167,6 +179,8 @@ mod tests {
         std::os::unix::fs::symlink("releases/r1", &current).expect("symlink");
         let f = filter(&current);
         let mut root = Root::new(&current, &f);
+        let before = root.about_to_watch();
+        root.watching(before);
         assert_eq!(root.look(&f), Seen::Same);
 
         // A deploy: a new link renamed over the old one.
@@ -176,7 +190,17 @@ mod tests {
             Seen::Changed(why) => assert!(why.contains("releases/r2"), "{why}"),
             other => panic!("{other:?}"),
         }
-        root.watching();
+        // Switched again while the new watches were being started: the
+        // identity taken before them is r2's, so the next look sees r1.
+        let before = root.about_to_watch();
+        std::fs::remove_file(&current).expect("rm");
+        std::os::unix::fs::symlink("releases/r1", &current).expect("symlink");
+        root.watching(before);
+        assert!(matches!(root.look(&f), Seen::Changed(_)));
+        std::fs::remove_file(&current).expect("rm");
+        std::os::unix::fs::symlink("releases/r2", &current).expect("symlink");
+        let before = root.about_to_watch();
+        root.watching(before);
         assert_eq!(root.look(&f), Seen::Same);
 
         std::fs::remove_file(base.join("releases/r2/index.html")).expect("rm");

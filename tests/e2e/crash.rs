@@ -6,19 +6,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-/// A small deterministic generator (xorshift), so a failing round can be
-/// replayed from the seed in the message.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[test]
 fn sigkill_during_sync_then_a_restart_converges_without_resending() {
     let seed = 0x5eed_c0ffee_u64;

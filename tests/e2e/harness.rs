@@ -468,20 +468,7 @@ impl TestEnv {
 
     /// [`TestEnv::expected`] with another key prefix.
     pub fn expected_under(&self, prefix: &str) -> BTreeMap<String, u64> {
-        let tree = self.tree();
-        walkdir::WalkDir::new(&tree)
-            .min_depth(1)
-            .into_iter()
-            .filter_entry(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_file())
-            .filter(|e| !e.file_name().to_string_lossy().ends_with('~'))
-            .filter_map(|e| {
-                let rel = e.path().strip_prefix(&tree).ok()?.to_str()?.to_string();
-                let size = e.metadata().ok()?.len();
-                Some((format!("{prefix}{rel}"), size))
-            })
-            .collect()
+        expected_in(&self.tree(), prefix)
     }
 
     /// Polls until the bucket holds exactly the tree's files, bytes
@@ -498,43 +485,75 @@ impl TestEnv {
         within: Duration,
         context: &dyn Fn() -> String,
     ) -> Duration {
-        let start = Instant::now();
-        loop {
-            let want = self.expected_under(&b.prefix);
-            let got = b.listing();
-            if want == got {
-                let objects = b.objects();
-                let same = want.keys().all(|k| {
-                    let rel = &k[b.prefix.len()..];
-                    std::fs::read(self.tree().join(rel)).ok().as_ref() == objects.get(k)
-                });
-                if same {
-                    return start.elapsed();
-                }
-            }
-            if start.elapsed() > within {
-                let missing: Vec<_> = want
-                    .iter()
-                    .filter(|(k, v)| got.get(*k) != Some(v))
-                    .take(20)
-                    .collect();
-                let extra: Vec<_> = got
-                    .iter()
-                    .filter(|(k, v)| want.get(*k) != Some(v))
-                    .take(20)
-                    .collect();
-                panic!(
-                    "{} did not converge within {within:?} on {:?}\nwanted but not there \
-                     (or other size): {missing:?}\nthere but not wanted: {extra:?}\n{}",
-                    b.url(),
-                    b.kind,
-                    context()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        converge_tree(&self.tree(), b, within, context)
     }
+}
 
+/// What a bucket mirroring `tree` under `prefix` should hold: each mirrored
+/// file (hidden names and editors' backup files left out) as key and size.
+pub fn expected_in(tree: &Path, prefix: &str) -> BTreeMap<String, u64> {
+    let tree = tree.to_path_buf();
+    walkdir::WalkDir::new(&tree)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .filter(|e| !e.file_name().to_string_lossy().ends_with('~'))
+        .filter_map(|e| {
+            let rel = e.path().strip_prefix(&tree).ok()?.to_str()?.to_string();
+            let size = e.metadata().ok()?.len();
+            Some((format!("{prefix}{rel}"), size))
+        })
+        .collect()
+}
+
+/// Polls until bucket `b` holds exactly the files of `tree`, bytes
+/// included; panics with the difference (and `context`) at the deadline.
+pub fn converge_tree(
+    tree: &Path,
+    b: &Bucket,
+    within: Duration,
+    context: &dyn Fn() -> String,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let want = expected_in(tree, &b.prefix);
+        let got = b.listing();
+        if want == got {
+            let objects = b.objects();
+            let same = want.keys().all(|k| {
+                let rel = &k[b.prefix.len()..];
+                std::fs::read(tree.join(rel)).ok().as_ref() == objects.get(k)
+            });
+            if same {
+                return start.elapsed();
+            }
+        }
+        if start.elapsed() > within {
+            let missing: Vec<_> = want
+                .iter()
+                .filter(|(k, v)| got.get(*k) != Some(v))
+                .take(20)
+                .collect();
+            let extra: Vec<_> = got
+                .iter()
+                .filter(|(k, v)| want.get(*k) != Some(v))
+                .take(20)
+                .collect();
+            panic!(
+                "{} did not converge within {within:?} on {:?}\nwanted but not there \
+                 (or other size): {missing:?}\nthere but not wanted: {extra:?}\n{}",
+                b.url(),
+                b.kind,
+                context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl TestEnv {
     /// Starts `s3ma watch TREE DEST --json --debounce 100 EXTRA…`.
     pub fn watch(&self, extra: &[&str]) -> Daemon {
         let tree = self.tree().display().to_string();
@@ -745,6 +764,24 @@ pub fn md5_b64(data: &[u8]) -> String {
 pub fn write_file(path: &Path, data: &str) {
     let mut f = std::fs::File::create(path).expect("create");
     f.write_all(data.as_bytes()).expect("write");
+}
+
+/// A small deterministic generator (xorshift), so a failing run can be
+/// replayed from the seed in its message.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+
+    /// One of `items`.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
 }
 
 /// A running `s3ma watch`; killed when dropped.

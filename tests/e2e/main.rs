@@ -9,6 +9,7 @@ mod destinations;
 mod errors;
 mod faults;
 mod ls;
+mod model;
 mod names;
 mod sync;
 mod verify;
