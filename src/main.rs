@@ -42,7 +42,7 @@ pub enum Exit {
     /// The run could not go on (unreachable endpoint, bad credentials,
     /// missing bucket, a delete guard refused).
     Fatal = 3,
-    /// Another sync of the same directory and destination is running.
+    /// Another sync or watch of the same destination is running.
     Busy = 4,
     Interrupted = 130,
 }
@@ -252,8 +252,7 @@ fn worst(exits: impl IntoIterator<Item = Exit>) -> Exit {
     exits.into_iter().max_by_key(rank).unwrap_or(Exit::Success)
 }
 
-const BUSY: &str = "another s3ma sync or watch of this directory and destination is already \
-                    running";
+const BUSY: &str = "another s3ma sync or watch of this destination is already running";
 
 /// `s3ma sync`: the primary first (so further destinations on its service
 /// can copy from it), then the further destinations side by side; each

@@ -277,6 +277,18 @@ impl Reporter {
         }
     }
 
+    /// A guard held something back (deletions over `--max-delete`): on
+    /// stderr as a warning, or as a JSON line, printed even with `-q`.
+    pub fn held_back(&self, action: &str, text: &str, mut fields: serde_json::Value) {
+        if self.json {
+            fields["action"] = json!(action);
+            fields["message"] = json!(text);
+            self.json_line(fields);
+        } else {
+            self.err(&format!("warning: {text}"));
+        }
+    }
+
     /// Like [`Reporter::status`], at `-v` only.
     pub fn verbose_status(&self, action: &str, text: &str, fields: serde_json::Value) {
         if self.level >= Level::Verbose {

@@ -8,8 +8,13 @@
 //! committed by [`State::flush`]; a crash loses at most the last batch,
 //! which the next run re-verifies.
 //!
-//! Beside it, `<id>.lock` holds an exclusive advisory lock while a sync of
-//! the same pair runs.
+//! A record a write may be replacing is marked unsure first (committed at
+//! once): it then vouches for nothing until the write's outcome is
+//! recorded, so a crash mid-write never leaves a record the object does not
+//! match; the key stays known, so deletions still find it.
+//!
+//! Beside it, a `.lock` file (named after the destination alone) holds an
+//! exclusive advisory lock while a sync or watch of that destination runs.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -66,6 +71,13 @@ pub fn ensure_dir(state_dir: &Path) -> Result<()> {
             state_dir.display()
         )
     })
+}
+
+/// The paths in a `dirty` table (the watch journal's, in this database's
+/// old layout or in the journal's own file), in order.
+pub fn journaled(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    conn.prepare("SELECT rel FROM dirty ORDER BY rel")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
 }
 
 /// Renames the database (and the records beside it) of `from` to `to`,
@@ -333,10 +345,7 @@ impl State {
         let Some(conn) = self.conn.as_ref() else {
             return Vec::new();
         };
-        let res: rusqlite::Result<Vec<String>> = conn
-            .prepare("SELECT rel FROM dirty ORDER BY rel")
-            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect());
-        match res {
+        match journaled(conn) {
             Ok(rels) => {
                 if !rels.is_empty() {
                     if let Err(e) = conn.execute("DELETE FROM dirty", []) {

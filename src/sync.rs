@@ -433,7 +433,28 @@ pub async fn run(
         Opened::Ready(s) => s,
         Opened::Busy(path) => return Ok(Status::Busy(path)),
     };
-    reconcile(&mut session, &cfg, &rep, &stop, &HashSet::new()).await
+    reconcile(&mut session, &cfg, &rep, &stop, &Recheck::None).await
+}
+
+/// Files whose content must be hashed even when size and mtime look
+/// unchanged.
+pub enum Recheck {
+    None,
+    /// These paths (relative to the root): changes no size or mtime shows.
+    These(HashSet<String>),
+    /// Every file: the root is another directory now, whose files may
+    /// match the records' sizes and mtimes by chance.
+    All,
+}
+
+impl Recheck {
+    fn wants(&self, rel: &str) -> bool {
+        match self {
+            Recheck::None => false,
+            Recheck::These(rels) => rels.contains(rel),
+            Recheck::All => true,
+        }
+    }
 }
 
 /// Makes the destination match the directory: walk, list, merge, upload,
@@ -444,7 +465,7 @@ pub async fn reconcile(
     cfg: &SyncConfig,
     rep: &Reporter,
     stop: &Stop,
-    recheck: &HashSet<String>,
+    recheck: &Recheck,
 ) -> Result<Status> {
     let failures_before = rep.failures();
     let Session {
@@ -511,7 +532,7 @@ pub async fn reconcile(
             rep.scanned();
             let record = run.state.get(&key);
             let mut decision = plan::decide(&file, matched.as_ref(), record.as_ref());
-            if decision == Decision::Skip && recheck.contains(&file.rel) {
+            if decision == Decision::Skip && recheck.wants(&file.rel) {
                 decision = Decision::Hash;
             }
             if cfg.checksum && !matches!(decision, Decision::Upload(_)) {

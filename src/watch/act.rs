@@ -45,6 +45,8 @@ pub fn primary_wait(size: u64) -> Duration {
 pub struct Deletions {
     batch: Batch,
     permit: Option<OwnedSemaphorePermit>,
+    /// The root, looked at once per dispatch that deletes.
+    root: Option<Health>,
 }
 
 impl Daemon<'_> {
@@ -64,7 +66,9 @@ impl Daemon<'_> {
             };
             self.act(rel, now, permit, &mut deletions);
             if deletions.batch.keys.len() >= sync::DELETE_BATCH {
+                let root = deletions.root;
                 self.spawn_deletions(std::mem::take(&mut deletions));
+                deletions.root = root;
             }
         }
         self.spawn_deletions(deletions);
@@ -360,7 +364,7 @@ impl Daemon<'_> {
         if self.inbox.pending.pinned(&rel) {
             return self.block(&rel, now, "a renamed file will be copied from it");
         }
-        if self.check_root() != Health::Present {
+        if *deletions.root.get_or_insert_with(|| self.check_root()) != Health::Present {
             return self.defer(&rel, now + ROOT_POLL, "the root is not there");
         }
         let key = self.sync.dest.key_for(&rel);
@@ -423,12 +427,11 @@ impl Daemon<'_> {
             return true;
         }
         self.budget.hold(rel, n);
-        self.say_held(0);
         false
     }
 
     fn spawn_deletions(&mut self, deletions: Deletions) {
-        let Deletions { batch, permit } = deletions;
+        let Deletions { batch, permit, .. } = deletions;
         if batch.keys.is_empty() {
             // Nothing to delete after all: the paths gathered are done.
             for rel in batch.settles() {

@@ -121,10 +121,7 @@ impl Journal {
         let Some(conn) = self.conn.as_ref() else {
             return Vec::new();
         };
-        let res: rusqlite::Result<Vec<String>> = conn
-            .prepare("SELECT rel FROM dirty ORDER BY rel")
-            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect());
-        match res {
+        match crate::state::journaled(conn) {
             Ok(v) => v,
             Err(e) => {
                 self.fail(e);

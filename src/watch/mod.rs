@@ -36,7 +36,7 @@ mod journal;
 mod pending;
 mod root;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,9 +134,14 @@ struct Daemon<'a> {
     blocked: BTreeSet<String>,
     quiet: Quiet,
     rescan: Option<String>,
+    /// The next reconcile hashes every file (the root is another
+    /// directory now).
+    recheck_all: bool,
     next_rescan: Option<Instant>,
     /// The held deletions were last reported at this count.
     held_said: u64,
+    /// A reconcile refused more deletions than the cap left: how many.
+    held_by_reconcile: u64,
 }
 
 pub async fn run(
@@ -210,8 +215,10 @@ pub async fn run(
         blocked: BTreeSet::new(),
         quiet: Quiet::default(),
         rescan: None,
+        recheck_all: false,
         next_rescan: None,
         held_said: 0,
+        held_by_reconcile: 0,
     };
     if let Some(msg) = &partial {
         rep.failed(&sync.dir.display().to_string(), msg);
@@ -228,7 +235,17 @@ pub async fn run(
     if let First::Primary(done) = &first {
         let _ = done.send(true);
     }
-    let first_ok = result.is_ok();
+    let refused = result.as_ref().err().and_then(|e| {
+        e.chain()
+            .find_map(|c| c.downcast_ref::<Refused>())
+            .map(|r| matches!(r, Refused::MaxDelete { .. }))
+    });
+    let outcome = match (&result, refused) {
+        (Ok(()), _) => "done",
+        (Err(_), Some(true)) => "done but for the deletions it holds",
+        (Err(_), Some(false)) => "done but for the deletions it refused",
+        (Err(_), None) => "failed (retried)",
+    };
     match result {
         Ok(()) => d.schedule_rescan(),
         // Fix the configuration first: systemd shows the error. A further
@@ -249,7 +266,7 @@ pub async fn run(
         &format!(
             "initial reconcile {} in {:.2} s (uploaded {}, deleted {}, failed {}); watching {} \
              director{} under {} for changes to {}",
-            if first_ok { "done" } else { "failed (retried)" },
+            outcome,
             started.elapsed().as_secs_f64(),
             get(&c.uploaded),
             get(&c.deleted),
@@ -320,6 +337,7 @@ impl Daemon<'_> {
             self.dispatch();
             self.inbox.journal.commit();
             self.idle_check();
+            self.say_held();
             let wake = self.next_wake();
             let busy = !self.tasks.is_empty();
             let stop = self.stop;
@@ -475,7 +493,8 @@ impl Daemon<'_> {
             Seen::Refilled => self
                 .rep
                 .warn(&format!("{dir} holds files again; deletions resume")),
-            Seen::Changed(why) => {
+            Seen::Changed { why, other } => {
+                self.recheck_all |= other;
                 // The old watches are on another directory, or on nothing.
                 self.watcher = None;
                 let before = self.root.about_to_watch();
@@ -525,7 +544,11 @@ impl Daemon<'_> {
             return Ok(());
         }
         let started = Instant::now();
-        let recheck: HashSet<String> = self.inbox.pending.rels().map(|(r, _)| r.clone()).collect();
+        let recheck = if std::mem::take(&mut self.recheck_all) {
+            sync::Recheck::All
+        } else {
+            sync::Recheck::These(self.inbox.pending.rels().map(|(r, _)| r.clone()).collect())
+        };
         let before = (
             get(&self.rep.counts.uploaded),
             get(&self.rep.counts.deleted),
@@ -623,7 +646,8 @@ impl Daemon<'_> {
                 // The reconcile found more deletions than the cap leaves:
                 // held, like the daemon's own.
                 self.budget.trip();
-                self.say_held(*count as u64);
+                self.held_by_reconcile = *count as u64;
+                self.say_held();
             } else if let Some(m) = self.quiet.pass(&format!("{e:#}")) {
                 self.rep.failed(&self.sync.dir.display().to_string(), &m);
             }
@@ -643,11 +667,16 @@ impl Daemon<'_> {
         self.next_rescan = Some(Instant::now() + wait);
     }
 
-    /// Says how many deletions are held and how to let them through: when
-    /// the cap is first hit, then at most once a minute as more are held.
-    fn say_held(&mut self, from_reconcile: u64) {
-        let held = self.budget.held().max(from_reconcile);
+    /// Says how many deletions are held and how to let them through, in
+    /// one line once their number has settled (nothing in flight, nothing
+    /// due at once), and again when it changes.
+    fn say_held(&mut self) {
+        let held = self.budget.held().max(self.held_by_reconcile);
         if held == self.held_said {
+            return;
+        }
+        let soon = Instant::now() + Duration::from_millis(500);
+        if !self.tasks.is_empty() || self.inbox.pending.next_due().is_some_and(|d| d < soon) {
             return;
         }
         let max = self.budget.max().unwrap_or(0);
@@ -661,16 +690,13 @@ impl Daemon<'_> {
             self.sync.dir.display(),
             self.sync.dest,
         );
-        let first = self.held_said == 0;
-        if first || self.quiet.pass("held deletions").is_some() {
-            self.held_said = held;
-            self.rep.status(
-                "held",
-                &format!("warning: {msg}"),
-                json!({"held": held, "max_delete": max,
-                       "window_seconds": self.budget.window().as_secs()}),
-            );
-        }
+        self.held_said = held;
+        self.rep.held_back(
+            "held",
+            &msg,
+            json!({"held": held, "max_delete": max,
+                   "window_seconds": self.budget.window().as_secs()}),
+        );
     }
 
     /// Stops intake, journals the events still on their way, lets

@@ -38,15 +38,18 @@ pub enum Seen {
     Refilled,
     /// It is there, but not the directory watched (back after being gone,
     /// made anew, or a symbolic link switched): watch it afresh and
-    /// reconcile. The text says which.
-    Changed(String),
+    /// reconcile. The text says which; `other` when it is not the directory
+    /// watched last (its files may match the records by chance: hash them).
+    Changed { why: String, other: bool },
 }
 
 #[derive(Debug)]
 pub struct Root {
     dir: PathBuf,
     /// (device, inode) of the directory the watches are on.
-    watched: Option<(u64, u64)>,
+    watched: Identity,
+    /// The last directory watched, also while it is gone.
+    last: Identity,
     health: Health,
     /// Becoming empty was said (so coming back is said too).
     empty_announced: bool,
@@ -67,6 +70,7 @@ impl Root {
         Root {
             dir: dir.to_path_buf(),
             watched: None,
+            last: None,
             health: health(dir, filter),
             empty_announced: false,
         }
@@ -91,6 +95,7 @@ impl Root {
     /// The watches were (re)started on what the root was at `before`.
     pub fn watching(&mut self, before: Identity) {
         self.watched = before;
+        self.last = before;
     }
 
     /// The watches were lost (the root went away).
@@ -109,6 +114,7 @@ impl Root {
             }
             Health::Gone => Seen::Same,
             _ if identity(&self.dir) != self.watched => {
+                let other = identity(&self.dir) != self.last;
                 let why = match (self.watched, self.target()) {
                     (Some(_), Some(target)) => format!(
                         "{} now leads to {} (the link was switched)",
@@ -118,9 +124,12 @@ impl Root {
                     (Some(_), None) => {
                         format!("{} is another directory now", self.dir.display())
                     }
+                    (None, _) if other => {
+                        format!("{} is back, as another directory", self.dir.display())
+                    }
                     (None, _) => format!("{} is back", self.dir.display()),
                 };
-                Seen::Changed(why)
+                Seen::Changed { why, other }
             }
             Health::Empty if was == Health::Present => {
                 self.empty_announced = true;
@@ -136,26 +145,49 @@ impl Root {
     }
 }
 
-/// Present when the root holds something sync would mirror or report
-/// (hidden and excluded names do not count, as for sync's empty-tree
-/// guard).
+/// Entries a look at the root reads at most, looking for something that
+/// is mirrored below empty directories; beyond, the root counts as present.
+const LOOK_LIMIT: usize = 10_000;
+
+/// Present when the tree holds something sync would mirror or report
+/// (hidden and excluded names do not count, nor do empty directories, as
+/// for sync's empty-tree guard). Usually the first entries tell.
 fn health(dir: &Path, filter: &Filter) -> Health {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            let mirrored = entries.filter_map(|e| e.ok()).any(|e| {
-                let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-                e.file_name()
-                    .to_str()
-                    .is_none_or(|name| !filter.excludes_path(name, is_dir))
-            });
-            if mirrored {
-                Health::Present
-            } else {
-                Health::Empty
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Health::Gone;
+    };
+    let mut dirs = Vec::new();
+    for e in entries.filter_map(|e| e.ok()) {
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            // A name that cannot be a key is reported by sync: not empty.
+            return Health::Present;
+        };
+        if filter.excludes_path(&name, is_dir) {
+            continue;
+        }
+        if !is_dir {
+            return Health::Present;
+        }
+        dirs.push(name);
+    }
+    let mut seen = 0;
+    for sub in dirs {
+        let walk = walkdir::WalkDir::new(dir.join(&sub))
+            .min_depth(1)
+            .into_iter();
+        let mut walk = walk.filter_entry(|e| {
+            let rel = e.path().strip_prefix(dir).ok().and_then(Path::to_str);
+            rel.is_some_and(|r| !filter.excludes_path(r, e.file_type().is_dir()))
+        });
+        for e in walk.by_ref().filter_map(|e| e.ok()) {
+            seen += 1;
+            if !e.file_type().is_dir() || seen > LOOK_LIMIT {
+                return Health::Present;
             }
         }
-        Err(_) => Health::Gone,
     }
+    Health::Empty
 }
 
 #[cfg(test)]
@@ -187,7 +219,7 @@ mod tests {
         std::os::unix::fs::symlink("releases/r2", base.join("current.tmp")).expect("symlink");
         std::fs::rename(base.join("current.tmp"), &current).expect("switch");
         match root.look(&f) {
-            Seen::Changed(why) => assert!(why.contains("releases/r2"), "{why}"),
+            Seen::Changed { why, other } => assert!(other && why.contains("releases/r2"), "{why}"),
             other => panic!("{other:?}"),
         }
         // Switched again while the new watches were being started: the
@@ -196,7 +228,7 @@ mod tests {
         std::fs::remove_file(&current).expect("rm");
         std::os::unix::fs::symlink("releases/r1", &current).expect("symlink");
         root.watching(before);
-        assert!(matches!(root.look(&f), Seen::Changed(_)));
+        assert!(matches!(root.look(&f), Seen::Changed { .. }));
         std::fs::remove_file(&current).expect("rm");
         std::os::unix::fs::symlink("releases/r2", &current).expect("symlink");
         let before = root.about_to_watch();
@@ -205,16 +237,25 @@ mod tests {
 
         std::fs::remove_file(base.join("releases/r2/index.html")).expect("rm");
         std::fs::write(base.join("releases/r2/.hidden"), "x").expect("write");
+        // Empty directories hold nothing either.
+        std::fs::create_dir_all(base.join("releases/r2/a/b/c")).expect("mkdir");
         assert_eq!(root.look(&f), Seen::Emptied);
         assert_eq!(root.health(), Health::Empty);
         assert_eq!(root.look(&f), Seen::Same);
-        std::fs::write(base.join("releases/r2/back.html"), "x").expect("write");
+        std::fs::write(base.join("releases/r2/a/b/back.html"), "x").expect("write");
         assert_eq!(root.look(&f), Seen::Refilled);
 
         std::fs::remove_file(&current).expect("rm link");
         assert_eq!(root.look(&f), Seen::Gone);
         assert_eq!(root.look(&f), Seen::Same);
+        std::os::unix::fs::symlink("releases/r2", &current).expect("symlink");
+        assert!(
+            matches!(root.look(&f), Seen::Changed { why, other: false } if why.contains("is back"))
+        );
+        root.watching(root.about_to_watch());
+        std::fs::remove_file(&current).expect("rm link");
+        assert_eq!(root.look(&f), Seen::Gone);
         std::os::unix::fs::symlink("releases/r1", &current).expect("symlink");
-        assert!(matches!(root.look(&f), Seen::Changed(why) if why.contains("is back")));
+        assert!(matches!(root.look(&f), Seen::Changed { other: true, .. }));
     }
 }

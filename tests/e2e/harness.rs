@@ -556,9 +556,14 @@ pub fn converge_tree(
 impl TestEnv {
     /// Starts `s3ma watch TREE DEST --json --debounce 100 EXTRA…`.
     pub fn watch(&self, extra: &[&str]) -> Daemon {
-        let tree = self.tree().display().to_string();
+        self.watch_dir(&self.tree(), extra)
+    }
+
+    /// Starts `s3ma watch DIR DEST --json --debounce 100 EXTRA…`.
+    pub fn watch_dir(&self, dir: &Path, extra: &[&str]) -> Daemon {
+        let dir = dir.display().to_string();
         let dest = self.dest();
-        let mut args = vec![tree.as_str(), dest.as_str(), "--endpoint", &self.endpoint];
+        let mut args = vec![dir.as_str(), dest.as_str(), "--endpoint", &self.endpoint];
         args.extend_from_slice(extra);
         self.watch_args(&args)
     }
@@ -605,6 +610,23 @@ impl TestEnv {
                 .send(),
         )
         .expect("put");
+    }
+
+    /// Asserts each object's md5chksum is the MD5 of its file under
+    /// `root` (a copy that read the wrong version would carry its source's
+    /// metadata with other bytes, or the other way round).
+    pub fn assert_md5chksum(&self, root: &Path, context: &dyn Fn() -> String) {
+        for key in self.keys() {
+            let rel = &key[self.prefix.len()..];
+            let data = std::fs::read(root.join(rel)).expect("local file");
+            let (_, meta, _) = self.head(&key);
+            assert_eq!(
+                meta.get("md5chksum").map(String::as_str),
+                Some(md5_b64(&data).as_str()),
+                "md5chksum of {key}\n{}",
+                context()
+            );
+        }
     }
 
     /// Asserts the bucket holds exactly these keys (under any prefix) with
@@ -824,6 +846,16 @@ impl Daemon {
             .collect();
         k.sort();
         k
+    }
+
+    /// The daemon said it is idle after everything else it said (it says
+    /// so at `-v`).
+    pub fn idle(&self) -> bool {
+        self.stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .next_back()
+            .is_some_and(|v| v["action"] == "idle")
     }
 
     /// Waits for the "ready" line (the initial reconcile is done).

@@ -5,6 +5,7 @@ mod harness;
 
 mod config;
 mod crash;
+mod daemon;
 mod destinations;
 mod errors;
 mod faults;

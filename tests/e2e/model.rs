@@ -309,13 +309,7 @@ fn quiesce(env: &TestEnv, w: &Daemon, tree: &Path, context: &dyn Fn() -> String)
     let deadline = Instant::now() + SETTLE;
     loop {
         converge_tree(tree, &env.primary(), SETTLE, context);
-        let last = w
-            .stdout()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .next_back();
-        let idle = last.as_ref().is_some_and(|v| v["action"] == "idle");
-        if idle {
+        if w.idle() {
             // Still equal now that it is idle.
             converge_tree(tree, &env.primary(), Duration::ZERO, context);
             return;
@@ -332,21 +326,6 @@ fn quiesce(env: &TestEnv, w: &Daemon, tree: &Path, context: &dyn Fn() -> String)
             );
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Each object's md5chksum is its file's MD5.
-fn check_metadata(env: &TestEnv, tree: &Path, context: &dyn Fn() -> String) {
-    for key in env.keys() {
-        let rel = &key[env.prefix.len()..];
-        let data = std::fs::read(tree.join(rel)).expect("local file");
-        let (_, meta, _) = env.head(&key);
-        assert_eq!(
-            meta.get("md5chksum").map(String::as_str),
-            Some(md5_b64(&data).as_str()),
-            "md5chksum of {key}\n{}",
-            context()
-        );
     }
 }
 
@@ -394,13 +373,8 @@ fn run_seed(kind: Kind, seed: u64) {
     for _ in 0..20 {
         world.step(false);
     }
-    let current = world.current().display().to_string();
-    let dest = env.dest();
+    let current = world.current();
     let args = [
-        current.as_str(),
-        dest.as_str(),
-        "--endpoint",
-        env.endpoint.as_str(),
         "--delete",
         "--rescan-interval",
         "0",
@@ -412,7 +386,7 @@ fn run_seed(kind: Kind, seed: u64) {
         "--retries",
         "2",
     ];
-    let mut w = env.watch_args(&args);
+    let mut w = env.watch_dir(&current, &args);
     w.ready();
     let ops = env_number("S3MA_MODEL_OPS", 150);
     let mut earlier = String::new();
@@ -423,7 +397,7 @@ fn run_seed(kind: Kind, seed: u64) {
                 w.kill();
                 earlier.push_str(&w.logs());
                 world.note("SIGKILL the daemon, start it again".into());
-                w = env.watch_args(&args);
+                w = env.watch_dir(&current, &args);
                 w.ready();
             }
             Extra::RestartServer => {
@@ -449,7 +423,7 @@ fn run_seed(kind: Kind, seed: u64) {
         )
     };
     quiesce(&env, &w, &tree, &context);
-    check_metadata(&env, &tree, &context);
+    env.assert_md5chksum(&tree, &context);
     eprintln!(
         "model seed {seed:#x} on {kind:?}: {} operations, {} objects, converged",
         world.log.len(),
