@@ -20,7 +20,7 @@ use crate::config::{Connection, SyncConfig};
 use crate::plan::RemoteFacts;
 use crate::report::{human_size, Reporter};
 use crate::scan::{self, LocalFile};
-use crate::store::{etag_md5, ObjectInfo, Store};
+use crate::store::{etag_md5, Blame, ObjectInfo, Store, StoreError};
 use crate::sync::{self, Merge, Pair, Stop};
 use crate::transfer::{blocking, hash_file, UploadError};
 
@@ -52,7 +52,19 @@ enum Check {
     Match,
     Differ(String),
     Unverified,
+    /// About this file or object; the others are still compared.
     Error(String),
+    /// The server failed, or the configuration is wrong: no comparison
+    /// can be trusted to go on.
+    Broken(StoreError),
+}
+
+/// A store error while checking `what`: about this object, or about all.
+fn failed(what: &str, e: StoreError) -> Check {
+    match e.blame() {
+        Blame::Request => Check::Error(format!("{what}: {e}")),
+        Blame::Server | Blame::Fatal => Check::Broken(e),
+    }
 }
 
 /// Hashes the file and finds the object's MD5 (from the listing's ETag,
@@ -82,7 +94,7 @@ async fn check(
                 ))
             }
             Ok((_, md5)) => Some(md5),
-            Err(e) => return Check::Error(format!("cannot download it: {e}")),
+            Err(e) => return failed("cannot download it", e),
         }
     } else {
         let listed = object.etag.as_deref().and_then(etag_md5);
@@ -101,7 +113,7 @@ async fn check(
                     (Some(_), Some(meta)) if meta == local => return Check::Unverified,
                     (_, md5) => md5,
                 },
-                Err(e) => return Check::Error(format!("cannot read its metadata: {e}")),
+                Err(e) => return failed("cannot read its metadata", e),
             },
         }
     };
@@ -148,7 +160,7 @@ pub async fn run(
                 bail!("interrupted; the comparison is incomplete");
             }
             while let Some(done) = tasks.try_join_next() {
-                tally(rep, &mut found, done.context("a comparison task failed")?);
+                tally(rep, &mut found, done.context("a comparison task failed")?)?;
             }
             let (key, file, matched) = match merge
                 .next_pair(&mut lrx, &mut rrx, cfg, rep, &filter)
@@ -208,9 +220,14 @@ pub async fn run(
         Ok(())
     }
     .await;
+    let mut broken = Ok(());
     while let Some(done) = tasks.join_next().await {
         match done {
-            Ok(done) => tally(rep, &mut found, done),
+            Ok(done) => {
+                if let Err(e) = tally(rep, &mut found, done) {
+                    broken = broken.and(Err(e));
+                }
+            }
             Err(e) => {
                 found.errors += 1;
                 rep.failed("comparison task", &format!("failed: {e}"));
@@ -221,7 +238,9 @@ pub async fn run(
     drop(rrx);
     lister.abort();
     let walked = walker.await;
-    merged.with_context(|| format!("cannot verify {} against {}", cfg.dir.display(), cfg.dest))?;
+    merged
+        .and(broken)
+        .with_context(|| format!("cannot verify {} against {}", cfg.dir.display(), cfg.dest))?;
     if walked.is_err() {
         return Err(anyhow!("the directory walk stopped unexpectedly"));
     }
@@ -258,7 +277,8 @@ pub async fn run(
     Ok(found)
 }
 
-fn tally(rep: &Reporter, found: &mut Found, (key, check): (String, Check)) {
+/// Counts one comparison; a broken one ends the verification.
+fn tally(rep: &Reporter, found: &mut Found, (key, check): (String, Check)) -> Result<()> {
     match check {
         Check::Match => {
             found.matched += 1;
@@ -276,5 +296,7 @@ fn tally(rep: &Reporter, found: &mut Found, (key, check): (String, Check)) {
             found.errors += 1;
             rep.failed(&key, &message);
         }
+        Check::Broken(e) => return Err(anyhow!(e)).with_context(|| format!("checking {key}")),
     }
+    Ok(())
 }

@@ -509,3 +509,64 @@ fn a_file_that_vanishes_between_the_walk_and_its_upload_is_noted() {
     let keys: Vec<String> = env.listing().into_keys().collect();
     assert_eq!(keys, [format!("{}stays.txt", env.prefix)], "{all}");
 }
+
+/// Relays every connection, but answers one whose first request is a HEAD
+/// with 503 SlowDown (and closes it).
+fn heads_fail(upstream: &str) -> (String, Arc<AtomicBool>) {
+    let target = upstream.trim_start_matches("http://").to_string();
+    listen(move |mut client| {
+        let Some(head) = read_head(&mut client) else {
+            return;
+        };
+        if head.starts_with(b"HEAD ") {
+            let _ = client.write_all(&error_response("503 Slow Down", "SlowDown"));
+            let _ = client.shutdown(Shutdown::Write);
+            std::thread::sleep(Duration::from_millis(200));
+            return;
+        }
+        let Ok(mut upstream) = TcpStream::connect(&target) else {
+            return;
+        };
+        if upstream.write_all(&head).is_ok() {
+            relay_open(client, upstream);
+        }
+    })
+}
+
+/// Copies bytes both ways between two open connections.
+fn relay_open(client: TcpStream, upstream: TcpStream) {
+    let (mut c_read, mut u_write) = match (client.try_clone(), upstream.try_clone()) {
+        (Ok(c), Ok(u)) => (c, u),
+        _ => return,
+    };
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_read, &mut u_write);
+        let _ = u_write.shutdown(Shutdown::Write);
+    });
+    let (mut u_read, mut c_write) = (upstream, client);
+    let _ = std::io::copy(&mut u_read, &mut c_write);
+    let _ = c_write.shutdown(Shutdown::Write);
+    let _ = up.join();
+}
+
+#[test]
+fn verify_stops_with_exit_3_when_the_server_fails_instead_of_blaming_each_object() {
+    // s3s-fs lists no ETags: every comparison needs a HEAD, and they fail
+    // (a HEAD answer has no body: the status is all it says).
+    let env = TestEnv::new(Kind::S3sFs);
+    for i in 0..60 {
+        env.write(&format!("v/{i}.txt"), format!("file {i}"));
+    }
+    env.sync(&[]).ok();
+    let (endpoint, stop) = heads_fail(&env.endpoint);
+    let tree = env.tree().display().to_string();
+    let mut c = env.command();
+    c.args(["verify", &tree, &env.dest(), "--endpoint", &endpoint])
+        .args(["--retries", "2"]);
+    let run = TestEnv::run_cmd(c).code(3);
+    stop.store(true, Ordering::SeqCst);
+    assert!(
+        run.stderr.contains("cannot verify") && run.stderr.contains("503"),
+        "{run}"
+    );
+}
