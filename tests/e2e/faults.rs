@@ -570,3 +570,86 @@ fn verify_stops_with_exit_3_when_the_server_fails_instead_of_blaming_each_object
         "{run}"
     );
 }
+
+/// Relays one request a connection; while `hold` is set, holds the
+/// server's answer to a PUT back (the object is stored; the client does not
+/// hear so).
+fn answers_to_puts_held(upstream: &str, hold: Arc<AtomicBool>) -> (String, Arc<AtomicBool>) {
+    let target = upstream.trim_start_matches("http://").to_string();
+    listen(move |mut client| {
+        let Some(head) = read_head(&mut client) else {
+            return;
+        };
+        let mut body = vec![0u8; content_length(&head) as usize];
+        if client.read_exact(&mut body).is_err() {
+            return;
+        }
+        let Ok(mut upstream) = TcpStream::connect(&target) else {
+            return;
+        };
+        // The server closes after its answer, so the answer is all it
+        // sends, however it is framed.
+        let mut asked = head[..head.len() - 2].to_vec();
+        asked.extend_from_slice(b"connection: close\r\n\r\n");
+        if upstream.write_all(&asked).is_err() || upstream.write_all(&body).is_err() {
+            return;
+        }
+        let mut answer = Vec::new();
+        let _ = upstream.read_to_end(&mut answer);
+        if head.starts_with(b"PUT ") && hold.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_secs(30));
+        }
+        let _ = client.write_all(&answer);
+        let _ = client.shutdown(Shutdown::Write);
+    })
+}
+
+#[test]
+fn a_kill_before_the_answer_to_an_upload_leaves_no_old_record_to_trust() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        // Every run goes through the proxy (the endpoint is part of what
+        // the state database belongs to).
+        let hold = Arc::new(AtomicBool::new(false));
+        let (endpoint, stop) = answers_to_puts_held(&env.endpoint, hold.clone());
+        let tree = env.tree().display().to_string();
+        let dest = env.dest();
+        let sync = |extra: &[&str]| {
+            let mut c = env.command();
+            c.args(["sync", &tree, &dest, "--json", "--endpoint", &endpoint])
+                .args(extra);
+            c
+        };
+        let path = env.write("page.html", "version A of the page");
+        TestEnv::run_cmd(sync(&[])).ok();
+        // Same size, other bytes, a newer mtime.
+        std::fs::write(&path, "version B of the page").expect("write");
+        hold.store(true, Ordering::SeqCst);
+        let mut first = sync(&[]);
+        first
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = first.spawn().expect("spawn sync");
+        // Killed once the server holds version B, its metadata included,
+        // before s3ma hears so.
+        let key = format!("{}page.html", env.prefix);
+        let b_md5 = md5_b64(b"version B of the page");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while env.head(&key).1.get("md5chksum") != Some(&b_md5) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the upload never landed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        // The next run asks the server instead of trusting the record of
+        // version A, and sends nothing (a PUT would wait 30 s for its
+        // answer, then show in the output).
+        let run = TestEnv::run_cmd(sync(&["-v"])).ok();
+        stop.store(true, Ordering::SeqCst);
+        assert!(run.actions("upload").is_empty(), "sent again: {run}");
+        env.assert_mirrors(&["page.html"]);
+    }
+}
