@@ -305,6 +305,54 @@ impl State {
         }
     }
 
+    /// [`State::mark_unsure`] for many keys, in one commit.
+    pub fn mark_unsure_all<'a>(&mut self, keys: impl IntoIterator<Item = &'a str>) {
+        if !self.begin() {
+            return;
+        }
+        for key in keys {
+            let res = self.conn.as_ref().map(|c| {
+                c.prepare_cached("UPDATE objects SET unsure = 1 WHERE key = ?1")
+                    .and_then(|mut st| st.execute(params![key]))
+            });
+            if let Some(Err(e)) = res {
+                return self.fail("write", e);
+            }
+        }
+        self.flush();
+    }
+
+    /// A value kept beside the records (`watch` keeps the identity of the
+    /// directory it last watched).
+    pub fn meta(&mut self, name: &str) -> Option<String> {
+        let conn = self.conn.as_ref()?;
+        let res = conn
+            .prepare_cached("SELECT value FROM meta WHERE name = ?1")
+            .and_then(|mut st| st.query_row(params![name], |r| r.get(0)).optional());
+        match res {
+            Ok(v) => v,
+            Err(e) => {
+                self.fail("read", e);
+                None
+            }
+        }
+    }
+
+    pub fn set_meta(&mut self, name: &str, value: &str) {
+        if !self.begin() {
+            return;
+        }
+        let res = self.conn.as_ref().map(|c| {
+            c.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)")
+                .and_then(|mut st| st.execute(params![name, value]))
+        });
+        match res {
+            Some(Ok(_)) => self.flush(),
+            Some(Err(e)) => self.fail("write", e),
+            None => {}
+        }
+    }
+
     /// The size last recorded for `key`, sure or not: is an object there,
     /// as far as s3ma knows?
     pub fn known(&mut self, key: &str) -> Option<u64> {

@@ -311,8 +311,8 @@ pub struct Session {
     /// (failed, or the file vanished): an object may be there or not.
     pub unconfirmed: Vec<String>,
     /// Objects the last reconcile would have deleted but did not, because
-    /// some uploads failed (`watch` deletes them one by one, with its own
-    /// guards).
+    /// some uploads failed, or the server refused (`watch` deletes them one
+    /// by one, with its own guards).
     pub deletes_left: Vec<String>,
     _lock: RunLock,
 }
@@ -642,7 +642,7 @@ pub async fn reconcile(
             ));
             deletes_left.extend(deletes.into_iter().map(|(k, _)| k));
         } else {
-            delete_all(store, cfg, rep, state, stop, &deletes).await?;
+            delete_all(store, cfg, rep, state, stop, &deletes, deletes_left).await?;
         }
     }
     state.flush();
@@ -710,6 +710,7 @@ pub fn spawn_listing(
 }
 
 /// Runs the deletions in batches of 1,000 (the DeleteObjects limit).
+/// Keys it could not delete go to `left`.
 async fn delete_all(
     store: &Store,
     cfg: &SyncConfig,
@@ -717,6 +718,7 @@ async fn delete_all(
     state: &mut State,
     stop: &Stop,
     deletes: &[(String, u64)],
+    left: &mut Vec<String>,
 ) -> Result<()> {
     for batch in deletes.chunks(DELETE_BATCH) {
         if stop.requested() {
@@ -728,6 +730,9 @@ async fn delete_all(
             }
             continue;
         }
+        // A crash before the answer must not leave records of objects
+        // that are gone.
+        state.mark_unsure_all(batch.iter().map(|(k, _)| k.as_str()));
         let done = delete_keys(store, &cfg.dest.bucket, batch).await;
         match &done.error {
             Some(e) if e.is_fatal() => {
@@ -738,6 +743,7 @@ async fn delete_all(
                 done.record(rep, state);
                 for (k, msg) in done.failures() {
                     rep.failed(k, &msg);
+                    left.push(k.to_string());
                 }
             }
         }

@@ -715,16 +715,24 @@ impl Uploader {
             // the metadata is put right on the server, the bytes stay.
             let meta = self.meta(&job.key, local.mtime_ns, &md5);
             let from = (self.bucket.as_str(), job.key.as_str());
-            if let Ok(new) = self
+            match self
                 .store
                 .copy(from, &self.bucket, &job.key, etag.as_deref(), &meta)
                 .await
             {
-                let mut repaired = record(md5);
-                if new.is_some() {
-                    repaired.etag = new;
+                Ok(new) => {
+                    let mut repaired = record(md5);
+                    if new.is_some() {
+                        repaired.etag = new;
+                    }
+                    return Ok(Some(repaired));
                 }
-                return Ok(Some(repaired));
+                // Gone, or replaced since the HEAD: it is not what was
+                // looked at; send the file.
+                Err(StoreError::NotFound | StoreError::PreconditionFailed) => return Ok(None),
+                // The bytes are right: the object is kept as it is (with
+                // its incomplete metadata) rather than sent again.
+                Err(_) => {}
             }
         }
         Ok(Some(record(md5)))

@@ -8,15 +8,22 @@
 //!   write it), and no task is writing it (the copy then claims it as
 //!   read, so nothing writes it until the copy is done). Otherwise it is
 //!   uploaded from the file.
-//! - A directory is walked (its files may predate its watch).
+//! - A directory is walked (its files may predate its watch); one that
+//!   appeared is walked again a quiet window later, for files made in it
+//!   before its watch existed, and its files are checked whatever the
+//!   records say (a directory moved in may hold other files of the same
+//!   sizes and mtimes).
 //! - A path that is gone has its object, and the objects under it,
 //!   deleted with `--delete`, batched into one request; not while a copy
 //!   from it is still to come, not while the root is missing or empty, and
-//!   not beyond `--max-delete` per window (held instead).
+//!   not beyond `--max-delete` per window (held instead). "Gone" means the
+//!   file system says so (not found); a path that cannot be looked at is
+//!   retried, never deleted.
 //!
-//! Before any task that writes a key starts, the state database forgets
-//! the old record (a crash cannot leave a record the object no longer
-//! matches), and the key is noted in `maybe` until its outcome is known.
+//! Before any task that writes or deletes a key starts, the state database
+//! marks its record unsure (a crash cannot leave a record the object no
+//! longer matches), and a key without a record is noted in `maybe` until
+//! its outcome is known.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,6 +33,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::claims::Claim;
 use super::finish::{Batch, Finished};
+use super::pending::Mark;
 use super::root::Health;
 use super::{Daemon, ROOT_POLL};
 use crate::plan::Decision;
@@ -40,6 +48,17 @@ pub fn primary_wait(size: u64) -> Duration {
     Duration::from_secs(300 + size / (1 << 20))
 }
 
+/// Does the file system say nothing is at `path` (not a failure to look)?
+fn absent(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+        ),
+    }
+}
+
 /// Deletions gathered in one dispatch, sent as one task.
 #[derive(Default)]
 pub struct Deletions {
@@ -47,6 +66,16 @@ pub struct Deletions {
     permit: Option<OwnedSemaphorePermit>,
     /// The root, looked at once per dispatch that deletes.
     root: Option<Health>,
+}
+
+/// Why a deletion cannot be added to the batch now.
+enum NotNow {
+    /// A task holds one of the keys.
+    Busy,
+    /// The root is missing or empty.
+    Root,
+    /// Over the `--max-delete` cap: held.
+    Held,
 }
 
 impl Daemon<'_> {
@@ -142,10 +171,48 @@ impl Daemon<'_> {
     }
 
     /// A path that waits for a key another task holds: looked at again
-    /// when a task ends (or after a second at the latest).
+    /// when a task lets go of a key at or under it (or after a second).
     fn block(&mut self, rel: &str, now: Instant, why: &str) {
         self.blocked.insert(rel.to_string());
         self.defer(rel, now + Duration::from_secs(1), why);
+    }
+
+    /// Puts `rel` back for the reason a deletion could not go now.
+    fn not_now(&mut self, rel: &str, now: Instant, why: NotNow) {
+        match why {
+            NotNow::Busy => self.block(rel, now, "objects at or under it are being written"),
+            NotNow::Root => self.defer(rel, now + ROOT_POLL, "the root is missing or empty"),
+            // Looked at again when it changes (or a window later, still
+            // held); pending and journaled meanwhile.
+            NotNow::Held => {
+                let window = self.budget.window();
+                self.defer(rel, now + window, "deletion held (--max-delete)")
+            }
+        }
+    }
+
+    /// Checks that `keys` may be deleted now, and spends them from the
+    /// `--max-delete` budget if so.
+    fn may_delete(
+        &mut self,
+        rel: &str,
+        keys: &[(String, u64)],
+        now: Instant,
+        deletions: &mut Deletions,
+    ) -> Result<(), NotNow> {
+        if !self.tasks.claims.free(&claim_of(keys)) {
+            return Err(NotNow::Busy);
+        }
+        if *deletions.root.get_or_insert_with(|| self.check_root()) != Health::Present {
+            return Err(NotNow::Root);
+        }
+        let n = keys.iter().filter(|(k, _)| !deletions.batch.has(k)).count() as u64;
+        if self.budget.allows(n, now) {
+            self.budget.spend(n, now);
+            return Ok(());
+        }
+        self.budget.hold(rel, n);
+        Err(NotNow::Held)
     }
 
     fn file(
@@ -178,17 +245,15 @@ impl Daemon<'_> {
             return self.block(&rel, now, "its key is being written or read");
         }
         if self.sync.delete {
-            // A directory replaced by this file leaves objects under it
-            // (held, like any deletion, beyond the cap; the file goes up
-            // anyway).
+            // A directory replaced by this file leaves objects under it;
+            // the file waits for them to be deleted (or no longer held).
             let stale = self.stale_under(&key);
             if !stale.is_empty() {
-                if !self.tasks.claims.free(&claim_of(&stale)) {
-                    return self.block(&rel, now, "objects under it are being written");
+                if let Err(why) = self.may_delete(&rel, &stale, now, deletions) {
+                    return self.not_now(&rel, now, why);
                 }
-                if self.may_delete(&rel, stale.len() as u64, now) {
-                    deletions.batch.sweep(&rel, stale);
-                }
+                self.mark_deleting(&stale);
+                deletions.batch.sweep(&rel, stale);
             }
         }
         let record = self.session.state.get(&key);
@@ -198,9 +263,10 @@ impl Daemon<'_> {
             if from_key == key || file.size > MAX_COPY {
                 return None;
             }
-            // Something at the old path will be written to the old key:
-            // the copy could read either version.
-            if std::fs::symlink_metadata(self.sync.dir.join(from)).is_ok() {
+            // Something at the old path (or something that cannot be
+            // looked at) may be written to the old key: the copy could
+            // read either version.
+            if !absent(&self.sync.dir.join(from)) {
                 return None;
             }
             if !self.tasks.claims.readable(&from_key) || deletions.batch.has(&from_key) {
@@ -217,7 +283,7 @@ impl Daemon<'_> {
                 .inbox
                 .pending
                 .get(&rel)
-                .and_then(|e| e.retry.behind)
+                .and_then(|e| e.notes.behind)
                 .is_some_and(|(since, _)| waited_enough(since));
         let decision = match &record {
             None => Decision::Upload("new"),
@@ -226,7 +292,7 @@ impl Daemon<'_> {
             Some(_) => Decision::Hash,
         };
         sync::before_write(&mut self.session.state, &key, record.as_ref());
-        self.maybe.insert(key.clone());
+        self.maybe.entry(key.clone()).or_insert(file.size);
         let claim = Claim {
             writes: vec![key.clone()],
             reads: source.iter().map(|(k, _)| k.clone()).collect(),
@@ -242,7 +308,7 @@ impl Daemon<'_> {
         let up = self.session.uploader.clone();
         let from = source.as_ref().and(copy_from);
         self.inbox.pending.covered(&rel);
-        self.tasks.spawn(Some(rel.clone()), claim, async move {
+        self.tasks.spawn(vec![rel.clone()], claim, async move {
             let outcome = match source {
                 Some((from_key, src)) => up.copy_or_upload(job, from_key, src).await,
                 None => up.run(job, false).await,
@@ -258,10 +324,17 @@ impl Daemon<'_> {
         });
     }
 
-    /// A directory appeared (created, moved in, renamed): its files may
-    /// predate its watch, so walk it. A renamed one's files are copied from
-    /// their old objects.
+    /// A directory appeared (created, moved in, renamed) or changed: its
+    /// files may predate its watch, so walk it. A renamed one's files are
+    /// copied from their old objects.
     fn walk_dir(&mut self, rel: &str, path: &Path, now: Instant, deletions: &mut Deletions) {
+        let Some(entry) = self.inbox.pending.get(rel) else {
+            return;
+        };
+        // Its files are new at their names: the records of what was there
+        // before say nothing of them. (A second walk only looks for what
+        // the first could not see yet.)
+        let appeared = entry.appeared() && !entry.notes.walked;
         // A directory replacing a file, or a directory replaced by a new
         // one: the file's object and the old files' objects go.
         let mut sweep = Vec::new();
@@ -271,8 +344,10 @@ impl Daemon<'_> {
             if let Some(size) = self.known(&key) {
                 sweep.push((key, size));
             }
-            if !self.tasks.claims.free(&claim_of(&sweep)) {
-                return self.block(rel, now, "objects under it are being written");
+            if !sweep.is_empty() {
+                if let Err(why) = self.may_delete(rel, &sweep, now, deletions) {
+                    return self.not_now(rel, now, why);
+                }
             }
         }
         let copy_from = self.inbox.pending.take_copy_from(rel);
@@ -323,22 +398,41 @@ impl Daemon<'_> {
                 .state
                 .get(&key)
                 .is_some_and(|r| r.size == f.size && r.mtime_ns == f.mtime_ns);
-            if on_record && from.is_none() && self.inbox.pending.get(&f.rel).is_none() {
+            if on_record && !appeared && from.is_none() && self.inbox.pending.get(&f.rel).is_none()
+            {
                 continue;
             }
             // Moved in whole; a new directory's files may still be written.
-            if self.inbox.pending.touch(&f.rel, now, from.is_some()) {
+            let mark = Mark {
+                complete: from.is_some(),
+                appeared,
+            };
+            if self.inbox.pending.touch(&f.rel, now, mark) {
                 self.inbox.new.push(f.rel.clone());
             }
             if from.is_some() {
                 self.inbox.pending.set_copy_from(&f.rel, from);
             }
         }
-        if !sweep.is_empty() && self.may_delete(rel, sweep.len() as u64, now) {
+        if !sweep.is_empty() {
+            self.mark_deleting(&sweep);
             deletions.batch.sweep(rel, sweep);
         }
-        // The directory itself is settled once its files are journaled.
         self.inbox.journal_new();
+        if appeared {
+            // Once more, a quiet window later: a file made in it (or in a
+            // directory under it) before its watch existed has no event.
+            if let Some(notes) = self.inbox.pending.notes_mut(rel) {
+                notes.walked = true;
+            }
+            let again = now + self.cfg.debounce.max(Duration::from_millis(100));
+            return self.defer(
+                rel,
+                again,
+                "walked once; once more for files made before its watch",
+            );
+        }
+        // The directory itself is settled once its files are journaled.
         self.settle(rel);
     }
 
@@ -364,9 +458,6 @@ impl Daemon<'_> {
         if self.inbox.pending.pinned(&rel) {
             return self.block(&rel, now, "a renamed file will be copied from it");
         }
-        if *deletions.root.get_or_insert_with(|| self.check_root()) != Health::Present {
-            return self.defer(&rel, now + ROOT_POLL, "the root is not there");
-        }
         let key = self.sync.dest.key_for(&rel);
         let mut keys = self.stale_under(&key);
         if let Some(size) = self.known(&key) {
@@ -375,25 +466,22 @@ impl Daemon<'_> {
         if keys.is_empty() {
             return self.settle(&rel);
         }
-        if !self.tasks.claims.free(&claim_of(&keys)) {
-            return self.block(&rel, now, "its objects are being written");
+        if let Err(why) = self.may_delete(&rel, &keys, now, deletions) {
+            return self.not_now(&rel, now, why);
         }
-        if !self.may_delete(&rel, keys.len() as u64, now) {
-            // Held: pending and journaled, looked at again when it changes
-            // (or a window later, still held).
-            let window = self.budget.window();
-            return self.defer(&rel, now + window, "deletion held (--max-delete)");
-        }
+        self.mark_deleting(&keys);
         deletions.batch.remove(&rel, keys);
         deletions.permit.get_or_insert(permit);
     }
 
     /// Is an object at `key` known or possibly there (written by a task
-    /// with no record yet)? Its size when known.
+    /// with no record yet, or listed by a reconcile)? Its size when known.
+    /// Without a working state database, any key may be there.
     fn known(&mut self, key: &str) -> Option<u64> {
         match self.session.state.known(key) {
             Some(size) => Some(size),
-            None => self.maybe.contains(key).then_some(0),
+            None if self.session.state.broken.is_some() => Some(0),
+            None => self.maybe.get(key).copied(),
         }
     }
 
@@ -405,29 +493,26 @@ impl Daemon<'_> {
         let mut keys: BTreeMap<String, u64> = self
             .maybe
             .range(under.clone()..)
-            .take_while(|k| k.starts_with(&under))
-            .map(|k| (k.clone(), 0))
+            .take_while(|(k, _)| k.starts_with(&under))
+            .map(|(k, size)| (k.clone(), *size))
             .collect();
         keys.extend(self.session.state.keys_under(dir));
         keys.into_iter()
             .filter(|(k, _)| {
                 self.sync.dest.rel_of(k).is_some_and(|sub| {
-                    std::fs::symlink_metadata(self.sync.dir.join(sub)).is_err()
-                        && !self.session.filter.excludes_key(sub)
+                    absent(&self.sync.dir.join(sub)) && !self.session.filter.excludes_key(sub)
                 })
             })
             .collect()
     }
 
-    /// The `--max-delete` cap for `n` more deletions of `rel`: spent when
-    /// allowed, held (and said) when not.
-    fn may_delete(&mut self, rel: &str, n: u64, now: Instant) -> bool {
-        if self.budget.allows(n, now) {
-            self.budget.spend(n, now);
-            return true;
-        }
-        self.budget.hold(rel, n);
-        false
+    /// Keys about to be deleted: their records stop vouching for objects
+    /// first, so a crash before the answer cannot leave a record of an
+    /// object that is gone.
+    fn mark_deleting(&mut self, keys: &[(String, u64)]) {
+        self.session
+            .state
+            .mark_unsure_all(keys.iter().map(|(k, _)| k.as_str()));
     }
 
     fn spawn_deletions(&mut self, deletions: Deletions) {
@@ -446,7 +531,8 @@ impl Daemon<'_> {
         let claim = claim_of(&batch.keys);
         let store = self.session.store.clone();
         let bucket = self.sync.dest.bucket.clone();
-        self.tasks.spawn(None, claim, async move {
+        let rels = batch.rels();
+        self.tasks.spawn(rels, claim, async move {
             let done = sync::delete_keys(&store, &bucket, &batch.keys).await;
             drop(permit);
             Finished::Deleted { batch, done }
@@ -455,11 +541,11 @@ impl Daemon<'_> {
 
     /// A problem with one path: try it again later, saying so now and then.
     pub(super) fn retry_later(&mut self, rel: &str, what: &str, message: &str) {
-        let Some(retry) = self.inbox.pending.retry_mut(rel) else {
+        let Some(notes) = self.inbox.pending.notes_mut(rel) else {
             return;
         };
-        retry.attempts = retry.attempts.saturating_add(1);
-        let attempts = retry.attempts;
+        notes.attempts = notes.attempts.saturating_add(1);
+        let attempts = notes.attempts;
         let wait = self.gate.retry_after(attempts);
         self.defer(rel, Instant::now() + wait, message);
         if let Some(m) = self.quiet.pass(&format!("{what}: {message}")) {

@@ -70,11 +70,30 @@ impl Budget {
         self.remaining(now).is_none_or(|left| n <= left)
     }
 
-    /// `n` objects were deleted (or are being deleted) at `now`.
+    /// `n` objects are being deleted at `now`.
     pub fn spend(&mut self, n: u64, now: Instant) {
-        if n > 0 {
+        if n > 0 && self.max.is_some() {
             self.done.push_back((now, n));
+            // Keeps the queue as short as the window.
+            self.used(now);
         }
+    }
+
+    /// `n` of the objects spent were not deleted after all (refused, or
+    /// the server failed): they do not count.
+    pub fn refund(&mut self, mut n: u64, now: Instant) {
+        while n > 0 {
+            let Some((_, last)) = self.done.back_mut() else {
+                break;
+            };
+            let take = n.min(*last);
+            *last -= take;
+            n -= take;
+            if *last == 0 {
+                self.done.pop_back();
+            }
+        }
+        self.used(now);
     }
 
     /// The deletions of `rel` (`n` objects) are held. Returns true when
@@ -134,9 +153,26 @@ mod tests {
     }
 
     #[test]
-    fn no_cap_allows_everything() {
+    fn no_cap_allows_everything_and_remembers_nothing() {
         let mut b = Budget::new(None, Duration::from_secs(60));
         assert!(b.allows(1_000_000, Instant::now()));
         assert_eq!(b.remaining(Instant::now()), None);
+        for _ in 0..1000 {
+            b.spend(5, Instant::now());
+        }
+        assert!(b.done.is_empty());
+    }
+
+    #[test]
+    fn deletions_that_failed_are_refunded() {
+        let t = Instant::now();
+        let mut b = Budget::new(Some(100), Duration::from_secs(3600));
+        b.spend(50, t);
+        b.spend(30, t);
+        b.refund(40, t);
+        assert_eq!(b.used(t), 40);
+        assert!(b.allows(60, t));
+        b.refund(1000, t);
+        assert_eq!(b.used(t), 0);
     }
 }

@@ -9,6 +9,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use super::claims::Claim;
+use super::pending::Mark;
 use super::Daemon;
 use crate::scan::LocalFile;
 use crate::store::Blame;
@@ -75,9 +77,18 @@ impl Batch {
         self.has.contains(key)
     }
 
-    /// The gone paths it is for.
+    /// The gone paths it is for (in flight while it runs).
     pub fn settles(&self) -> Vec<String> {
         self.removes.iter().map(|(rel, _)| rel.clone()).collect()
+    }
+
+    /// Every path it is for, gone or swept.
+    pub fn rels(&self) -> Vec<String> {
+        self.removes
+            .iter()
+            .chain(&self.sweeps)
+            .map(|(rel, _)| rel.clone())
+            .collect()
     }
 }
 
@@ -90,33 +101,63 @@ impl Daemon<'_> {
             Ok((id, _)) => *id,
             Err(e) => e.id(),
         };
-        let rel = match self.tasks.info.remove(&id) {
-            Some((rel, claim)) => {
+        let rels = match self.tasks.info.remove(&id) {
+            Some((rels, claim)) => {
                 self.tasks.claims.release(&claim);
-                rel
+                self.unblock(&claim);
+                rels
             }
-            None => None,
+            None => Vec::new(),
         };
-        // Whatever waited for a key may go now.
-        let now = Instant::now();
-        for rel in std::mem::take(&mut self.blocked) {
-            self.inbox.pending.set_due(&rel, now);
-        }
         match done {
             Ok((_, finished)) => self.finish(finished),
             Err(e) => {
-                // A task that panicked or was cancelled: its path is looked
-                // at again (or, when stopping, at the next start).
-                if let Some(rel) = rel {
+                // A task that panicked or was cancelled: its paths are
+                // looked at again (or, when stopping, at the next start).
+                let now = Instant::now();
+                for rel in rels {
                     if !e.is_cancelled() {
                         self.rep
                             .failed(&rel, &format!("transfer task failed: {e}; retrying"));
                     }
                     let wait = self.gate.retry_after(1);
+                    if self.inbox.pending.touch(&rel, now, Mark::CHANGED) {
+                        self.inbox.new.push(rel.clone());
+                    }
                     self.inbox.pending.set_due(&rel, now + wait);
                     self.inbox.pending.land(&rel);
                 }
+                self.inbox.journal_new();
             }
+        }
+    }
+
+    /// Paths that waited for a key this claim held may go now: those whose
+    /// key is one of its keys, or above or below one.
+    fn unblock(&mut self, claim: &Claim) {
+        if self.blocked.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let released: Vec<&String> = claim.writes.iter().chain(&claim.reads).collect();
+        let related = |key: &str| {
+            released.iter().any(|k| {
+                k.as_str() == key
+                    || k.strip_prefix(key).is_some_and(|r| r.starts_with('/'))
+                    || key
+                        .strip_prefix(k.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+            })
+        };
+        let ready: Vec<String> = self
+            .blocked
+            .iter()
+            .filter(|rel| related(&self.sync.dest.key_for(rel)))
+            .cloned()
+            .collect();
+        for rel in ready {
+            self.blocked.remove(&rel);
+            self.inbox.pending.set_due(&rel, now);
         }
     }
 
@@ -153,10 +194,14 @@ impl Daemon<'_> {
         let now = Instant::now();
         match concluded {
             Concluded::Mirrored => {
-                self.maybe.remove(&key);
+                // On record now (unless the state database has failed:
+                // then the key stays known here).
+                if self.session.state.broken.is_none() {
+                    self.maybe.remove(&key);
+                }
                 self.gate.open();
-                if let Some(retry) = self.inbox.pending.retry_mut(&rel) {
-                    retry.attempts = 0;
+                if let Some(notes) = self.inbox.pending.notes_mut(&rel) {
+                    notes.attempts = 0;
                 }
                 if self.inbox.pending.finish(&rel) {
                     self.settled(&rel);
@@ -168,9 +213,9 @@ impl Daemon<'_> {
                 self.inbox.pending.land(&rel);
             }
             Concluded::Behind => {
-                if let Some(retry) = self.inbox.pending.retry_mut(&rel) {
-                    let (since, polls) = retry.behind.unwrap_or((now, 0));
-                    retry.behind = Some((since, polls + 1));
+                if let Some(notes) = self.inbox.pending.notes_mut(&rel) {
+                    let (since, polls) = notes.behind.unwrap_or((now, 0));
+                    notes.behind = Some((since, polls + 1));
                     let poll = Duration::from_millis(250 << polls.min(5)).min(PRIMARY_POLL);
                     self.inbox.pending.set_due(&rel, now + poll);
                 }
@@ -178,13 +223,13 @@ impl Daemon<'_> {
             }
             Concluded::Failed { blame, message, .. } => {
                 // The copy may be tried again with its source, if it is
-                // still one.
+                // still one (no event since: an event cleared it).
                 if copy_from.is_some()
                     && self
                         .inbox
                         .pending
                         .get(&rel)
-                        .is_some_and(|e| e.copy_from().is_none())
+                        .is_some_and(|e| e.copy_from().is_none() && !e.changed_in_flight())
                 {
                     self.inbox.pending.set_copy_from(&rel, copy_from);
                 }
@@ -218,10 +263,11 @@ impl Daemon<'_> {
             self.maybe.remove(k);
         }
         let now = Instant::now();
-        if let Some(e) = &done.error {
-            if e.blame() != Blame::Request {
-                self.server_trouble_message(&e.to_string());
-            }
+        // What was not deleted does not count against the cap.
+        self.budget.refund(refused.len() as u64, now);
+        let outage = done.error.as_ref().filter(|e| e.blame() != Blame::Request);
+        if let Some(e) = outage {
+            self.server_trouble_message(&e.to_string());
         } else if refused.is_empty() {
             self.gate.open();
         }
@@ -231,11 +277,7 @@ impl Daemon<'_> {
                 if self.inbox.pending.finish(&rel) {
                     self.settled(&rel);
                 }
-            } else if done
-                .error
-                .as_ref()
-                .is_some_and(|e| e.blame() != Blame::Request)
-            {
+            } else if outage.is_some() {
                 let due = self.gate.until().unwrap_or(now);
                 self.inbox.pending.set_due(&rel, due);
                 self.inbox.pending.land(&rel);
@@ -247,7 +289,7 @@ impl Daemon<'_> {
             if keys.iter().any(|k| refused.contains(k)) {
                 // Look at the path again later; the sweep is redone.
                 let wait = self.gate.retry_after(1);
-                if self.inbox.pending.touch(&rel, now, true) {
+                if self.inbox.pending.touch(&rel, now, Mark::COMPLETE) {
                     self.inbox.new.push(rel.clone());
                 }
                 self.inbox.pending.set_due(&rel, now + wait);
@@ -260,6 +302,7 @@ impl Daemon<'_> {
     fn settled(&mut self, rel: &str) {
         self.inbox.journal.clear(rel);
         self.budget.release(rel);
+        self.blocked.remove(rel);
     }
 
     /// The server failed a request: everything waits, the path included.

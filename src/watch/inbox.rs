@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::gate::Quiet;
 use super::intake::{self, Change, Inbound};
 use super::journal::Journal;
-use super::pending::Pending;
+use super::pending::{Mark, Pending};
 use crate::keys;
 use crate::report::Reporter;
 use crate::scan::{self, Filter};
@@ -67,7 +67,7 @@ impl Inbox {
     pub fn resume(&mut self, rels: &[String]) {
         let now = Instant::now();
         for rel in rels {
-            self.pending.touch(rel, now, true);
+            self.pending.touch(rel, now, Mark::COMPLETE);
         }
         // Journaled already (those of the old table are journaled anew).
         self.journal.mark(rels.iter().map(String::as_str));
@@ -107,12 +107,12 @@ impl Inbox {
                 self.rescan
                     .get_or_insert("the kernel's event queue overflowed");
             }
-            Change::Touched { path, complete } => {
+            Change::Touched { path, mark } => {
                 if self.about_root(&path) {
                     return;
                 }
                 if let Some(rel) = self.rel_of(rep, &path) {
-                    if self.pending.touch(&rel, now, complete) {
+                    if self.pending.touch(&rel, now, mark) {
                         self.new.push(rel);
                     }
                 }
@@ -127,14 +127,14 @@ impl Inbox {
                     // Moved in from an excluded name: a new file, whole.
                     (None, Some(to)) => self
                         .pending
-                        .touch(&to, now, true)
+                        .touch(&to, now, Mark::MOVED_IN)
                         .then_some(to)
                         .into_iter()
                         .collect(),
                     // Moved out to an excluded name: gone.
                     (Some(from), None) => self
                         .pending
-                        .touch(&from, now, false)
+                        .touch(&from, now, Mark::CHANGED)
                         .then_some(from)
                         .into_iter()
                         .collect(),

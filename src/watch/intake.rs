@@ -22,14 +22,16 @@ use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, EventKindMask, RecursiveMode, Watcher as _};
 use tokio::sync::{mpsc, Notify};
 
+use super::pending::Mark;
+
 pub type Watcher = notify::RecommendedWatcher;
 
 /// What one event says about the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// Something at the path may be different now. `complete`: the event
-    /// says the file is whole (closed after writing, or moved into place).
-    Touched { path: PathBuf, complete: bool },
+    /// Something at the path may be different now; the mark says what
+    /// else the event tells (the file is whole, the path is new).
+    Touched { path: PathBuf, mark: Mark },
     /// A rename seen whole, both names known.
     Renamed { from: PathBuf, to: PathBuf },
     /// Events were lost: only a full reconcile can tell what changed.
@@ -41,28 +43,29 @@ pub fn classify(ev: &Event) -> Vec<Change> {
     if ev.need_rescan() {
         return vec![Change::Rescan];
     }
-    let touched = |complete: bool| {
+    let touched = |mark: Mark| {
         ev.paths
             .iter()
             .map(|p| Change::Touched {
                 path: p.clone(),
-                complete,
+                mark,
             })
             .collect()
     };
     match &ev.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => touched(true),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => touched(Mark::COMPLETE),
         EventKind::Access(_) | EventKind::Other | EventKind::Any => Vec::new(),
         EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => match &ev.paths[..] {
             [from, to] => vec![Change::Renamed {
                 from: from.clone(),
                 to: to.clone(),
             }],
-            _ => touched(false),
+            _ => touched(Mark::CHANGED),
         },
-        // Moved in: whole, as a rename is atomic.
-        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => touched(true),
-        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(_) => touched(false),
+        // Moved in: whole, as a rename is atomic, and new at this name.
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => touched(Mark::MOVED_IN),
+        EventKind::Create(_) => touched(Mark::CREATED),
+        EventKind::Remove(_) | EventKind::Modify(_) => touched(Mark::CHANGED),
     }
 }
 
@@ -119,18 +122,27 @@ fn mask() -> EventKindMask {
         | EventKindMask::ACCESS_CLOSE
 }
 
+/// A watcher at work, and what is missing from it.
+pub struct Started {
+    pub watcher: Watcher,
+    /// Part of the tree is not watched (the watch limit, an unreadable
+    /// directory): the caller falls back to periodic reconciles.
+    pub partial: Option<String>,
+    /// The directory holding a symbolic-link root is not watched: a switch
+    /// is seen by the regular look at the root instead of at once.
+    pub warning: Option<String>,
+}
+
 /// Starts watching `dir` (and, when it is a symbolic link, the directory
 /// holding the link, to see it switched). A tree that can only be watched
-/// in part (the watch limit, an unreadable directory) is not an error: the
-/// message says what is missing, and the caller falls back to periodic
-/// reconciles.
+/// in part is not an error: [`Started`] says what is missing.
 pub fn start(
     dir: &Path,
     follow_symlinks: bool,
     tx: mpsc::Sender<Inbound>,
     flags: Arc<Flags>,
     limited_every: std::time::Duration,
-) -> Result<(Watcher, Option<String>)> {
+) -> Result<Started> {
     let handler = move |res: Inbound| {
         if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(res) {
             flags.raise(&flags.overflowed);
@@ -160,12 +172,20 @@ pub fn start(
             limited_every.as_secs() / 60
         )),
     };
-    if let Some(parent) = link_parent(dir) {
-        // Best effort: without it, the switch is noticed by the periodic
-        // look at the root instead of at once.
-        let _ = watcher.watch(&parent, RecursiveMode::NonRecursive);
-    }
-    Ok((watcher, partial))
+    let warning = link_parent(dir).and_then(|parent| {
+        let e = watcher.watch(&parent, RecursiveMode::NonRecursive).err()?;
+        Some(format!(
+            "cannot watch {}, which holds the link {} ({e}); a switch of the link is seen \
+             within seconds instead of at once",
+            parent.display(),
+            dir.display()
+        ))
+    });
+    Ok(Started {
+        watcher,
+        partial,
+        warning,
+    })
 }
 
 /// The directory holding `dir`, when `dir` is a symbolic link.
@@ -192,10 +212,10 @@ mod tests {
         e
     }
 
-    fn touched(p: &str, complete: bool) -> Change {
+    fn touched(p: &str, mark: Mark) -> Change {
         Change::Touched {
             path: PathBuf::from(p),
-            complete,
+            mark,
         }
     }
 
@@ -204,21 +224,21 @@ mod tests {
         let cases = [
             (
                 ev(EventKind::Create(CreateKind::File), &["/r/a"]),
-                vec![touched("/r/a", false)],
+                vec![touched("/r/a", Mark::CREATED)],
             ),
             (
                 ev(
                     EventKind::Modify(ModifyKind::Data(DataChange::Any)),
                     &["/r/a"],
                 ),
-                vec![touched("/r/a", false)],
+                vec![touched("/r/a", Mark::CHANGED)],
             ),
             (
                 ev(
                     EventKind::Access(AccessKind::Close(AccessMode::Write)),
                     &["/r/a"],
                 ),
-                vec![touched("/r/a", true)],
+                vec![touched("/r/a", Mark::COMPLETE)],
             ),
             (
                 ev(
@@ -236,21 +256,21 @@ mod tests {
             ),
             (
                 ev(EventKind::Remove(RemoveKind::Folder), &["/r/d"]),
-                vec![touched("/r/d", false)],
+                vec![touched("/r/d", Mark::CHANGED)],
             ),
             (
                 ev(
                     EventKind::Modify(ModifyKind::Name(RenameMode::From)),
                     &["/r/a"],
                 ),
-                vec![touched("/r/a", false)],
+                vec![touched("/r/a", Mark::CHANGED)],
             ),
             (
                 ev(
                     EventKind::Modify(ModifyKind::Name(RenameMode::To)),
                     &["/r/b"],
                 ),
-                vec![touched("/r/b", true)],
+                vec![touched("/r/b", Mark::MOVED_IN)],
             ),
             (
                 ev(

@@ -36,7 +36,7 @@ mod journal;
 mod pending;
 mod root;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,7 +59,7 @@ use self::gate::{Gate, Quiet};
 use self::inbox::Inbox;
 use self::intake::{Flags, Inbound, Watcher};
 use self::journal::Journal;
-use self::pending::{Pending, Timing};
+use self::pending::{Mark, Pending, Timing};
 use self::root::{Health, Root, Seen};
 
 /// How often the root is looked at, besides the events about it.
@@ -80,24 +80,24 @@ pub enum First {
     Independent,
 }
 
-/// The tasks in flight, with the path each acts on and the keys it holds.
+/// The tasks in flight, with the paths each acts on and the keys it holds.
 #[derive(Default)]
 struct Tasks {
     set: JoinSet<Finished>,
-    info: HashMap<tokio::task::Id, (Option<String>, Claim)>,
+    info: HashMap<tokio::task::Id, (Vec<String>, Claim)>,
     claims: Claims,
 }
 
 impl Tasks {
     fn spawn(
         &mut self,
-        rel: Option<String>,
+        rels: Vec<String>,
         claim: Claim,
         task: impl std::future::Future<Output = Finished> + Send + 'static,
     ) {
         self.claims.take(&claim);
         let handle = self.set.spawn(task);
-        self.info.insert(handle.id(), (rel, claim));
+        self.info.insert(handle.id(), (rels, claim));
     }
 
     fn is_empty(&self) -> bool {
@@ -126,10 +126,12 @@ struct Daemon<'a> {
     gate: Gate,
     budget: Budget,
     tasks: Tasks,
-    /// Keys a task may have written with no record of it yet: a deletion
-    /// under them must not miss them. Cleared by a full reconcile, which
-    /// sees the bucket itself.
-    maybe: BTreeSet<String>,
+    /// Keys that may hold an object the state database does not record
+    /// (written by a task with no outcome recorded yet, or listed by a
+    /// reconcile that could not delete them), with their sizes when known:
+    /// a deletion at or under them must not miss them. Cleared by a full
+    /// reconcile, which sees the bucket itself.
+    maybe: BTreeMap<String, u64>,
     /// Paths that wait for another task to let go of a key.
     blocked: BTreeSet<String>,
     quiet: Quiet,
@@ -142,6 +144,10 @@ struct Daemon<'a> {
     held_said: u64,
     /// A reconcile refused more deletions than the cap left: how many.
     held_by_reconcile: u64,
+    /// When the root and the periodic reconcile were last looked at.
+    last_tick: Instant,
+    /// The failures of the journal and the state database were said.
+    broken_said: (bool, bool),
 }
 
 pub async fn run(
@@ -182,15 +188,22 @@ pub async fn run(
     let before = root.about_to_watch();
     // Watch first, then reconcile: nothing changed during the reconcile is
     // missed.
-    let (watcher, partial) = intake::start(
+    let intake::Started {
+        watcher,
+        partial,
+        warning,
+    } = intake::start(
         &sync.dir,
         sync.filter.follow_symlinks,
         tx.clone(),
         flags.clone(),
         LIMITED_RESCAN,
     )?;
+    if let Some(w) = warning {
+        rep.warn(&w);
+    }
     root.watching(before);
-    spawn_hangup(flags.clone());
+    spawn_hangup(flags.clone(), &rep);
     // What the journal holds was changed before a crash or a stop: hash it.
     let mut left = inbox.journal.all();
     left.extend(session.state.take_legacy_journal());
@@ -211,7 +224,7 @@ pub async fn run(
         gate: Gate::default(),
         budget: Budget::new(sync.max_delete, cfg.max_delete_window),
         tasks: Tasks::default(),
-        maybe: BTreeSet::new(),
+        maybe: BTreeMap::new(),
         blocked: BTreeSet::new(),
         quiet: Quiet::default(),
         rescan: None,
@@ -219,7 +232,14 @@ pub async fn run(
         next_rescan: None,
         held_said: 0,
         held_by_reconcile: 0,
+        last_tick: Instant::now(),
+        broken_said: (false, false),
     };
+    // A link switched while the daemon was stopped: the first reconcile
+    // hashes the new tree too.
+    d.recheck_all = d
+        .root
+        .switched_since(d.session.state.meta(ROOT_META).as_deref());
     if let Some(msg) = &partial {
         rep.failed(&sync.dir.display().to_string(), msg);
     }
@@ -298,13 +318,22 @@ fn store_error(e: &anyhow::Error) -> Option<&StoreError> {
     e.chain().find_map(|c| c.downcast_ref::<StoreError>())
 }
 
+/// The state database's name for the identity of the directory last
+/// watched.
+const ROOT_META: &str = "watched_root";
+
 /// SIGHUP (`systemctl reload`): a full reconcile now.
-fn spawn_hangup(flags: Arc<Flags>) {
+fn spawn_hangup(flags: Arc<Flags>, rep: &Reporter) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            return rep.warn(&format!(
+                "cannot take SIGHUP ({e}): `systemctl reload` will not start a reconcile"
+            ))
+        }
+    };
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
         while hup.recv().await.is_some() {
             flags.raise(&flags.hangup);
         }
@@ -336,8 +365,14 @@ impl Daemon<'_> {
             }
             self.dispatch();
             self.inbox.journal.commit();
+            self.say_broken();
             self.idle_check();
             self.say_held();
+            // However busy the loop is with events, the root and the
+            // periodic reconcile are looked at on time.
+            if self.last_tick.elapsed() >= ROOT_POLL {
+                self.tick();
+            }
             let wake = self.next_wake();
             let busy = !self.tasks.is_empty();
             let stop = self.stop;
@@ -446,6 +481,7 @@ impl Daemon<'_> {
     }
 
     fn tick(&mut self) {
+        self.last_tick = Instant::now();
         if self.next_rescan.is_some_and(|t| t <= Instant::now()) {
             self.rescan.get_or_insert_with(|| "periodic".into());
         }
@@ -505,12 +541,15 @@ impl Daemon<'_> {
                     self.flags.clone(),
                     LIMITED_RESCAN,
                 ) {
-                    Ok((w, partial)) => {
-                        self.watcher = Some(w);
+                    Ok(started) => {
+                        self.watcher = Some(started.watcher);
                         self.root.watching(before);
-                        if let Some(msg) = partial {
+                        if let Some(msg) = started.partial {
                             self.limited = true;
                             self.rep.failed(&dir, &msg);
+                        }
+                        if let Some(w) = started.warning {
+                            self.rep.warn(&w);
                         }
                         self.rep
                             .warn(&format!("{why}; watching it and reconciling"));
@@ -534,17 +573,21 @@ impl Daemon<'_> {
     /// than the reconcile are settled by it when it succeeds.
     async fn reconcile(&mut self, why: &str) -> Result<()> {
         self.rep.debug(&format!("reconcile ({why})"));
+        let stop = self.stop;
         while !self.tasks.is_empty() {
             tokio::select! {
                 Some(done) = self.tasks.set.join_next_with_id() => self.finish_joined(done),
                 Some(input) = self.rx.recv() => self.take_inputs(input),
+                // Stopping: the shutdown lets them finish, for a while.
+                _ = stop.wait() => return Ok(()),
             }
         }
         if self.check_root() == Health::Gone {
             return Ok(());
         }
         let started = Instant::now();
-        let recheck = if std::mem::take(&mut self.recheck_all) {
+        let watched = self.root.watched_meta();
+        let recheck = if self.recheck_all {
             sync::Recheck::All
         } else {
             sync::Recheck::These(self.inbox.pending.rels().map(|(r, _)| r.clone()).collect())
@@ -581,6 +624,14 @@ impl Daemon<'_> {
         let deleted = get(&self.rep.counts.deleted) - before.1;
         self.budget.spend(deleted, Instant::now());
         let status = status?;
+        if matches!(status, Status::Done | Status::Partial) {
+            // The new tree was hashed: no need to again; and the next
+            // start knows which directory was last reconciled.
+            self.recheck_all = false;
+            if let Some(id) = watched {
+                self.session.state.set_meta(ROOT_META, &id);
+            }
+        }
         let unconfirmed = std::mem::take(&mut self.session.unconfirmed);
         match status {
             Status::Done => {
@@ -605,27 +656,29 @@ impl Daemon<'_> {
             Status::Partial => {
                 let now = Instant::now();
                 for rel in std::mem::take(&mut self.session.failed_rels) {
-                    if self.inbox.pending.touch(&rel, now, true) {
+                    if self.inbox.pending.touch(&rel, now, Mark::COMPLETE) {
                         self.inbox.new.push(rel.clone());
                     }
                     let wait = self.gate.retry_after(1);
                     self.inbox.pending.set_due(&rel, now + wait);
                 }
-                // The deletions it left for the failed uploads' sake: each
-                // is a gone path to the daemon, deleted once no copy needs
-                // it.
-                for key in std::mem::take(&mut self.session.deletes_left) {
-                    if let Some(rel) = self.sync.dest.rel_of(&key) {
-                        if self.inbox.pending.touch(rel, now, false) {
-                            self.inbox.new.push(rel.to_string());
-                        }
-                    }
-                }
-                self.inbox.journal_new();
             }
             Status::Interrupted | Status::Busy(_) => {}
         }
-        self.maybe.extend(unconfirmed);
+        // What it wrote without a record, and what it listed but did not
+        // delete (for failed uploads' sake, or refused): known objects to
+        // the daemon, whose gone paths it deletes with its own guards.
+        self.maybe.extend(unconfirmed.into_iter().map(|k| (k, 0)));
+        let now = Instant::now();
+        for key in std::mem::take(&mut self.session.deletes_left) {
+            if let Some(rel) = self.sync.dest.rel_of(&key) {
+                if self.inbox.pending.touch(rel, now, Mark::CHANGED) {
+                    self.inbox.new.push(rel.to_string());
+                }
+            }
+            self.maybe.entry(key).or_insert(0);
+        }
+        self.inbox.journal_new();
         if why != "start" {
             self.rep.status(
                 "reconcile",
@@ -699,6 +752,22 @@ impl Daemon<'_> {
         );
     }
 
+    /// Says at once, and once, that the journal or the state database
+    /// failed (the daemon goes on without it), and reconciles when the
+    /// state database is gone: only the listing tells what is there now.
+    fn say_broken(&mut self) {
+        if let (Some(w), false) = (&self.inbox.journal.broken, self.broken_said.0) {
+            self.rep.warn(w);
+            self.broken_said.0 = true;
+        }
+        if let (Some(w), false) = (&self.session.state.broken, self.broken_said.1) {
+            self.rep.warn(w);
+            self.broken_said.1 = true;
+            self.rescan
+                .get_or_insert_with(|| "the state database failed".into());
+        }
+    }
+
     /// Stops intake, journals the events still on their way, lets
     /// in-flight work finish for a bounded time.
     async fn shutdown(&mut self) {
@@ -726,12 +795,7 @@ impl Daemon<'_> {
         }
         self.inbox.journal.commit();
         self.session.state.flush();
-        for w in [&self.session.state.broken, &self.inbox.journal.broken]
-            .into_iter()
-            .flatten()
-        {
-            self.rep.warn(w);
-        }
+        self.say_broken();
         let waiting = self.inbox.pending.len();
         let some: Vec<&String> = self.inbox.pending.rels().map(|(r, _)| r).take(20).collect();
         self.rep.status(

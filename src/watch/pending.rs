@@ -18,6 +18,35 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+/// What an event says of its path, besides that it changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark {
+    /// The file is whole (closed after writing, or renamed into place).
+    pub complete: bool,
+    /// The path was created or moved in: whatever is there now is new at
+    /// this name, whatever the records say of its size and mtime.
+    pub appeared: bool,
+}
+
+impl Mark {
+    pub const CHANGED: Mark = Mark {
+        complete: false,
+        appeared: false,
+    };
+    pub const COMPLETE: Mark = Mark {
+        complete: true,
+        appeared: false,
+    };
+    pub const CREATED: Mark = Mark {
+        complete: false,
+        appeared: true,
+    };
+    pub const MOVED_IN: Mark = Mark {
+        complete: true,
+        appeared: true,
+    };
+}
+
 /// How long paths wait.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -37,21 +66,27 @@ pub struct Entry {
     last: Instant,
     /// The last event said the file is complete.
     complete: bool,
+    /// An event said the path was created or moved in, since it became
+    /// pending.
+    appeared: bool,
     copy_from: Option<String>,
     /// When the task acting on it started.
     started: Option<Instant>,
-    /// Free of the invariant: the retry bookkeeping.
-    pub retry: Retry,
+    /// Free of the invariant: the bookkeeping of earlier attempts.
+    pub notes: Notes,
 }
 
 /// How a path's earlier attempts went.
 #[derive(Debug, Default)]
-pub struct Retry {
+pub struct Notes {
     /// Failed attempts in a row (for the backoff).
     pub attempts: u32,
     /// Since when, and how often, a destination that copies from the
     /// primary found the primary not holding this file yet.
     pub behind: Option<(Instant, u32)>,
+    /// A directory that appeared was walked once already (it is walked
+    /// again, a quiet window later, for files made before its watch was).
+    pub walked: bool,
 }
 
 impl Entry {
@@ -64,8 +99,15 @@ impl Entry {
     pub fn complete(&self) -> bool {
         self.complete
     }
+    pub fn appeared(&self) -> bool {
+        self.appeared
+    }
     pub fn in_flight(&self) -> bool {
         self.started.is_some()
+    }
+    /// An event came while a task acted on it.
+    pub fn changed_in_flight(&self) -> bool {
+        self.started.is_some_and(|s| self.last >= s)
     }
     pub fn copy_from(&self) -> Option<&str> {
         self.copy_from.as_deref()
@@ -107,8 +149,8 @@ impl Pending {
         self.entries.get(rel)
     }
 
-    pub fn retry_mut(&mut self, rel: &str) -> Option<&mut Retry> {
-        self.entries.get_mut(rel).map(|e| &mut e.retry)
+    pub fn notes_mut(&mut self, rel: &str) -> Option<&mut Notes> {
+        self.entries.get_mut(rel).map(|e| &mut e.notes)
     }
 
     pub fn rels(&self) -> impl Iterator<Item = (&String, &Entry)> {
@@ -121,9 +163,10 @@ impl Pending {
     }
 
     /// An event for `rel` at `at`. Returns true when the path was not
-    /// pending before (it must be journaled).
-    pub fn touch(&mut self, rel: &str, at: Instant, complete: bool) -> bool {
-        let quiet = if complete {
+    /// pending before (it must be journaled). Whatever the path was to be
+    /// copied from no longer vouches for what is there now.
+    pub fn touch(&mut self, rel: &str, at: Instant, mark: Mark) -> bool {
+        let quiet = if mark.complete {
             at
         } else {
             at + self.timing.debounce
@@ -131,12 +174,15 @@ impl Pending {
         match self.entries.get_mut(rel) {
             Some(e) => {
                 e.last = e.last.max(at);
-                e.complete = complete;
+                e.complete = mark.complete;
+                e.appeared |= mark.appeared;
                 // Changed again: the primary sends the new version, wait
                 // for it afresh.
-                e.retry.behind = None;
+                e.notes.behind = None;
                 let since = *e.waiting_since.get_or_insert(at);
                 let due = quiet.min(since + self.timing.max_delay);
+                let old = e.copy_from.take();
+                self.unpin(old);
                 self.set_due(rel, due);
                 false
             }
@@ -147,10 +193,11 @@ impl Pending {
                         due: quiet,
                         waiting_since: Some(at),
                         last: at,
-                        complete,
+                        complete: mark.complete,
+                        appeared: mark.appeared,
                         copy_from: None,
                         started: None,
-                        retry: Retry::default(),
+                        notes: Notes::default(),
                     },
                 );
                 self.queue.insert((quiet, rel.to_string()));
@@ -169,11 +216,11 @@ impl Pending {
             _ => Some(from.to_string()),
         };
         let mut new = Vec::new();
-        if self.touch(to, at, true) {
+        if self.touch(to, at, Mark::MOVED_IN) {
             new.push(to.to_string());
         }
         self.set_copy_from(to, source.filter(|s| s != to));
-        if self.touch(from, at, false) {
+        if self.touch(from, at, Mark::CHANGED) {
             new.push(from.to_string());
         }
         new
@@ -337,9 +384,9 @@ mod tests {
     #[test]
     fn a_path_is_due_after_its_quiet_window_or_at_once_when_complete() {
         let (mut p, t) = set();
-        assert!(p.touch("a", t, false));
-        assert!(!p.touch("a", t + 50 * MS, false), "already pending");
-        assert!(p.touch("b", t, true));
+        assert!(p.touch("a", t, Mark::CHANGED));
+        assert!(!p.touch("a", t + 50 * MS, Mark::CHANGED), "already pending");
+        assert!(p.touch("b", t, Mark::COMPLETE));
         p.check();
         assert_eq!(p.pop_due(t).as_deref(), Some("b"));
         assert_eq!(p.pop_due(t + 249 * MS), None);
@@ -351,14 +398,14 @@ mod tests {
     fn a_path_that_never_goes_quiet_is_due_by_the_max_delay() {
         let (mut p, t) = set();
         for i in 0..100 {
-            p.touch("log", t + i * 20 * MS, false);
+            p.touch("log", t + i * 20 * MS, Mark::CHANGED);
         }
         p.check();
         assert_eq!(p.get("log").map(Entry::due), Some(t + 1000 * MS));
         assert_eq!(p.pop_due(t + 1000 * MS).as_deref(), Some("log"));
         p.covered("log");
         // Changes during the upload count from the upload's start.
-        p.touch("log", t + 1100 * MS, false);
+        p.touch("log", t + 1100 * MS, Mark::CHANGED);
         p.land("log");
         p.check();
         assert_eq!(p.get("log").map(Entry::due), Some(t + 1300 * MS));
@@ -367,10 +414,10 @@ mod tests {
     #[test]
     fn a_change_during_the_transfer_keeps_the_path_pending() {
         let (mut p, t) = set();
-        p.touch("a", t, true);
+        p.touch("a", t, Mark::COMPLETE);
         assert_eq!(p.pop_due(t).as_deref(), Some("a"));
         assert!(p.get("a").is_some_and(Entry::in_flight));
-        p.touch("a", t + 10 * MS, false);
+        p.touch("a", t + 10 * MS, Mark::CHANGED);
         p.check();
         assert_eq!(p.pop_due(t + 1000 * MS), None, "in flight: not queued");
         assert!(!p.finish("a"), "changed since it started");
@@ -408,6 +455,15 @@ mod tests {
         p.renamed("n", "m", t);
         assert_eq!(p.get("m").and_then(Entry::copy_from), None);
         p.check();
+        // Written to after the rename: the old object no longer vouches
+        // for it.
+        p.renamed("x", "y", t);
+        assert!(p.pinned("x"));
+        p.touch("y", t + MS, Mark::CHANGED);
+        assert_eq!(p.get("y").and_then(Entry::copy_from), None);
+        assert!(!p.pinned("x"));
+        assert!(p.get("y").is_some_and(Entry::appeared), "it did appear");
+        p.check();
     }
 
     /// Random operations in any order never break the invariant.
@@ -428,7 +484,11 @@ mod tests {
             let other = names[next(names.len() as u64) as usize];
             match next(9) {
                 0 | 1 => {
-                    p.touch(rel, now, next(2) == 0);
+                    let mark = Mark {
+                        complete: next(2) == 0,
+                        appeared: next(2) == 0,
+                    };
+                    p.touch(rel, now, mark);
                 }
                 2 => {
                     p.renamed(other, rel, now);

@@ -71,7 +71,7 @@ impl Root {
             dir: dir.to_path_buf(),
             watched: None,
             last: None,
-            health: health(dir, filter),
+            health: health(dir, filter).unwrap_or(Health::Present),
             empty_announced: false,
         }
     }
@@ -103,9 +103,23 @@ impl Root {
         self.watched = None;
     }
 
+    /// The identity of the directory watched, as text to keep.
+    pub fn watched_meta(&self) -> Option<String> {
+        self.watched.map(|(dev, ino)| format!("{dev}:{ino}"))
+    }
+
+    /// Is the directory watched now another one than `kept` (the identity
+    /// kept at the last reconcile, by an earlier run)?
+    pub fn switched_since(&self, kept: Option<&str>) -> bool {
+        kept.is_some_and(|k| Some(k) != self.watched_meta().as_deref())
+    }
+
     /// Looks at the root now.
     pub fn look(&mut self, filter: &Filter) -> Seen {
-        let now = health(&self.dir, filter);
+        // A look that failed for want of resources tells nothing.
+        let Some(now) = health(&self.dir, filter) else {
+            return Seen::Same;
+        };
         let was = std::mem::replace(&mut self.health, now);
         let seen = match now {
             Health::Gone if was != Health::Gone => {
@@ -151,23 +165,36 @@ const LOOK_LIMIT: usize = 10_000;
 
 /// Present when the tree holds something sync would mirror or report
 /// (hidden and excluded names do not count, nor do empty directories, as
-/// for sync's empty-tree guard). Usually the first entries tell.
-fn health(dir: &Path, filter: &Filter) -> Health {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Health::Gone;
+/// for sync's empty-tree guard). Usually the first entries tell. Gone when
+/// it is missing, not a directory or not readable; `None` when the look
+/// failed otherwise (out of file descriptors, say).
+fn health(dir: &Path, filter: &Filter) -> Option<Health> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::NotADirectory
+                    | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            return Some(Health::Gone)
+        }
+        Err(_) => return None,
     };
     let mut dirs = Vec::new();
     for e in entries.filter_map(|e| e.ok()) {
         let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
         let Some(name) = e.file_name().to_str().map(str::to_string) else {
             // A name that cannot be a key is reported by sync: not empty.
-            return Health::Present;
+            return Some(Health::Present);
         };
         if filter.excludes_path(&name, is_dir) {
             continue;
         }
         if !is_dir {
-            return Health::Present;
+            return Some(Health::Present);
         }
         dirs.push(name);
     }
@@ -183,11 +210,11 @@ fn health(dir: &Path, filter: &Filter) -> Health {
         for e in walk.by_ref().filter_map(|e| e.ok()) {
             seen += 1;
             if !e.file_type().is_dir() || seen > LOOK_LIMIT {
-                return Health::Present;
+                return Some(Health::Present);
             }
         }
     }
-    Health::Empty
+    Some(Health::Empty)
 }
 
 #[cfg(test)]

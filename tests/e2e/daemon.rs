@@ -325,3 +325,108 @@ fn a_full_event_queue_becomes_a_reconcile_not_a_lost_change() {
     env.converge(WITHIN, &|| w.logs());
     assert_eq!(w.term(), 0);
 }
+
+#[test]
+fn a_directory_the_daemon_cannot_read_keeps_its_objects() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("ok.txt", "readable");
+    env.write("locked/a.txt", "in a directory that becomes unreadable");
+    env.write("locked/b.txt", "and another");
+    let tree = env.tree().display().to_string();
+    let dest = env.dest();
+    let c = env.unprivileged();
+    let mut w = env.watch_as(
+        c,
+        &[
+            &tree,
+            &dest,
+            "--endpoint",
+            &env.endpoint,
+            "--delete",
+            "-vv",
+            "--rescan-interval",
+            "0",
+        ],
+    );
+    w.ready();
+    env.converge(WITHIN, &|| w.logs());
+    // chmod 000: its files cannot be looked at, which says nothing of
+    // whether they are there.
+    std::fs::set_permissions(
+        env.tree().join("locked"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .expect("chmod");
+    wait_until("the directory is looked at", &w, || {
+        w.stdout().contains("locked") && w.stdout().contains("\"action\":\"error\"")
+    });
+    env.write("after.txt", "written after the chmod");
+    wait_until("a later change mirrored", &w, || {
+        w.keys("upload").iter().any(|k| k.ends_with("after.txt"))
+    });
+    std::fs::set_permissions(
+        env.tree().join("locked"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    assert!(
+        w.keys("delete").is_empty(),
+        "nothing deleted:\n{}",
+        w.logs()
+    );
+    env.converge(WITHIN, &|| w.logs());
+    assert_eq!(w.term(), 0);
+}
+
+#[test]
+fn a_directory_replaced_by_one_whose_files_match_sizes_and_mtimes_is_checked() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        let old = env.write("conf/app.ini", "mode=A");
+        set_mtime(&old, 1_700_000_000);
+        let mut w = env.watch(&["--delete", "--rescan-interval", "0", "-v"]);
+        w.ready();
+        env.converge(WITHIN, &|| w.logs());
+        // Another directory, made elsewhere (a release unpacked with its
+        // mtimes), moved in where the old one was.
+        let staged = env.work().join("new-conf");
+        std::fs::create_dir_all(&staged).expect("mkdir");
+        std::fs::write(staged.join("app.ini"), "mode=B").expect("write");
+        set_mtime(&staged.join("app.ini"), 1_700_000_000);
+        std::fs::rename(env.tree().join("conf"), env.work().join("old-conf")).expect("mv out");
+        std::fs::rename(&staged, env.tree().join("conf")).expect("mv in");
+        env.converge(WITHIN, &|| w.logs());
+        assert_eq!(w.term(), 0);
+    }
+}
+
+#[test]
+fn an_empty_root_sweeps_nothing_under_a_directory_made_again() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("index.html", "home");
+    for i in 0..5 {
+        env.write(&format!("photos/p{i}.jpg"), format!("photo {i}"));
+    }
+    let mut w = env.watch(&["--delete", "--rescan-interval", "0", "-vv"]);
+    w.ready();
+    env.converge(WITHIN, &|| w.logs());
+    let before = env.keys();
+    // Emptied, then the application makes its directory again, empty.
+    std::fs::remove_dir_all(env.tree().join("photos")).expect("rm -r");
+    std::fs::remove_file(env.tree().join("index.html")).expect("rm");
+    wait_until("the empty root is said", &w, || {
+        w.stdout().contains("is empty")
+    });
+    std::fs::create_dir(env.tree().join("photos")).expect("mkdir");
+    wait_until("the new directory waits for the root", &w, || {
+        w.stderr()
+            .lines()
+            .any(|l| l.starts_with("debug: photos waits") && l.contains("root is missing or empty"))
+    });
+    assert_eq!(env.keys(), before, "nothing deleted:\n{}", w.logs());
+    // Files back: the mirror follows again.
+    env.write("photos/p9.jpg", "a new photo");
+    env.converge(WITHIN, &|| w.logs());
+    assert_eq!(w.term(), 0);
+}

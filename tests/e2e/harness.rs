@@ -397,6 +397,38 @@ impl TestEnv {
         c
     }
 
+    /// A command for the binary run as an unprivileged user when the
+    /// tests run as root (root reads everything, so unreadable files need
+    /// another user); the tree and the state directory are made theirs to
+    /// use.
+    pub fn unprivileged(&self) -> Command {
+        use std::os::unix::fs::PermissionsExt;
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        if uid != "0" {
+            return self.command();
+        }
+        let base = self.tree().parent().expect("tmp").to_path_buf();
+        for d in [base, self.tree(), self.work()] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        for entry in walkdir::WalkDir::new(self.state_dir()) {
+            let entry = entry.expect("walk state dir");
+            std::os::unix::fs::chown(entry.path(), Some(65534), Some(65534)).expect("chown");
+        }
+        let mut c = self.command_for("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_s3ma"),
+        ]);
+        c
+    }
+
     pub fn run_cmd(mut cmd: Command) -> Run {
         let out = cmd.output().expect("run s3ma");
         Run {
@@ -570,10 +602,14 @@ impl TestEnv {
 
     /// Starts `s3ma watch ARGS… --json --debounce 100`.
     pub fn watch_args(&self, args: &[&str]) -> Daemon {
+        self.watch_as(self.command(), args)
+    }
+
+    /// Like [`TestEnv::watch_args`], with the command `c` (another user's).
+    pub fn watch_as(&self, mut c: Command, args: &[&str]) -> Daemon {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let out = self.tmp.path().join(format!("watch-{n}.out"));
         let err = self.tmp.path().join(format!("watch-{n}.err"));
-        let mut c = self.command();
         c.arg("watch")
             .args(args)
             .arg("--json")

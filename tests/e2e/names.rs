@@ -215,35 +215,9 @@ fn newlines_sparse_and_empty_files() {
     }
 }
 
-/// Runs s3ma as an unprivileged user when the tests run as root (root reads
-/// everything, so unreadable files need another user).
+/// Runs s3ma as an unprivileged user when the tests run as root.
 fn run_unprivileged(env: &TestEnv, args: &[&str]) -> Run {
-    use std::os::unix::fs::PermissionsExt;
-    let uid = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let mut c = if uid == "0" {
-        let base = env.tree().parent().expect("tmp").to_path_buf();
-        for d in [base.clone(), env.tree(), env.work()] {
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        }
-        for entry in walkdir::WalkDir::new(env.state_dir()) {
-            let entry = entry.expect("walk state dir");
-            std::os::unix::fs::chown(entry.path(), Some(65534), Some(65534)).expect("chown");
-        }
-        let mut c = env.command_for("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_s3ma"),
-        ]);
-        c
-    } else {
-        env.command()
-    };
+    let mut c = env.unprivileged();
     c.args(args).args(["--endpoint", &env.endpoint]);
     TestEnv::run_cmd(c)
 }
