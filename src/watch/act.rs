@@ -331,10 +331,21 @@ impl Daemon<'_> {
         let Some(entry) = self.inbox.pending.get(rel) else {
             return;
         };
+        let quiet = self.cfg.debounce.max(Duration::from_millis(100));
+        // The second walk comes a whole quiet window after the first, even
+        // when an event (the rename's other half) asks for it sooner: the
+        // kernel's events of that window may name the directory's old
+        // path, or none at all.
+        if let Some(first) = entry.notes.walked {
+            if now < first + quiet {
+                let again = first + quiet;
+                return self.defer(rel, again, "walked once; once more after a quiet window");
+            }
+        }
         // Its files are new at their names: the records of what was there
         // before say nothing of them. (A second walk only looks for what
         // the first could not see yet.)
-        let appeared = entry.appeared() && !entry.notes.walked;
+        let appeared = entry.appeared() && entry.notes.walked.is_none();
         // A directory replacing a file, or a directory replaced by a new
         // one: the file's object and the old files' objects go.
         let mut sweep = Vec::new();
@@ -423,13 +434,12 @@ impl Daemon<'_> {
             // Once more, a quiet window later: a file made in it (or in a
             // directory under it) before its watch existed has no event.
             if let Some(notes) = self.inbox.pending.notes_mut(rel) {
-                notes.walked = true;
+                notes.walked = Some(now);
             }
-            let again = now + self.cfg.debounce.max(Duration::from_millis(100));
             return self.defer(
                 rel,
-                again,
-                "walked once; once more for files made before its watch",
+                now + quiet,
+                "walked once; once more after a quiet window",
             );
         }
         // The directory itself is settled once its files are journaled.

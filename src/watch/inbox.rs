@@ -17,6 +17,10 @@ use crate::keys;
 use crate::report::Reporter;
 use crate::scan::{self, Filter};
 
+/// How long a path moved in waits for the event that names where it came
+/// from (notify sends it right after).
+const PAIRING: std::time::Duration = std::time::Duration::from_millis(10);
+
 pub struct Inbox {
     dir: PathBuf,
     prefix: String,
@@ -113,7 +117,13 @@ impl Inbox {
                 }
                 if let Some(rel) = self.rel_of(rep, &path) {
                     if self.pending.touch(&rel, now, mark) {
-                        self.new.push(rel);
+                        self.new.push(rel.clone());
+                    }
+                    // The half of a rename that says where it went comes
+                    // just before the whole (with where it came from, for a
+                    // copy): a moment to let it come.
+                    if mark == Mark::MOVED_IN {
+                        self.pending.set_due(&rel, now + PAIRING);
                     }
                 }
             }

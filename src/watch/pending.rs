@@ -84,9 +84,10 @@ pub struct Notes {
     /// Since when, and how often, a destination that copies from the
     /// primary found the primary not holding this file yet.
     pub behind: Option<(Instant, u32)>,
-    /// A directory that appeared was walked once already (it is walked
-    /// again, a quiet window later, for files made before its watch was).
-    pub walked: bool,
+    /// When a directory that appeared was first walked (it is walked
+    /// again a quiet window later, for files made before its watch was,
+    /// or named by events under its old name).
+    pub walked: Option<Instant>,
 }
 
 impl Entry {
