@@ -401,6 +401,20 @@ impl Daemon<'_> {
             let from = copy_from
                 .as_ref()
                 .map(|c| format!("{c}{}", &f.rel[rel.len()..]));
+            // Pending already: its own events decide when it goes (a walk
+            // must not push it back); a rename only gives it its source.
+            if self.inbox.pending.get(&f.rel).is_some() {
+                if from.is_some()
+                    && self
+                        .inbox
+                        .pending
+                        .get(&f.rel)
+                        .is_some_and(|e| e.copy_from().is_none())
+                {
+                    self.inbox.pending.set_copy_from(&f.rel, from);
+                }
+                continue;
+            }
             // Already mirrored as it is (an event on a directory that did
             // not change its files, say): nothing to do.
             let key = self.sync.dest.key_for(&f.rel);
@@ -409,13 +423,14 @@ impl Daemon<'_> {
                 .state
                 .get(&key)
                 .is_some_and(|r| r.size == f.size && r.mtime_ns == f.mtime_ns);
-            if on_record && !appeared && from.is_none() && self.inbox.pending.get(&f.rel).is_none()
-            {
+            if on_record && !appeared && from.is_none() {
                 continue;
             }
-            // Moved in whole; a new directory's files may still be written.
+            // Moved in whole, when this is the first walk after the move; a
+            // new directory's files, or files found by a second walk (made
+            // there since), may still be written.
             let mark = Mark {
-                complete: from.is_some(),
+                complete: from.is_some() && appeared,
                 appeared,
             };
             if self.inbox.pending.touch(&f.rel, now, mark) {

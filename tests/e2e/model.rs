@@ -9,8 +9,8 @@
 //! bytes, and each object's `md5chksum` that of its file.
 //!
 //! A failure prints the seed and the operations. `S3MA_MODEL_SEEDS=N`
-//! runs N seeds per server kind (default 2), `S3MA_MODEL_OPS` the
-//! operations per seed (default 150), `S3MA_MODEL_SEED` one given seed:
+//! runs N seeds per server kind (default 3), `S3MA_MODEL_OPS` the
+//! operations per seed (default 200), `S3MA_MODEL_SEED` one given seed:
 //! `scripts/soak.sh` runs many.
 
 use std::path::{Path, PathBuf};
@@ -347,7 +347,7 @@ fn seeds(kind: Kind) -> Vec<u64> {
         Kind::S3sFs => 0x5eed_0001_u64,
         Kind::Moto => 0x5eed_1001_u64,
     };
-    (0..env_number("S3MA_MODEL_SEEDS", 2))
+    (0..env_number("S3MA_MODEL_SEEDS", 3))
         .map(|i| base + i)
         .collect()
 }
@@ -388,7 +388,7 @@ fn run_seed(kind: Kind, seed: u64) {
     ];
     let mut w = env.watch_dir(&current, &args);
     w.ready();
-    let ops = env_number("S3MA_MODEL_OPS", 150);
+    let ops = env_number("S3MA_MODEL_OPS", 200);
     let mut earlier = String::new();
     for _ in 0..ops {
         match world.step(true) {
