@@ -248,6 +248,11 @@ fn relay(client: TcpStream, target: &str, cut: Option<u64>) {
         reset(client);
         return;
     };
+    relay_open(client, upstream, cut);
+}
+
+/// [`relay`] between two open connections.
+fn relay_open(client: TcpStream, upstream: TcpStream, cut: Option<u64>) {
     let (mut c_read, mut u_write) = match (client.try_clone(), upstream.try_clone()) {
         (Ok(c), Ok(u)) => (c, u),
         _ => return,
@@ -528,25 +533,9 @@ fn heads_fail(upstream: &str) -> (String, Arc<AtomicBool>) {
             return;
         };
         if upstream.write_all(&head).is_ok() {
-            relay_open(client, upstream);
+            relay_open(client, upstream, None);
         }
     })
-}
-
-/// Copies bytes both ways between two open connections.
-fn relay_open(client: TcpStream, upstream: TcpStream) {
-    let (mut c_read, mut u_write) = match (client.try_clone(), upstream.try_clone()) {
-        (Ok(c), Ok(u)) => (c, u),
-        _ => return,
-    };
-    let up = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut c_read, &mut u_write);
-        let _ = u_write.shutdown(Shutdown::Write);
-    });
-    let (mut u_read, mut c_write) = (upstream, client);
-    let _ = std::io::copy(&mut u_read, &mut c_write);
-    let _ = c_write.shutdown(Shutdown::Write);
-    let _ = up.join();
 }
 
 #[test]
