@@ -22,7 +22,7 @@ mkdir -p "$work/data/demo"   # s3s-fs keeps each bucket as a directory
 "$s3s_fs" --host 127.0.0.1 --port "$port" --access-key demo-key --secret-key demo-secret \
     "$work/data" >"$work/s3s-fs.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.1
