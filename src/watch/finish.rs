@@ -298,8 +298,9 @@ impl Daemon<'_> {
         self.inbox.journal_new();
     }
 
-    /// A path's change is mirrored and it left the pending set.
-    fn settled(&mut self, rel: &str) {
+    /// A path left the pending set: off the journal, the held deletions
+    /// and the paths waiting for a key.
+    pub(super) fn settled(&mut self, rel: &str) {
         self.inbox.journal.clear(rel);
         self.budget.release(rel);
         self.blocked.remove(rel);

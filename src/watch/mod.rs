@@ -627,8 +627,6 @@ impl Daemon<'_> {
     /// deletions.
     fn settle(&mut self, rel: &str) {
         self.inbox.pending.settle(rel);
-        self.inbox.journal.clear(rel);
-        self.budget.release(rel);
-        self.blocked.remove(rel);
+        self.settled(rel);
     }
 }
