@@ -64,7 +64,7 @@ pub enum LockResult {
     Busy(PathBuf),
 }
 
-pub fn ensure_dir(state_dir: &Path) -> Result<()> {
+fn ensure_dir(state_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(state_dir).with_context(|| {
         format!(
             "cannot create the state directory {} (choose another with --state-dir)",
@@ -291,18 +291,7 @@ impl State {
     /// the record no longer vouches for the object (committed at once, so
     /// it holds after a crash), though the key stays known to be in use.
     pub fn mark_unsure(&mut self, key: &str) {
-        if !self.begin() {
-            return;
-        }
-        let res = self.conn.as_ref().map(|c| {
-            c.prepare_cached("UPDATE objects SET unsure = 1 WHERE key = ?1")
-                .and_then(|mut st| st.execute(params![key]))
-        });
-        match res {
-            Some(Ok(_)) => self.flush(),
-            Some(Err(e)) => self.fail("write", e),
-            None => {}
-        }
+        self.mark_unsure_all([key]);
     }
 
     /// [`State::mark_unsure`] for many keys, in one commit.

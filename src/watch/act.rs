@@ -95,12 +95,10 @@ impl Daemon<'_> {
             };
             self.act(rel, now, permit, &mut deletions);
             if deletions.batch.keys.len() >= sync::DELETE_BATCH {
-                let root = deletions.root;
-                self.spawn_deletions(std::mem::take(&mut deletions));
-                deletions.root = root;
+                self.spawn_deletions(&mut deletions);
             }
         }
-        self.spawn_deletions(deletions);
+        self.spawn_deletions(&mut deletions);
     }
 
     /// Looks at one due path (in flight from now) and acts on it.
@@ -403,14 +401,8 @@ impl Daemon<'_> {
                 .map(|c| format!("{c}{}", &f.rel[rel.len()..]));
             // Pending already: its own events decide when it goes (a walk
             // must not push it back); a rename only gives it its source.
-            if self.inbox.pending.get(&f.rel).is_some() {
-                if from.is_some()
-                    && self
-                        .inbox
-                        .pending
-                        .get(&f.rel)
-                        .is_some_and(|e| e.copy_from().is_none())
-                {
+            if let Some(e) = self.inbox.pending.get(&f.rel) {
+                if from.is_some() && e.copy_from().is_none() {
                     self.inbox.pending.set_copy_from(&f.rel, from);
                 }
                 continue;
@@ -540,8 +532,11 @@ impl Daemon<'_> {
             .mark_unsure_all(keys.iter().map(|(k, _)| k.as_str()));
     }
 
-    fn spawn_deletions(&mut self, deletions: Deletions) {
-        let Deletions { batch, permit, .. } = deletions;
+    /// Sends the batch gathered so far (the look at the root stays for
+    /// the rest of the dispatch).
+    fn spawn_deletions(&mut self, deletions: &mut Deletions) {
+        let batch = std::mem::take(&mut deletions.batch);
+        let permit = deletions.permit.take();
         if batch.keys.is_empty() {
             // Nothing to delete after all: the paths gathered are done.
             for rel in batch.settles() {

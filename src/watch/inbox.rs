@@ -37,8 +37,6 @@ pub struct Inbox {
     pub ignore_changed: bool,
     /// The watch limit was hit while new directories were watched.
     pub limit_hit: bool,
-    /// "Idle" was said since the last change.
-    pub idle_said: bool,
     quiet: Quiet,
 }
 
@@ -61,7 +59,6 @@ impl Inbox {
             root_event: false,
             ignore_changed: false,
             limit_hit: false,
-            idle_said: false,
             quiet: Quiet::default(),
         }
     }

@@ -151,6 +151,8 @@ struct Daemon<'a> {
     last_tick: Instant,
     /// The failures of the journal and the state database were said.
     broken_said: (bool, bool),
+    /// "Idle" was said since the last change.
+    idle_said: bool,
 }
 
 pub async fn run(
@@ -237,6 +239,7 @@ pub async fn run(
         held_by_reconcile: 0,
         last_tick: Instant::now(),
         broken_said: (false, false),
+        idle_said: false,
     };
     // A link switched while the daemon was stopped: the first reconcile
     // hashes the new tree too.
@@ -495,8 +498,8 @@ impl Daemon<'_> {
     /// watching it work know when it is idle).
     fn idle_check(&mut self) {
         if self.inbox.pending.len() == 0 && self.tasks.is_empty() {
-            if !self.inbox.idle_said {
-                self.inbox.idle_said = true;
+            if !self.idle_said {
+                self.idle_said = true;
                 self.rep.verbose_status(
                     "idle",
                     "every change is mirrored; waiting for the next",
@@ -504,7 +507,7 @@ impl Daemon<'_> {
                 );
             }
         } else {
-            self.inbox.idle_said = false;
+            self.idle_said = false;
         }
     }
 
