@@ -79,8 +79,7 @@
 #     directory on its disk, and rclone's retries cost ~85 s per run;
 #   - every tool runs with an empty environment (env -i) plus its own
 #     settings, HOME in the work directory and the work directory as cwd, so
-#     neither ~/.aws, ~/.s3cfg, rclone.conf nor the repository's example
-#     conf/config.json (which s3ma would load from ./conf) is read.
+#     neither ~/.aws, ~/.s3cfg nor rclone.conf is read.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"

@@ -167,6 +167,11 @@ pub struct FilterArgs {
     /// *.swp, 4913, …), which are skipped by default.
     #[arg(long, help_heading = "Filters")]
     pub include_temp_files: bool,
+
+    /// Do not cross into other file systems below the directory (such as
+    /// /proc and /sys under /), like rsync -x.
+    #[arg(short = 'x', long, help_heading = "Filters")]
+    pub one_file_system: bool,
 }
 
 #[derive(Debug, Args, Default)]
@@ -224,26 +229,6 @@ pub struct VerifyArgs {
 
     #[command(flatten)]
     pub conn: ConnectionArgs,
-}
-
-impl VerifyArgs {
-    /// The same pair as `sync` would mirror, with the same filters.
-    pub fn mirror(self) -> MirrorArgs {
-        MirrorArgs {
-            paths: self.paths,
-            delete: false,
-            no_delete: true,
-            primary_only: self.primary_only,
-            checksum: false,
-            max_delete: None,
-            filter: self.filter,
-            transfer: TransferArgs {
-                concurrency: self.concurrency,
-                ..TransferArgs::default()
-            },
-            conn: self.conn,
-        }
-    }
 }
 
 #[derive(Debug, Args)]

@@ -23,9 +23,11 @@ pub struct Location {
 
 impl Location {
     /// Builds a location, treating the prefix as a folder (`site` and
-    /// `site/` are the same; leading slashes are dropped).
+    /// `site/` are the same). A prefix that no tool could map back to a
+    /// path (a leading `/`, `.` or `..` segments, `a//b`) is refused.
     pub fn new(bucket: &str, prefix: &str) -> Result<Self> {
         validate_bucket(bucket)?;
+        check_prefix(bucket, prefix)?;
         Ok(Location {
             bucket: bucket.to_string(),
             prefix: normalize_prefix(prefix),
@@ -64,7 +66,7 @@ impl fmt::Display for Location {
     }
 }
 
-/// `""`, `/` → `""`; `a`, `/a/`, `a//` → `a/`.
+/// `""` → `""`; `a`, `a/`, `a//` → `a/` (a leading `/` is refused before).
 pub fn normalize_prefix(prefix: &str) -> String {
     let trimmed = prefix.trim_start_matches('/').trim_end_matches('/');
     if trimmed.is_empty() {
@@ -74,12 +76,101 @@ pub fn normalize_prefix(prefix: &str) -> String {
     }
 }
 
+/// What no bucket name can be on any service: it would not survive as one
+/// segment of a path-style URL.
 fn validate_bucket(bucket: &str) -> Result<()> {
     if bucket.is_empty() {
         bail!("the bucket name is empty");
     }
-    if bucket.len() > 255 || bucket.chars().any(|c| c.is_whitespace() || c == '/') {
-        bail!("'{bucket}' is not a valid bucket name");
+    if bucket.len() > 255
+        || bucket == "."
+        || bucket == ".."
+        || bucket
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        bail!(
+            "'{bucket}' is not a valid bucket name (no spaces, control characters or '/', at \
+             most 255 characters)"
+        );
+    }
+    Ok(())
+}
+
+/// The name rules of AWS S3's general purpose buckets, which virtual-host
+/// addressing also needs on other services: 3 to 63 lowercase letters,
+/// digits, `-` and `.`, a letter or digit at each end, not an IP address.
+/// `None` when the name keeps them, else what is wrong.
+pub fn bucket_name_problem(bucket: &str) -> Option<String> {
+    let len = bucket.len();
+    if !(3..=63).contains(&len) {
+        return Some(format!(
+            "it has {len} characters; a bucket name has 3 to 63"
+        ));
+    }
+    if let Some(c) = bucket
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '.'))
+    {
+        return Some(format!(
+            "it holds '{c}'; only lowercase letters, digits, '-' and '.' are allowed"
+        ));
+    }
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !edge(bucket.chars().next()) || !edge(bucket.chars().last()) {
+        return Some("it must begin and end with a letter or digit".into());
+    }
+    if bucket.contains("..") {
+        return Some("it holds two periods in a row".into());
+    }
+    if bucket.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Some("it is formatted as an IP address".into());
+    }
+    for reserved in ["xn--", "sthree-", "amzn-s3-demo-"] {
+        if bucket.starts_with(reserved) {
+            return Some(format!("names starting with '{reserved}' are reserved"));
+        }
+    }
+    for reserved in ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"] {
+        if bucket.ends_with(reserved) {
+            return Some(format!("names ending with '{reserved}' are reserved"));
+        }
+    }
+    None
+}
+
+/// A prefix must name a folder every tool can map back to a path.
+fn check_prefix(bucket: &str, prefix: &str) -> Result<()> {
+    if prefix.starts_with('/') {
+        let rest = prefix.trim_start_matches('/');
+        bail!(
+            "the prefix '{prefix}' starts with '/', which would make keys with an empty first \
+             segment; write s3://{bucket}/{rest} instead"
+        );
+    }
+    let inner = prefix.trim_end_matches('/');
+    if inner.is_empty() {
+        return Ok(());
+    }
+    if let Some(seg) = inner
+        .split('/')
+        .find(|s| s.is_empty() || *s == "." || *s == "..")
+    {
+        let clean: Vec<&str> = inner
+            .split('/')
+            .filter(|s| !s.is_empty() && *s != ".")
+            .collect();
+        let what = if seg.is_empty() {
+            "an empty segment ('//')".to_string()
+        } else {
+            format!("a '{seg}' segment")
+        };
+        bail!(
+            "the prefix '{prefix}' has {what}, which no tool can restore to a path (aws-cli \
+             refuses such keys, rclone skips them); write the folder without it, such as \
+             s3://{bucket}/{}",
+            clean.join("/")
+        );
     }
     Ok(())
 }
@@ -153,14 +244,54 @@ mod tests {
     fn prefix_is_a_folder() {
         for (input, want) in [
             ("", ""),
-            ("/", ""),
             ("site", "site/"),
             ("site/", "site/"),
-            ("/site//", "site/"),
+            ("site//", "site/"),
             ("a/b", "a/b/"),
         ] {
             assert_eq!(normalize_prefix(input), want, "input {input:?}");
         }
+    }
+
+    #[test]
+    fn prefixes_that_no_tool_can_restore_are_refused() {
+        for (url, want) in [
+            ("s3://b/../x", "a '..' segment"),
+            ("s3://b/a/./b/../c", "a '.' segment"),
+            ("s3://b/a//c", "an empty segment"),
+            ("s3://b//x", "starts with '/'"),
+            ("s3://b/.", "a '.' segment"),
+        ] {
+            let err = Location::parse(url).expect_err(url);
+            assert!(err.to_string().contains(want), "{url}: {err}");
+        }
+        let err = Location::parse("s3://b//x").expect_err("leading slash");
+        assert!(err.to_string().contains("write s3://b/x instead"), "{err}");
+        for ok in ["s3://b/a.b/..c/d..", "s3://b/site//", "s3://b/"] {
+            assert!(Location::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn aws_bucket_rules() {
+        for ok in ["abc", "my-site.example.com", "a1-b2", &"x".repeat(63)] {
+            assert_eq!(bucket_name_problem(ok), None, "{ok}");
+        }
+        for (bad, want) in [
+            ("BAD", "'B'"),
+            ("b", "1 characters"),
+            ("under_score", "'_'"),
+            ("-dash", "begin and end"),
+            ("a..b", "two periods"),
+            ("192.168.1.1", "IP address"),
+            ("xn--abc", "reserved"),
+            ("site-s3alias", "reserved"),
+        ] {
+            let problem = bucket_name_problem(bad).unwrap_or_default();
+            assert!(problem.contains(want), "{bad}: {problem}");
+        }
+        assert!(Location::new("..", "").is_err());
+        assert!(Location::new("a\u{1}b", "").is_err());
     }
 
     #[test]

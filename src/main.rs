@@ -1,8 +1,9 @@
 //! s3ma: keep an S3-compatible bucket an exact mirror of a local directory.
 //!
-//! `main` only wires: parse arguments, resolve the configuration (errors
-//! here are usage errors, exit 2), run the command, and map the outcome to
-//! a documented exit code. The whole error chain is printed once.
+//! `main` only wires: parse arguments, resolve them with the environment
+//! and the config file into a [`Config`] (errors there are usage errors,
+//! exit 2), run the command, and map the outcome to a documented exit
+//! code. The whole error chain is printed once.
 
 mod cli;
 mod config;
@@ -25,8 +26,8 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, Command};
-use crate::keys::Location;
+use crate::cli::Cli;
+use crate::config::{Config, Env, Target};
 use crate::report::{Level, Reporter};
 use crate::store::Store;
 
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
         (false, 1) => Level::Verbose,
         (false, _) => Level::Debug,
     };
-    let progress = matches!(cli.command, Command::Sync(_));
+    let progress = matches!(cli.command, cli::Command::Sync(_));
     let rep = Arc::new(Reporter::new(level, cli.global.json, progress));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -79,38 +80,34 @@ fn main() -> ExitCode {
     code.into()
 }
 
-/// Prints an error chain once and returns its exit code.
-fn fail(code: Exit, err: anyhow::Error) -> Exit {
-    eprintln!("error: {err:#}");
+/// Prints an error chain once (as a JSON object on stdout too, with
+/// `--json`) and returns its exit code.
+fn fail(rep: &Reporter, code: Exit, err: anyhow::Error) -> Exit {
+    rep.fatal(&format!("{err:#}"));
     code
 }
 
 async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
-    let loaded = match config::load(cli.global.config.as_deref()) {
-        Ok(l) => l,
-        Err(e) => return fail(Exit::Usage, e),
+    let resolved = match Config::from_cli(&cli, &Env::capture()) {
+        Ok(r) => r,
+        Err(e) => return fail(&rep, Exit::Usage, e),
     };
-    for w in &loaded.warnings {
+    for w in &resolved.warnings {
         rep.warn(w);
     }
-    match cli.command {
-        Command::Completions { shell } => {
+    match resolved.config {
+        Config::Completions(shell) => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "s3ma", &mut std::io::stdout());
             Exit::Success
         }
-        Command::Ls(args) => {
-            let (conn, loc) = match ls_target(&args, &loaded) {
-                Ok(v) => v,
-                Err(e) => return fail(Exit::Usage, e),
-            };
+        Config::Ls(ls) => {
             let result: Result<()> = async {
-                let store = Store::connect(&conn).await?;
-                match loc {
+                let store = Store::connect(&ls.conn).await?;
+                match &ls.location {
                     None => ls::buckets(&store, cli.global.json).await,
                     Some(loc) => {
-                        let target = args.target.clone().unwrap_or_else(|| loc.to_string());
-                        ls::objects(&store, &loc, &target, args.recursive, cli.global.json).await
+                        ls::objects(&store, loc, &ls.shown, ls.recursive, cli.global.json).await
                     }
                 }
             }
@@ -119,124 +116,34 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
                 Ok(()) => Exit::Success,
                 // `s3ma ls | head`: the reader has seen enough.
                 Err(e) if is_broken_pipe(&e) => Exit::Success,
-                Err(e) => fail(Exit::Fatal, e),
+                Err(e) => fail(&rep, exit_for(&e), e),
             }
         }
-        Command::Watch(args) => watch(args, &loaded, rep).await,
-        Command::Sync(args) => sync(args, &loaded, rep).await,
-        Command::Verify(args) => verify(args, &loaded, rep).await,
+        Config::Watch { targets, timing } => watch(targets, timing, rep).await,
+        Config::Sync(targets) => sync(targets, rep).await,
+        Config::Verify { targets, download } => verify(targets, download, rep).await,
     }
 }
 
-/// What `s3ma ls` lists, and through which connection: a configured
-/// destination's own when `--destination` names it or the target is in its
-/// bucket.
-fn ls_target(
-    args: &cli::LsArgs,
-    loaded: &config::Loaded,
-) -> Result<(config::Connection, Option<Location>)> {
-    let file = &loaded.file;
-    let conn = config::resolve_connection(&args.conn, file)?;
-    let loc = args.target.as_deref().map(Location::parse).transpose()?;
-    let primary = match &file.bucket {
-        Some(b) => Location::new(b, file.top_prefix.as_deref().unwrap_or(""))?,
-        None => Location::default(),
-    };
-    let elsewhere = loc.as_ref().is_some_and(|l| l.bucket != primary.bucket);
-    if args.destination.is_none() && !elsewhere {
-        return Ok((conn, loc));
+/// The exit code of an error that ended a run: a mistake in the
+/// configuration that only the server could see is still one (2).
+fn exit_for(e: &anyhow::Error) -> Exit {
+    match e
+        .chain()
+        .find_map(|c| c.downcast_ref::<store::StoreError>())
+    {
+        Some(se) if se.is_usage() => Exit::Usage,
+        _ => Exit::Fatal,
     }
-    let dests = config::resolve_destinations(&conn, &primary, file)?;
-    if let Some(name) = &args.destination {
-        let Some(d) = dests
-            .iter()
-            .find(|d| d.name == *name)
-            .or_else(|| dests.iter().find(|d| d.dest.bucket == *name))
-        else {
-            let names: Vec<&str> = dests.iter().map(|d| d.name.as_str()).collect();
-            anyhow::bail!(
-                "no destination named \"{name}\" in the config file (it has: {})",
-                if names.is_empty() {
-                    "none".to_string()
-                } else {
-                    names.join(", ")
-                }
-            );
-        };
-        return Ok((d.conn.clone(), Some(loc.unwrap_or_else(|| d.dest.clone()))));
-    }
-    if let Some(l) = &loc {
-        if l.bucket != primary.bucket {
-            if let Some(d) = dests.iter().find(|d| d.dest.bucket == l.bucket) {
-                return Ok((d.conn.clone(), loc));
-            }
-        }
-    }
-    Ok((conn, loc))
 }
 
-/// One (directory, destination) pair to mirror, and who reports on it.
-struct Target<C> {
-    cfg: C,
-    conn: config::Connection,
-    rep: Arc<Reporter>,
-}
-
-/// The primary first, then every further destination, each with its own
-/// reporter. The config's further destinations go with its own bucket:
-/// they are left out with `--primary-only`, and when the command line
-/// names another destination than the config's `bucket` and `topPrefix`
-/// (a one-off run must not mirror another directory into them, with
-/// deletions).
-fn targets<C>(
-    primary: C,
-    conn: config::Connection,
-    rep: &Arc<Reporter>,
-    loaded: &config::Loaded,
-    mirror: &cli::MirrorArgs,
-    sync_of: impl Fn(&C) -> &config::SyncConfig,
-    derive: impl Fn(&C, config::SyncConfig) -> C,
-) -> Result<Vec<Target<C>>> {
-    let file = &loaded.file;
-    let configured = file.bucket_sync.is_some() || file.destinations.is_some();
-    let elsewhere = match &file.bucket {
-        Some(bucket) => {
-            let own = Location::new(bucket, file.top_prefix.as_deref().unwrap_or(""))?;
-            sync_of(&primary).dest != own
-        }
-        // No primary in the file: its destinations go with the one given.
-        None => false,
-    };
-    let dests = if mirror.primary_only || !configured {
-        Vec::new()
-    } else if elsewhere {
-        rep.warn(
-            "the config file's further destinations (bucketSync, destinations) go with its \
-             own bucket and topPrefix; with another destination on the command line they \
-             are left out",
-        );
-        Vec::new()
-    } else {
-        config::resolve_destinations(&conn, &sync_of(&primary).dest, file)?
-    };
-    let mut out = Vec::with_capacity(1 + dests.len());
-    for d in dests {
-        let cfg = derive(&primary, d.sync_config(sync_of(&primary), &conn));
-        out.push(Target {
-            cfg,
-            conn: d.conn,
-            rep: Arc::new(rep.for_destination(&d.name)),
-        });
+/// The reporter of a target: the primary's own, or one that names the
+/// further destination before each line.
+fn reporter_for(t: &Target, rep: &Arc<Reporter>) -> Arc<Reporter> {
+    match &t.name {
+        None => rep.clone(),
+        Some(name) => Arc::new(rep.for_destination(name)),
     }
-    out.insert(
-        0,
-        Target {
-            cfg: primary,
-            conn,
-            rep: rep.clone(),
-        },
-    );
-    Ok(out)
 }
 
 /// The exit code for several targets: the most serious outcome wins.
@@ -257,36 +164,33 @@ const BUSY: &str = "another s3ma sync or watch of this destination is already ru
 /// `s3ma sync`: the primary first (so further destinations on its service
 /// can copy from it), then the further destinations side by side; each
 /// has its own state, and one failing does not stop the others.
-async fn sync(args: cli::SyncArgs, loaded: &config::Loaded, rep: Arc<Reporter>) -> Exit {
-    let resolved = config::resolve_connection(&args.mirror.conn, &loaded.file).and_then(|conn| {
-        let cfg = config::resolve_sync(&args.mirror, args.dry_run, loaded)?;
-        targets(cfg, conn, &rep, loaded, &args.mirror, |c| c, |_, c| c)
-    });
-    let mut all = match resolved {
-        Ok(v) => v,
-        Err(e) => return fail(Exit::Usage, e),
-    };
+async fn sync(mut all: config::Targets, rep: Arc<Reporter>) -> Exit {
     let stop = Arc::new(sync::Stop::default());
     spawn_signal_handler(stop.clone(), rep.clone());
     let primary = all.remove(0);
-    let mut exits = vec![sync_one(primary, stop.clone()).await];
+    let r = reporter_for(&primary, &rep);
+    let mut exits = vec![sync_one(primary, r, stop.clone()).await];
     let mut rest = tokio::task::JoinSet::new();
     for t in all {
-        rest.spawn(sync_one(t, stop.clone()));
+        let r = reporter_for(&t, &rep);
+        rest.spawn(sync_one(t, r, stop.clone()));
     }
     while let Some(done) = rest.join_next().await {
-        exits.push(
-            done.unwrap_or_else(|e| fail(Exit::Fatal, anyhow::anyhow!("a sync task failed: {e}"))),
-        );
+        exits.push(done.unwrap_or_else(|e| {
+            fail(
+                &rep,
+                Exit::Fatal,
+                anyhow::anyhow!("a sync task failed: {e}"),
+            )
+        }));
     }
     worst(exits)
 }
 
-async fn sync_one(t: Target<config::SyncConfig>, stop: Arc<sync::Stop>) -> Exit {
-    let dry_run = t.cfg.dry_run;
-    let rep = t.rep;
+async fn sync_one(t: Target, rep: Arc<Reporter>, stop: Arc<sync::Stop>) -> Exit {
+    let dry_run = t.sync.dry_run;
     rep.start_clock();
-    match sync::run(t.cfg, &t.conn, rep.clone(), stop).await {
+    match sync::run(t.sync, &t.conn, rep.clone(), stop).await {
         Ok(sync::Status::Busy(lock)) => {
             rep.fatal(&format!("{BUSY} (lock {lock}); this run did nothing"));
             Exit::Busy
@@ -303,8 +207,7 @@ async fn sync_one(t: Target<config::SyncConfig>, stop: Arc<sync::Stop>) -> Exit 
             if report::get(&rep.counts.scanned) > 0 {
                 rep.summary(dry_run);
             }
-            rep.fatal(&format!("{e:#}"));
-            Exit::Fatal
+            fail(&rep, exit_for(&e), e)
         }
     }
 }
@@ -312,29 +215,17 @@ async fn sync_one(t: Target<config::SyncConfig>, stop: Arc<sync::Stop>) -> Exit 
 /// `s3ma verify`: the primary, then every further destination; exit 0 when
 /// each is an exact mirror, 1 when any differs, 3 when one cannot be
 /// compared.
-async fn verify(args: cli::VerifyArgs, loaded: &config::Loaded, rep: Arc<Reporter>) -> Exit {
-    let download = args.download;
-    let mirror = args.mirror();
-    let resolved = config::resolve_connection(&mirror.conn, &loaded.file).and_then(|conn| {
-        let cfg = config::resolve_sync(&mirror, false, loaded)?;
-        targets(cfg, conn, &rep, loaded, &mirror, |c| c, |_, c| c)
-    });
-    let all = match resolved {
-        Ok(v) => v,
-        Err(e) => return fail(Exit::Usage, e),
-    };
+async fn verify(all: config::Targets, download: bool, rep: Arc<Reporter>) -> Exit {
     let stop = Arc::new(sync::Stop::default());
     spawn_signal_handler(stop.clone(), rep.clone());
     let mut exits = Vec::new();
     for t in all {
-        let exit = match verify::run(&t.cfg, &t.conn, &t.rep, download, &stop).await {
+        let r = reporter_for(&t, &rep);
+        let exit = match verify::run(&t.sync, &t.conn, &r, download, &stop).await {
             Ok(found) if found.clean() => Exit::Success,
             Ok(_) => Exit::Partial,
             Err(_) if stop.requested() => Exit::Interrupted,
-            Err(e) => {
-                t.rep.fatal(&format!("{e:#}"));
-                Exit::Fatal
-            }
+            Err(e) => fail(&r, exit_for(&e), e),
         };
         exits.push(exit);
     }
@@ -345,23 +236,7 @@ async fn verify(args: cli::VerifyArgs, loaded: &config::Loaded, rep: Arc<Reporte
 /// journal and retries, so a destination that is down never holds up the
 /// others. Runs until stopped; a stop by signal is a normal exit. A
 /// destination that cannot start (bad configuration) stops them all.
-async fn watch(args: cli::WatchArgs, loaded: &config::Loaded, rep: Arc<Reporter>) -> Exit {
-    let resolved = config::resolve_connection(&args.mirror.conn, &loaded.file).and_then(|conn| {
-        let cfg = config::resolve_watch(&args, loaded)?;
-        targets(
-            cfg,
-            conn,
-            &rep,
-            loaded,
-            &args.mirror,
-            |c| &c.sync,
-            |w, sync| config::WatchConfig { sync, ..w.clone() },
-        )
-    });
-    let all = match resolved {
-        Ok(v) => v,
-        Err(e) => return fail(Exit::Usage, e),
-    };
+async fn watch(all: config::Targets, timing: config::WatchTiming, rep: Arc<Reporter>) -> Exit {
     let stop = Arc::new(sync::Stop::default());
     spawn_signal_handler(stop.clone(), rep.clone());
     let mut daemons = tokio::task::JoinSet::new();
@@ -372,23 +247,22 @@ async fn watch(args: cli::WatchArgs, loaded: &config::Loaded, rep: Arc<Reporter>
         let is_primary = primary_done.is_some();
         let first = match primary_done.take() {
             Some(done) => watch::First::Primary(done),
-            None if t.cfg.sync.copy_from.is_some() => {
-                watch::First::AfterPrimary(primary_ready.clone())
-            }
+            None if t.sync.copy_from.is_some() => watch::First::AfterPrimary(primary_ready.clone()),
             None => watch::First::Independent,
         };
+        let r = reporter_for(&t, &rep);
+        let cfg = config::WatchConfig {
+            sync: t.sync,
+            timing: timing.clone(),
+        };
         daemons.spawn(async move {
-            let exit = match watch::run(t.cfg, &t.conn, t.rep.clone(), stop, first).await {
+            let exit = match watch::run(cfg, &t.conn, r.clone(), stop, first).await {
                 Ok(sync::Status::Busy(lock)) => {
-                    t.rep
-                        .fatal(&format!("{BUSY} (lock {lock}); this one did nothing"));
+                    r.fatal(&format!("{BUSY} (lock {lock}); this one did nothing"));
                     Exit::Busy
                 }
                 Ok(_) => Exit::Success,
-                Err(e) => {
-                    t.rep.fatal(&format!("{e:#}"));
-                    Exit::Fatal
-                }
+                Err(e) => fail(&r, exit_for(&e), e),
             };
             (is_primary, exit)
         });
@@ -398,7 +272,11 @@ async fn watch(args: cli::WatchArgs, loaded: &config::Loaded, rep: Arc<Reporter>
         let (is_primary, exit) = done.unwrap_or_else(|e| {
             (
                 true,
-                fail(Exit::Fatal, anyhow::anyhow!("a watch task failed: {e}")),
+                fail(
+                    &rep,
+                    Exit::Fatal,
+                    anyhow::anyhow!("a watch task failed: {e}"),
+                ),
             )
         });
         // Without the primary there is nothing to watch for; a further

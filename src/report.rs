@@ -355,7 +355,12 @@ impl Reporter {
     }
 
     /// The error that ended a run: printed even with `-q`.
+    /// The error that ended the run: on stderr, and with `--json` also as
+    /// a `fatal` line on stdout, so a script reading stdout sees why.
     pub fn fatal(&self, message: &str) {
+        if self.json {
+            self.json_line(json!({"action": "fatal", "message": message}));
+        }
         self.err(&format!("error: {message}"));
     }
 

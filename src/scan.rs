@@ -91,6 +91,8 @@ pub struct Filter {
     ignore: Gitignore,
     include_hidden: bool,
     include_temp: bool,
+    /// Stay on the root's file system.
+    one_file_system: bool,
     /// s3ma's own state directory, when it is inside the root (relative
     /// to it): never mirrored, whatever the other filters say, or its
     /// database would be uploaded each time it is written.
@@ -122,6 +124,7 @@ impl Filter {
             ignore,
             include_hidden: cfg.include_hidden,
             include_temp: cfg.include_temp_files,
+            one_file_system: cfg.one_file_system,
             own,
         })
     }
@@ -232,6 +235,7 @@ pub fn walk_under(
 ) {
     let mut it = WalkDir::new(start)
         .follow_links(follow_symlinks)
+        .same_file_system(filter.one_file_system)
         .sort_by(move |a, b| walk_order(a, b, follow_symlinks))
         .into_iter();
     loop {
@@ -380,6 +384,7 @@ mod tests {
             include_hidden: false,
             follow_symlinks: false,
             include_temp_files: false,
+            one_file_system: false,
         }
     }
 

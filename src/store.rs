@@ -49,10 +49,17 @@ pub enum StoreError {
     #[error("access denied ({0}); check the credentials' permissions on this bucket and prefix")]
     AccessDenied(String),
     #[error(
-        "the server rejected the credentials ({0}); check accessKeyId/secretAccessKey, \
-         AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --profile"
+        "the server rejected the credentials ({detail}); they come from {from}: check or \
+         replace them there"
     )]
-    BadCredentials(String),
+    BadCredentials { detail: String, from: String },
+    /// The server refused the bucket's name: a configuration mistake that
+    /// only the server could see.
+    #[error(
+        "the server refused the bucket name '{bucket}' ({detail}); bucket names there are \
+         usually 3 to 63 lowercase letters, digits, '-' and '.'"
+    )]
+    InvalidBucketName { bucket: String, detail: String },
     #[error("no credentials found: set accessKeyId/secretAccessKey in the config file, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use --profile ({0})")]
     NoCredentials(String),
     #[error("cannot reach {endpoint}: {detail}")]
@@ -99,7 +106,8 @@ impl StoreError {
     pub fn blame(&self) -> Blame {
         match self {
             StoreError::NoSuchBucket(..)
-            | StoreError::BadCredentials(_)
+            | StoreError::BadCredentials { .. }
+            | StoreError::InvalidBucketName { .. }
             | StoreError::NoCredentials(_)
             | StoreError::WrongRegion(_)
             | StoreError::ClockSkew(_) => Blame::Fatal,
@@ -113,6 +121,12 @@ impl StoreError {
             | StoreError::AccessDenied(_)
             | StoreError::Other(_) => Blame::Request,
         }
+    }
+
+    /// A mistake in the configuration, found by the server: exit 2 like
+    /// the ones s3ma finds itself.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, StoreError::InvalidBucketName { .. })
     }
 
     /// Errors after which a run cannot go on: the configuration is wrong,
@@ -180,6 +194,9 @@ pub struct BucketInfo {
 pub struct Store {
     client: Client,
     endpoint: String,
+    /// Where the credentials come from, for the message when they are
+    /// rejected.
+    keys_from: String,
     connect_timeout: Duration,
     read_timeout: Duration,
     /// The server refused a listing page size above its default: ask for
@@ -283,6 +300,7 @@ impl Store {
         Ok(Store {
             client: Client::from_conf(builder.build()),
             endpoint: conn.describe(),
+            keys_from: conn.keys_from.clone(),
             connect_timeout: conn.connect_timeout,
             read_timeout: conn.read_timeout,
             default_pages: Arc::default(),
@@ -310,7 +328,13 @@ impl Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        classify(err, &self.endpoint, bucket)
+        match classify(err, &self.endpoint, bucket) {
+            StoreError::BadCredentials { detail, .. } => StoreError::BadCredentials {
+                detail,
+                from: self.keys_from.clone(),
+            },
+            other => other,
+        }
     }
 
     pub async fn list_buckets(&self) -> Result<Vec<BucketInfo>, StoreError> {
@@ -928,9 +952,23 @@ where
         }
         "InvalidAccessKeyId"
         | "SignatureDoesNotMatch"
+        | "NotSignedUp"
         | "InvalidToken"
         | "ExpiredToken"
-        | "InvalidClientTokenId" => return StoreError::BadCredentials(what),
+        | "TokenRefreshRequired"
+        | "InvalidClientTokenId"
+        | "UnrecognizedClientException" => {
+            return StoreError::BadCredentials {
+                detail: what,
+                from: "the configured credentials".into(),
+            }
+        }
+        "InvalidBucketName" => {
+            return StoreError::InvalidBucketName {
+                bucket: bucket.unwrap_or("?").to_string(),
+                detail: what,
+            }
+        }
         "AuthorizationHeaderMalformed"
         | "PermanentRedirect"
         | "IllegalLocationConstraintException" => return StoreError::WrongRegion(what),

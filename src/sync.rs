@@ -603,6 +603,15 @@ pub async fn reconcile(
 
     let deletes = merge.deletes;
     if !deletes.is_empty() {
+        let refused =
+            !merge.saw_local || cfg.max_delete.is_some_and(|max| deletes.len() as u64 > max);
+        if refused && cfg.dry_run {
+            // The candidates are what the user runs --dry-run to review
+            // before raising the guard: every one, then the refusal.
+            for (k, _) in &deletes {
+                rep.deleted(k, None, true);
+            }
+        }
         if !merge.saw_local {
             bail!(Refused::EmptyTree(format!(
                 "refusing to delete {} objects under {}: {} has nothing to mirror (is it \

@@ -329,7 +329,7 @@ impl Daemon<'_> {
         let Some(entry) = self.inbox.pending.get(rel) else {
             return;
         };
-        let quiet = self.cfg.debounce.max(Duration::from_millis(100));
+        let quiet = self.cfg.timing.debounce.max(Duration::from_millis(100));
         // The second walk comes a whole quiet window after the first, even
         // when an event (the rename's other half) asks for it sooner: the
         // kernel's events of that window may name the directory's old

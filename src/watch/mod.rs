@@ -177,8 +177,8 @@ pub async fn run(
         rep.warn(&w);
     }
     let timing = Timing {
-        debounce: cfg.debounce,
-        max_delay: cfg.max_delay,
+        debounce: cfg.timing.debounce,
+        max_delay: cfg.timing.max_delay,
     };
     let mut inbox = Inbox::new(
         sync.dir.clone(),
@@ -187,7 +187,7 @@ pub async fn run(
         Pending::new(timing),
         journal,
     );
-    let (tx, rx) = mpsc::channel(cfg.event_queue);
+    let (tx, rx) = mpsc::channel(cfg.timing.event_queue);
     let flags = Arc::new(Flags::default());
     let mut root = Root::new(&sync.dir, &session.filter);
     let before = root.about_to_watch();
@@ -227,7 +227,7 @@ pub async fn run(
         root,
         limited: partial.is_some(),
         gate: Gate::default(),
-        budget: Budget::new(sync.max_delete, cfg.max_delete_window),
+        budget: Budget::new(sync.max_delete, cfg.timing.max_delete_window),
         tasks: Tasks::default(),
         maybe: BTreeMap::new(),
         blocked: BTreeSet::new(),
@@ -418,7 +418,7 @@ impl Daemon<'_> {
             self.rescan.get_or_insert_with(|| {
                 format!(
                     "more than {} events were waiting (--event-queue)",
-                    self.cfg.event_queue
+                    self.cfg.timing.event_queue
                 )
             });
         }
@@ -457,7 +457,7 @@ impl Daemon<'_> {
     }
 
     fn schedule_rescan(&mut self) {
-        let every = match (self.cfg.rescan_interval, self.limited) {
+        let every = match (self.cfg.timing.rescan_interval, self.limited) {
             (Some(i), true) => Some(i.min(LIMITED_RESCAN)),
             (None, true) => Some(LIMITED_RESCAN),
             (i, false) => i,

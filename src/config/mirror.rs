@@ -1,0 +1,361 @@
+//! What a mirror run does: the directory and destination, the filters,
+//! how objects are sent, where state lives; and `watch`'s timing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::connection::Connection;
+use super::env::Env;
+use super::file::{FileConfig, Loaded};
+use super::units::{duration_setting, size_setting};
+use crate::cli::{FilterArgs, TransferArgs, WatchArgs};
+use crate::keys::Location;
+use crate::mime::MimeTable;
+
+/// What `sync`, `verify` and each `watch` daemon need.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// The directory, as the user named it (a symbolic link stays one).
+    pub dir: PathBuf,
+    /// The bucket and key prefix it is mirrored to.
+    pub dest: Location,
+    /// Delete objects whose file is gone.
+    pub delete: bool,
+    /// At most this many deletions per reconcile (in `watch`, per
+    /// [`WatchConfig::max_delete_window`]).
+    pub max_delete: Option<u64>,
+    /// Print what would be done, change nothing.
+    pub dry_run: bool,
+    /// Compare every file's MD5 with the object's, not size and mtime.
+    pub checksum: bool,
+    /// Which paths are mirrored.
+    pub filter: FilterConfig,
+    /// How objects are sent.
+    pub transfer: TransferConfig,
+    /// Where the state database, the lock and the journal live.
+    pub state_dir: PathBuf,
+    /// The primary's location and connection, when this is a further
+    /// destination on the primary's service with its credentials: objects
+    /// the primary holds are copied from it on the server.
+    pub copy_from: Option<(Location, Connection)>,
+}
+
+impl SyncConfig {
+    /// The compiled filters for the directory; the state directory is
+    /// never mirrored, even when it lies inside.
+    pub fn filter(&self) -> Result<crate::scan::Filter> {
+        crate::scan::Filter::new(&self.dir, &self.filter, Some(&self.state_dir))
+    }
+}
+
+/// Which local paths are mirrored.
+#[derive(Debug, Clone, Default)]
+pub struct FilterConfig {
+    /// Gitignore-style globs relative to the root.
+    pub exclude: Vec<String>,
+    pub include_hidden: bool,
+    pub follow_symlinks: bool,
+    /// Mirror editors' temporary and backup files too.
+    pub include_temp_files: bool,
+    /// Stay on the root's file system (`/proc`, `/sys` and other mounts
+    /// below it are left out).
+    pub one_file_system: bool,
+}
+
+/// How objects are written.
+#[derive(Debug, Clone)]
+pub struct TransferConfig {
+    /// Concurrent requests (uploads, parts, HEADs).
+    pub concurrency: usize,
+    /// Files at least this large go multipart.
+    pub multipart_threshold: u64,
+    /// Preferred part size; grows so no upload exceeds 10,000 parts.
+    pub chunk_size: u64,
+    pub storage_class: Option<String>,
+    /// Write the `mtime` user metadata (node-s3ma's `mtimeToMetaData`).
+    pub mtime_metadata: bool,
+    pub mime: MimeTable,
+}
+
+/// S3's minimum part size (except the last part).
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+
+/// What `watch` needs beyond a sync.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub sync: SyncConfig,
+    pub timing: WatchTiming,
+}
+
+/// When `watch` acts, the same for every destination.
+#[derive(Debug, Clone)]
+pub struct WatchTiming {
+    /// How long a path must be quiet before it is uploaded (unless it was
+    /// closed after writing, which says it is complete).
+    pub debounce: Duration,
+    /// A path that keeps changing is uploaded at least this often.
+    pub max_delay: Duration,
+    /// Full reconcile this often; `None` never.
+    pub rescan_interval: Option<Duration>,
+    /// `max_delete` counts the deletions of this long a window.
+    pub max_delete_window: Duration,
+    /// Events the kernel's side may queue for the daemon; when they are
+    /// more, they are dropped and a full reconcile catches up.
+    pub event_queue: usize,
+}
+
+/// The mirror-related choices of one command line, whichever command
+/// made them (`verify` makes fewer).
+pub struct Choices<'a> {
+    pub paths: &'a [String],
+    /// `Some(false)`: delete nothing whatever the file says.
+    pub delete: Option<bool>,
+    pub max_delete: Option<u64>,
+    pub dry_run: bool,
+    pub checksum: bool,
+    pub filter: &'a FilterArgs,
+    pub transfer: &'a TransferArgs,
+}
+
+/// Splits `[DIR] [s3://DEST]` and fills the gaps from the config file.
+pub fn resolve_paths(paths: &[String], file: &FileConfig) -> Result<(PathBuf, Location)> {
+    let (dir, dest) = match paths {
+        [] => (None, None),
+        [one] if one.starts_with("s3://") => (None, Some(one.as_str())),
+        [one] => (Some(one.as_str()), None),
+        [a, b] => (Some(a.as_str()), Some(b.as_str())),
+        _ => bail!("give at most a directory and an s3:// destination"),
+    };
+    if let Some(d) = dir {
+        if d.starts_with("s3://") {
+            bail!("'{d}' is an S3 location; give the local directory first: s3ma sync DIR s3://BUCKET/PREFIX");
+        }
+    }
+    let dir = match dir {
+        Some(d) => PathBuf::from(d),
+        None => file.watch_dir.clone().ok_or_else(|| {
+            anyhow!("no directory given: pass DIR, or set watchDir in the config file")
+        })?,
+    };
+    let dest = match dest {
+        Some(d) => Location::parse(d)?,
+        None => primary_of(file)?.ok_or_else(|| {
+            anyhow!(
+                "no destination given: pass s3://BUCKET[/PREFIX], or set bucket (and topPrefix) in the config file"
+            )
+        })?,
+    };
+    Ok((dir, dest))
+}
+
+/// The config file's own destination (`bucket` and `topPrefix`).
+pub fn primary_of(file: &FileConfig) -> Result<Option<Location>> {
+    file.bucket
+        .as_deref()
+        .map(|b| {
+            Location::new(b, file.top_prefix.as_deref().unwrap_or(""))
+                .context("in the config keys \"bucket\" and \"topPrefix\"")
+        })
+        .transpose()
+}
+
+fn filter(args: &FilterArgs, file: &FileConfig) -> FilterConfig {
+    let mut exclude = file.exclude.clone().unwrap_or_default();
+    exclude.extend(args.exclude.iter().cloned());
+    FilterConfig {
+        exclude,
+        include_hidden: args.include_hidden || file.include_hidden.unwrap_or(false),
+        follow_symlinks: args.follow_symlinks || file.follow_symlinks.unwrap_or(false),
+        include_temp_files: args.include_temp_files || file.include_temp_files.unwrap_or(false),
+        one_file_system: args.one_file_system || file.one_file_system.unwrap_or(false),
+    }
+}
+
+fn transfer(args: &TransferArgs, loaded: &Loaded) -> Result<TransferConfig> {
+    let file = &loaded.file;
+    let concurrency = args.concurrency.or(file.concurrency).unwrap_or(32);
+    if concurrency == 0 || concurrency > 1024 {
+        bail!("concurrency must be between 1 and 1024, not {concurrency}");
+    }
+    let multipart_threshold = size_setting(
+        &args.multipart_threshold,
+        "multipart-threshold",
+        &file.multipart_threshold,
+        "multipartThreshold",
+        64 << 20,
+    )?;
+    let chunk_size = size_setting(
+        &args.multipart_chunk_size,
+        "multipart-chunk-size",
+        &file.multipart_chunk_size,
+        "multipartChunkSize",
+        16 << 20,
+    )?;
+    if chunk_size < MIN_PART_SIZE {
+        bail!("the multipart chunk size must be at least 5MiB (S3's minimum part size)");
+    }
+    if chunk_size > 5 << 30 {
+        bail!("the multipart chunk size must be at most 5GiB (S3's maximum part size)");
+    }
+    if multipart_threshold > 5 << 30 {
+        bail!("the multipart threshold must be at most 5GiB (S3's largest single PUT)");
+    }
+    let mime = match &file.mime_config {
+        Some(p) => MimeTable::load(p).context("in the config key \"mimeConfig\"")?,
+        None => {
+            let beside = loaded
+                .path
+                .as_deref()
+                .and_then(Path::parent)
+                .map(|d| d.join("config_mime.types"));
+            match beside {
+                Some(p) if p.is_file() => MimeTable::load(&p)?,
+                _ => MimeTable::default(),
+            }
+        }
+    };
+    Ok(TransferConfig {
+        concurrency,
+        multipart_threshold: multipart_threshold.max(1),
+        chunk_size,
+        storage_class: args
+            .storage_class
+            .clone()
+            .or_else(|| file.storage_class.clone()),
+        mtime_metadata: file.mtime_to_meta_data.unwrap_or(true),
+        mime,
+    })
+}
+
+/// The state directory must be one, or be creatable as one: a file in
+/// its place is a configuration mistake, found before any work.
+fn check_state_dir(dir: &Path) -> Result<()> {
+    let mut at = Some(dir);
+    while let Some(p) = at {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) if p == dir => bail!(
+                "the state directory {} is a file, not a directory; give --state-dir (or \
+                 S3MA_STATE_DIR, config key \"stateDir\") a directory",
+                dir.display()
+            ),
+            Ok(_) => bail!(
+                "the state directory {} cannot be made: {} is a file; give --state-dir (or \
+                 S3MA_STATE_DIR, config key \"stateDir\") a directory",
+                dir.display(),
+                p.display()
+            ),
+            Err(_) => at = p.parent().filter(|p| !p.as_os_str().is_empty()),
+        }
+    }
+    Ok(())
+}
+
+/// The primary's sync: the pair, the filters, the transfer settings.
+pub fn resolve_sync(c: &Choices, loaded: &Loaded, env: &Env) -> Result<SyncConfig> {
+    let file = &loaded.file;
+    let (dir, dest) = resolve_paths(c.paths, file)?;
+    let state_dir = c
+        .transfer
+        .state_dir
+        .clone()
+        .or_else(|| file.state_dir.clone())
+        .unwrap_or_else(|| env.default_state_dir());
+    check_state_dir(&state_dir)?;
+    Ok(SyncConfig {
+        dir,
+        dest,
+        delete: c.delete.unwrap_or_else(|| file.delete.unwrap_or(false)),
+        max_delete: c.max_delete.or(file.max_delete),
+        dry_run: c.dry_run,
+        checksum: c.checksum,
+        filter: filter(c.filter, file),
+        transfer: transfer(c.transfer, loaded)?,
+        state_dir,
+        copy_from: None,
+    })
+}
+
+/// `watch`'s timing: flags, then the file, then the defaults.
+pub fn resolve_timing(args: &WatchArgs, file: &FileConfig) -> Result<WatchTiming> {
+    let ms = args.debounce.or(file.debounce).unwrap_or(200);
+    if ms > 600_000 {
+        bail!("the debounce window must be at most 600000 ms (10 minutes), not {ms}");
+    }
+    let rescan = duration_setting(
+        &args.rescan_interval,
+        "rescan-interval",
+        &file.rescan_interval,
+        "rescanInterval",
+        Duration::from_secs(3600),
+    )?;
+    let debounce = Duration::from_millis(ms);
+    let max_delay = duration_setting(
+        &args.max_delay,
+        "max-delay",
+        &file.max_delay,
+        "maxDelay",
+        Duration::from_secs(60),
+    )?;
+    if max_delay < debounce.max(Duration::from_secs(1)) {
+        bail!(
+            "--max-delay must be at least 1s and at least the debounce window ({ms} ms), not \
+             {} s",
+            max_delay.as_secs()
+        );
+    }
+    let window = duration_setting(
+        &args.max_delete_window,
+        "max-delete-window",
+        &file.max_delete_window,
+        "maxDeleteWindow",
+        Duration::from_secs(3600),
+    )?;
+    if window.is_zero() {
+        bail!("--max-delete-window must be longer than 0 s (1h is the default)");
+    }
+    let event_queue = args.event_queue.or(file.event_queue).unwrap_or(65_536);
+    if !(16..=16_777_216).contains(&event_queue) {
+        bail!("the event queue must hold between 16 and 16777216 events, not {event_queue}");
+    }
+    Ok(WatchTiming {
+        debounce,
+        max_delay,
+        rescan_interval: (!rescan.is_zero()).then_some(rescan),
+        max_delete_window: window,
+        event_queue,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positional_paths() {
+        let f = FileConfig::default();
+        let (d, l) = resolve_paths(&["dir".into(), "s3://b/p".into()], &f).expect("ok");
+        assert_eq!((d, l.prefix.as_str()), (PathBuf::from("dir"), "p/"));
+        assert!(
+            resolve_paths(&["s3://b/p".into()], &f).is_err(),
+            "no watchDir"
+        );
+        assert!(resolve_paths(&["dir".into()], &f).is_err(), "no bucket");
+        assert!(resolve_paths(&["s3://b".into(), "dir".into()], &f).is_err());
+    }
+
+    #[test]
+    fn a_state_dir_that_is_a_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").expect("write");
+        let err = check_state_dir(&file).expect_err("a file");
+        assert!(err.to_string().contains("is a file"), "{err}");
+        let err = check_state_dir(&file.join("below")).expect_err("below a file");
+        assert!(err.to_string().contains("cannot be made"), "{err}");
+        assert!(check_state_dir(&dir.path().join("new/deeper")).is_ok());
+        assert!(check_state_dir(dir.path()).is_ok());
+    }
+}

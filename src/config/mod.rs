@@ -1,0 +1,321 @@
+//! Configuration: the command line, one snapshot of the environment and
+//! the config file, resolved once into a plain [`Config`] with no clap
+//! types in it. Flags win over the environment, the environment over the
+//! file, the file over the defaults.
+//!
+//! Every mistake a user can make in any of them is found here, before any
+//! request or any change, and is a usage error (exit 2) that says what to
+//! write instead. Split by concern:
+//! - [`file`]: the config file's schema (node-s3ma's `conf/config.json`);
+//! - [`units`]: sizes and durations;
+//! - [`connection`]: endpoint, region, credentials, TLS, timeouts;
+//! - [`destinations`]: `bucketSync` and the `destinations` list;
+//! - [`mirror`]: the directory, filters, transfer and `watch` settings;
+//! - [`env`]: the environment variables s3ma reads.
+
+mod connection;
+mod destinations;
+mod env;
+mod file;
+mod mirror;
+mod units;
+
+use anyhow::{bail, Context, Result};
+
+pub use connection::Connection;
+pub use env::Env;
+pub use mirror::{FilterConfig, SyncConfig, TransferConfig, WatchConfig, WatchTiming};
+
+use crate::cli::{Cli, Command, ConnectionArgs, LsArgs};
+use crate::keys::{bucket_name_problem, Location};
+use file::Loaded;
+use mirror::Choices;
+
+/// What to run, fully resolved.
+#[derive(Debug)]
+pub enum Config {
+    Sync(Targets),
+    Verify {
+        targets: Targets,
+        download: bool,
+    },
+    Watch {
+        targets: Targets,
+        timing: WatchTiming,
+    },
+    Ls(Box<Ls>),
+    Completions(clap_complete::Shell),
+}
+
+/// The primary destination first, then every further one.
+pub type Targets = Vec<Target>;
+
+/// One destination of the mirrored directory, and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `None` for the primary; a further destination's name, shown before
+    /// its lines.
+    pub name: Option<String>,
+    pub sync: SyncConfig,
+    pub conn: Connection,
+}
+
+/// What `s3ma ls` lists and through which connection.
+#[derive(Debug)]
+pub struct Ls {
+    pub conn: Connection,
+    /// `None` lists the buckets.
+    pub location: Option<Location>,
+    /// The location as the user wrote it, for messages.
+    pub shown: String,
+    pub recursive: bool,
+}
+
+/// A resolved configuration and the warnings met on the way.
+#[derive(Debug)]
+pub struct Resolved {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Resolves a parsed command line. Errors are usage errors (exit 2).
+    pub fn from_cli(cli: &Cli, env: &Env) -> Result<Resolved> {
+        if let Command::Completions { shell } = &cli.command {
+            return Ok(Resolved {
+                config: Config::Completions(*shell),
+                warnings: Vec::new(),
+            });
+        }
+        let loaded = file::load(cli.global.config.as_deref())?;
+        let mut warnings = loaded.warnings.clone();
+        let config = match &cli.command {
+            Command::Sync(a) => {
+                let m = &a.mirror;
+                let choices = Choices {
+                    paths: &m.paths,
+                    delete: delete_choice(m.delete, m.no_delete),
+                    max_delete: m.max_delete,
+                    dry_run: a.dry_run,
+                    checksum: m.checksum,
+                    filter: &m.filter,
+                    transfer: &m.transfer,
+                };
+                Config::Sync(targets(
+                    &choices,
+                    &m.conn,
+                    m.primary_only,
+                    &loaded,
+                    env,
+                    &mut warnings,
+                )?)
+            }
+            Command::Watch(a) => {
+                let m = &a.mirror;
+                let choices = Choices {
+                    paths: &m.paths,
+                    delete: delete_choice(m.delete, m.no_delete),
+                    max_delete: m.max_delete,
+                    dry_run: false,
+                    checksum: m.checksum,
+                    filter: &m.filter,
+                    transfer: &m.transfer,
+                };
+                Config::Watch {
+                    timing: mirror::resolve_timing(a, &loaded.file)?,
+                    targets: targets(
+                        &choices,
+                        &m.conn,
+                        m.primary_only,
+                        &loaded,
+                        env,
+                        &mut warnings,
+                    )?,
+                }
+            }
+            Command::Verify(a) => {
+                let transfer = crate::cli::TransferArgs {
+                    concurrency: a.concurrency,
+                    ..Default::default()
+                };
+                let choices = Choices {
+                    paths: &a.paths,
+                    delete: Some(false),
+                    max_delete: None,
+                    dry_run: false,
+                    checksum: false,
+                    filter: &a.filter,
+                    transfer: &transfer,
+                };
+                Config::Verify {
+                    targets: targets(
+                        &choices,
+                        &a.conn,
+                        a.primary_only,
+                        &loaded,
+                        env,
+                        &mut warnings,
+                    )?,
+                    download: a.download,
+                }
+            }
+            Command::Ls(a) => Config::Ls(Box::new(ls(a, &loaded, env)?)),
+            Command::Completions { .. } => unreachable!("handled above"),
+        };
+        Ok(Resolved { config, warnings })
+    }
+}
+
+/// `--delete` / `--no-delete` (the last one given wins), else the file.
+fn delete_choice(delete: bool, no_delete: bool) -> Option<bool> {
+    if no_delete {
+        Some(false)
+    } else if delete {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// The primary first, then every further destination. The config's
+/// further destinations go with its own bucket: they are left out with
+/// `--primary-only`, and when the command line names another destination
+/// than the config's `bucket` and `topPrefix` (a one-off run must not
+/// mirror another directory into them, with deletions).
+fn targets(
+    choices: &Choices,
+    conn_args: &ConnectionArgs,
+    primary_only: bool,
+    loaded: &Loaded,
+    env: &Env,
+    warnings: &mut Vec<String>,
+) -> Result<Targets> {
+    let file = &loaded.file;
+    let conn = connection::resolve(conn_args, loaded, env)?;
+    let sync = mirror::resolve_sync(choices, loaded, env)?;
+    check_bucket(&sync.dest, &conn)?;
+    let configured = file.bucket_sync.is_some() || file.destinations.is_some();
+    let elsewhere = match mirror::primary_of(file)? {
+        Some(own) => sync.dest != own,
+        // No primary in the file: its destinations go with the one given.
+        None => false,
+    };
+    let dests = if primary_only || !configured {
+        Vec::new()
+    } else if elsewhere {
+        warnings.push(
+            "the config file's further destinations (bucketSync, destinations) go with its \
+             own bucket and topPrefix; with another destination on the command line they are \
+             left out"
+                .into(),
+        );
+        Vec::new()
+    } else {
+        destinations::resolve(&conn, &sync.dest, file)?
+    };
+    let mut out = Vec::with_capacity(1 + dests.len());
+    for d in dests {
+        check_bucket(&d.dest, &d.conn).with_context(|| format!("in destination \"{}\"", d.name))?;
+        let mut cfg = sync.clone();
+        cfg.dest = d.dest.clone();
+        if d.storage_class.is_some() {
+            cfg.transfer.storage_class = d.storage_class.clone();
+        }
+        cfg.copy_from = d
+            .copy_from_primary
+            .then(|| (sync.dest.clone(), conn.clone()));
+        out.push(Target {
+            name: Some(d.name),
+            sync: cfg,
+            conn: d.conn,
+        });
+    }
+    out.insert(
+        0,
+        Target {
+            name: None,
+            sync,
+            conn,
+        },
+    );
+    Ok(out)
+}
+
+/// AWS's bucket name rules on AWS, and wherever the bucket becomes a host
+/// name (virtual-host addressing); elsewhere only what cannot work in a
+/// path-style URL, which [`Location`] already refuses.
+fn check_bucket(loc: &Location, conn: &Connection) -> Result<()> {
+    let on = if conn.is_aws() {
+        "AWS S3"
+    } else if !conn.path_style {
+        "a virtual-host endpoint (the bucket becomes a host name)"
+    } else {
+        return Ok(());
+    };
+    if let Some(problem) = bucket_name_problem(&loc.bucket) {
+        bail!(
+            "'{}' is not a valid bucket name on {on}: {problem}; see \
+             https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html",
+            loc.bucket
+        );
+    }
+    Ok(())
+}
+
+/// What `s3ma ls` lists, and through which connection: a configured
+/// destination's own when `--destination` names it or the target is in its
+/// bucket.
+fn ls(args: &LsArgs, loaded: &Loaded, env: &Env) -> Result<Ls> {
+    let file = &loaded.file;
+    let conn = connection::resolve(&args.conn, loaded, env)?;
+    let loc = args.target.as_deref().map(Location::parse).transpose()?;
+    let primary = mirror::primary_of(file)?.unwrap_or_default();
+    let elsewhere = loc.as_ref().is_some_and(|l| l.bucket != primary.bucket);
+    let (conn, location) = if args.destination.is_none() && !elsewhere {
+        (conn, loc)
+    } else {
+        let dests = destinations::resolve(&conn, &primary, file)?;
+        match &args.destination {
+            Some(name) => {
+                let Some(d) = dests
+                    .iter()
+                    .find(|d| d.name == *name)
+                    .or_else(|| dests.iter().find(|d| d.dest.bucket == *name))
+                else {
+                    let names: Vec<&str> = dests.iter().map(|d| d.name.as_str()).collect();
+                    bail!(
+                        "no destination named \"{name}\" in the config file (it has: {})",
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    );
+                };
+                (d.conn.clone(), Some(loc.unwrap_or_else(|| d.dest.clone())))
+            }
+            None => {
+                let own = loc
+                    .as_ref()
+                    .and_then(|l| dests.iter().find(|d| d.dest.bucket == l.bucket));
+                (own.map_or(conn, |d| d.conn.clone()), loc)
+            }
+        }
+    };
+    if let Some(l) = &location {
+        check_bucket(l, &conn)?;
+    }
+    Ok(Ls {
+        shown: args
+            .target
+            .clone()
+            .or_else(|| location.as_ref().map(ToString::to_string))
+            .unwrap_or_default(),
+        conn,
+        location,
+        recursive: args.recursive,
+    })
+}
+
+#[cfg(test)]
+mod tests;
