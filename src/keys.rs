@@ -156,10 +156,18 @@ fn check_prefix(bucket: &str, prefix: &str) -> Result<()> {
         .split('/')
         .find(|s| s.is_empty() || *s == "." || *s == "..")
     {
-        let clean: Vec<&str> = inner
-            .split('/')
-            .filter(|s| !s.is_empty() && *s != ".")
-            .collect();
+        // What the segments say as a path: `.` and empty ones dropped,
+        // `..` taking the one before away.
+        let mut clean: Vec<&str> = Vec::new();
+        for s in inner.split('/') {
+            match s {
+                "" | "." => {}
+                ".." => {
+                    clean.pop();
+                }
+                s => clean.push(s),
+            }
+        }
         let what = if seg.is_empty() {
             "an empty segment ('//')".to_string()
         } else {
@@ -265,6 +273,8 @@ mod tests {
             let err = Location::parse(url).expect_err(url);
             assert!(err.to_string().contains(want), "{url}: {err}");
         }
+        let err = Location::parse("s3://b/a/./b/../c").expect_err("dots");
+        assert!(err.to_string().contains("such as s3://b/a/c"), "{err}");
         let err = Location::parse("s3://b//x").expect_err("leading slash");
         assert!(err.to_string().contains("write s3://b/x instead"), "{err}");
         for ok in ["s3://b/a.b/..c/d..", "s3://b/site//", "s3://b/"] {

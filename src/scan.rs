@@ -63,7 +63,17 @@ pub enum ScanItem {
         path: PathBuf,
         message: String,
     },
+    /// Something worth telling about a path that is otherwise handled: it
+    /// vanished while the walk went by (a live tree changes under it), or
+    /// its mtime is beyond what can be recorded.
+    Note {
+        path: PathBuf,
+        message: String,
+    },
 }
+
+/// What a note about a vanished path says.
+pub const VANISHED: &str = "disappeared during the walk; nothing to mirror";
 
 /// Editors' temporary, lock and backup files, skipped unless
 /// `--include-temp-files` (the list is in the README).
@@ -175,6 +185,25 @@ fn walk_order(a: &DirEntry, b: &DirEntry, follow: bool) -> Ordering {
 }
 
 /// A file's mtime in nanoseconds since the epoch.
+/// Nanoseconds since 1970 fit in an i64 from 1677-09-21 to 2262-04-11:
+/// a file dated outside is recorded at that end, said in a note.
+fn mtime_out_of_range(meta: &std::fs::Metadata) -> Option<String> {
+    const LIMIT: i64 = i64::MAX / 1_000_000_000;
+    let secs = meta.mtime();
+    let end = if secs >= LIMIT {
+        "after 2262-04-11"
+    } else if secs <= -LIMIT {
+        "before 1677-09-21"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "its modification time ({secs} s since 1970) is {end}, beyond what s3ma can record; \
+         it is recorded as that date, so a later change that keeps its size and this mtime is \
+         found only by --checksum (set a real date with touch)"
+    ))
+}
+
 pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     meta.mtime()
         .saturating_mul(1_000_000_000)
@@ -242,15 +271,20 @@ pub fn walk_under(
         let entry = match it.next() {
             None => break,
             Some(Ok(e)) => e,
-            // Removed while the walk went by: nothing there to mirror (a
-            // live tree changes under the walk).
+            // Removed while the walk went by (the start too, when it is a
+            // directory below the root that was just reported).
             Some(Err(err))
-                if err.depth() > 0
+                if (err.depth() > 0 || start != root)
                     && err
                         .io_error()
                         .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
             {
-                continue
+                let path = err.path().unwrap_or(start).to_path_buf();
+                let message = VANISHED.to_string();
+                if !emit(ScanItem::Note { path, message }) {
+                    return;
+                }
+                continue;
             }
             Some(Err(err)) => {
                 let path = err.path().unwrap_or(root).to_path_buf();
@@ -338,17 +372,28 @@ pub fn walk_under(
             }
         } else if ft.is_file() {
             match entry.metadata() {
-                Ok(meta) => ScanItem::File(LocalFile {
-                    rel,
-                    path: entry.path().to_path_buf(),
-                    size: meta.len(),
-                    mtime_ns: mtime_ns(&meta),
-                }),
+                Ok(meta) => {
+                    if let Some(message) = mtime_out_of_range(&meta) {
+                        let path = entry.path().to_path_buf();
+                        if !emit(ScanItem::Note { path, message }) {
+                            return;
+                        }
+                    }
+                    ScanItem::File(LocalFile {
+                        rel,
+                        path: entry.path().to_path_buf(),
+                        size: meta.len(),
+                        mtime_ns: mtime_ns(&meta),
+                    })
+                }
                 Err(e)
                     if e.io_error()
                         .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
                 {
-                    continue
+                    ScanItem::Note {
+                        path: entry.path().to_path_buf(),
+                        message: VANISHED.to_string(),
+                    }
                 }
                 Err(e) => ScanItem::Kept {
                     rel,
@@ -397,6 +442,25 @@ mod tests {
             true
         });
         out
+    }
+
+    #[test]
+    fn a_directory_gone_before_its_walk_is_a_note() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let filter = Filter::new(root, &cfg(), None).expect("filter");
+        let mut items = Vec::new();
+        walk_under(root, &root.join("gone"), "", &filter, false, |item| {
+            items.push(item);
+            true
+        });
+        match items.as_slice() {
+            [ScanItem::Note { path, message }] => {
+                assert_eq!(path, &root.join("gone"));
+                assert_eq!(message, VANISHED);
+            }
+            other => panic!("expected one note, got {other:?}"),
+        }
     }
 
     #[test]

@@ -958,6 +958,7 @@ impl Merge {
                     rep.failed(&path.to_string_lossy(), &message);
                     self.blind.get_or_insert(message);
                 }
+                ScanItem::Note { path, message } => rep.note(&path.to_string_lossy(), &message),
             }
         }
     }

@@ -384,6 +384,9 @@ impl Daemon<'_> {
                     ScanItem::Problem { path, message } | ScanItem::Blind { path, message } => {
                         problems.push((path.display().to_string(), message, true))
                     }
+                    ScanItem::Note { path, message } => {
+                        problems.push((path.display().to_string(), message, false))
+                    }
                 }
                 true
             },

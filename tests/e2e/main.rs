@@ -10,6 +10,7 @@ mod destinations;
 mod errors;
 mod faults;
 mod ls;
+mod mistakes;
 mod model;
 mod names;
 mod sync;

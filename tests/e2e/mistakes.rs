@@ -1,0 +1,345 @@
+//! The mistakes users meet first: each is a clear error with the right
+//! exit code that changes nothing, found before any request where it can
+//! be.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// Writes `./conf/config.json` in the test's working directory, as a
+/// clone or an old node-s3ma install would have it.
+fn local_config(env: &TestEnv, body: &str) {
+    let dir = env.work().join("conf");
+    std::fs::create_dir_all(&dir).expect("mkdir conf");
+    let path = dir.join("config.json");
+    write_file(&path, body);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+#[test]
+fn the_example_config_is_never_read_by_accident() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        !repo.join("conf/config.json").exists(),
+        "a conf/config.json in the repository is read by every run started there"
+    );
+    // The example still has node-s3ma's shape, and is read when named.
+    let env = TestEnv::new(Kind::S3sFs);
+    let example = repo.join("conf/config.example.json");
+    let mut cmd = env.command();
+    cmd.current_dir(repo)
+        .args(["ls", "--endpoint", &env.endpoint]);
+    TestEnv::run_cmd(cmd).ok();
+    let mut cmd = env.command();
+    cmd.current_dir(repo).args([
+        "--config",
+        &example.display().to_string(),
+        "ls",
+        "--endpoint",
+        &env.endpoint,
+    ]);
+    let run = TestEnv::run_cmd(cmd).code(3);
+    assert!(run.stderr.contains("config.example.json"), "{run}");
+}
+
+#[test]
+fn rejected_credentials_name_where_the_keys_came_from() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    local_config(
+        &env,
+        r#"{"accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "change-me"}"#,
+    );
+    // Valid keys in the environment lose to the file's, as in node-s3ma:
+    // the message says so, and why the file was read.
+    let run = env.s3ma(&["ls"]).code(3);
+    assert!(run.stderr.contains("rejected the credentials"), "{run}");
+    assert!(run.stderr.contains("conf/config.json"), "{run}");
+    assert!(
+        run.stderr
+            .contains("read because it is in the current directory"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("AWS_ACCESS_KEY_ID"), "{run}");
+    assert!(!run.all().contains("change-me"), "secret shown: {run}");
+    std::fs::remove_dir_all(env.work().join("conf")).expect("rm conf");
+    // Wrong keys in the environment are named as such.
+    let mut cmd = env.command();
+    cmd.env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .args(["ls", "--endpoint", &env.endpoint]);
+    let run = TestEnv::run_cmd(cmd).code(3);
+    assert!(
+        run.stderr
+            .contains("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment"),
+        "{run}"
+    );
+}
+
+#[test]
+fn watch_stops_at_start_on_rejected_credentials() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    for (id, secret) in [("AKIAEXAMPLE", "change-me"), (ACCESS_KEY, "wrong")] {
+        let mut cmd = env.command();
+        cmd.env("AWS_ACCESS_KEY_ID", id)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .args([
+                "watch",
+                &env.tree().display().to_string(),
+                &env.dest(),
+                "--endpoint",
+                &env.endpoint,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn watch");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("watch kept running with rejected credentials ({id})");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let out = child.wait_with_output().expect("output");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(status.code(), Some(3), "{stderr}");
+        assert!(stderr.contains("rejected the credentials"), "{stderr}");
+        assert!(!stderr.contains("retrying"), "{stderr}");
+    }
+    assert!(env.keys().is_empty());
+}
+
+#[test]
+fn the_2014_region_spelling_names_the_right_one() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    local_config(
+        &env,
+        &format!(
+            r#"{{"watchDir": "{}", "region": "ap-northeast1", "bucket": "my-site-backup",
+                "topPrefix": "www/"}}"#,
+            env.tree().display()
+        ),
+    );
+    let mut cmd = env.command();
+    cmd.arg("sync");
+    let run = TestEnv::run_cmd(cmd).code(2);
+    assert!(
+        run.stderr.contains("'ap-northeast1'")
+            && run.stderr.contains("did you mean ap-northeast-1?"),
+        "{run}"
+    );
+    assert!(!run.stderr.contains("topPrefixSync"), "{run}");
+    assert!(!run.stderr.contains("resolve"), "{run}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run}");
+}
+
+#[test]
+fn prefixes_no_tool_can_restore_are_refused() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    let tree = env.tree().display().to_string();
+    for (prefix, shows) in [
+        ("../x", "s3://BUCKET/x"),
+        ("a/./b/../c", "s3://BUCKET/a/c"),
+        ("/x", "s3://BUCKET/x"),
+        ("a//b", "s3://BUCKET/a/b"),
+    ] {
+        let dest = format!("s3://{}/{prefix}", env.bucket);
+        let run = env.s3ma(&["sync", &tree, &dest]).code(2);
+        let want = shows.replace("BUCKET", &env.bucket);
+        assert!(run.stderr.contains(&want), "{prefix}: {run}");
+    }
+    assert!(env.keys().is_empty(), "{:?}", env.keys());
+}
+
+#[test]
+fn bucket_names_are_checked_before_any_request() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    let tree = env.tree().display().to_string();
+    // AWS: its rules, locally (nothing listens for AWS here).
+    for (dest, want) in [
+        ("s3://BAD/x", "only lowercase letters"),
+        ("s3://b", "3 to 63"),
+    ] {
+        let mut cmd = env.command();
+        cmd.args(["sync", &tree, dest, "--region", "us-east-1"]);
+        let run = TestEnv::run_cmd(cmd).code(2);
+        assert!(
+            run.stderr.contains("on AWS S3") && run.stderr.contains(want),
+            "{run}"
+        );
+    }
+    // A custom endpoint decides its own rules; its refusal is still a
+    // configuration error, said plainly.
+    let run = env.s3ma(&["sync", &tree, "s3://BAD/x"]).code(2);
+    assert!(
+        run.stderr.contains("refused the bucket name 'BAD'"),
+        "{run}"
+    );
+}
+
+#[test]
+fn other_usage_mistakes_exit_2() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    let tree = env.tree().display().to_string();
+    let mut cmd = env.command();
+    cmd.args([
+        "sync",
+        &tree,
+        &env.dest(),
+        "--endpoint",
+        "http://127.0.0.1:99999",
+    ]);
+    let run = TestEnv::run_cmd(cmd).code(2);
+    assert!(run.stderr.contains("port '99999'"), "{run}");
+    let file = env.work().join("state-file");
+    write_file(&file, "not a directory");
+    let run = env
+        .s3ma(&[
+            "sync",
+            &tree,
+            &env.dest(),
+            "--state-dir",
+            &file.display().to_string(),
+        ])
+        .code(2);
+    assert!(run.stderr.contains("is a file, not a directory"), "{run}");
+    let run = env
+        .s3ma(&["sync", &tree, &env.dest(), "--profile", "nosuch"])
+        .code(2);
+    assert!(run.stderr.contains("profile 'nosuch'"), "{run}");
+    assert!(env.keys().is_empty());
+}
+
+#[test]
+fn dry_run_lists_every_deletion_a_guard_refuses() {
+    let env = TestEnv::new(Kind::S3sFs);
+    for f in ["keep.txt", "a.txt", "b.txt", "c.txt"] {
+        env.write(f, f);
+    }
+    env.sync(&[]).ok();
+    for f in ["a.txt", "b.txt", "c.txt"] {
+        std::fs::remove_file(env.tree().join(f)).expect("rm");
+    }
+    let run = env
+        .sync(&["--delete", "--max-delete", "1", "--dry-run"])
+        .code(3);
+    assert_eq!(
+        run.actions("delete"),
+        ["site/a.txt", "site/b.txt", "site/c.txt"],
+        "{run}"
+    );
+    assert!(run.stderr.contains("more than --max-delete 1"), "{run}");
+    assert_eq!(env.keys().len(), 4, "a dry run deletes nothing");
+    // The same in text.
+    let tree = env.tree().display().to_string();
+    let run = env
+        .s3ma(&[
+            "sync",
+            &tree,
+            &env.dest(),
+            "--delete",
+            "--max-delete",
+            "1",
+            "-n",
+        ])
+        .code(3);
+    assert_eq!(run.stdout.matches("would delete site/").count(), 3, "{run}");
+}
+
+#[test]
+fn json_fatal_errors_are_on_stdout_too() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    let tree = env.tree().display().to_string();
+    let fatal = |run: &Run| -> String {
+        run.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["action"] == "fatal")
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("no fatal line on stdout:\n{run}"))
+    };
+    // A configuration error, before any request.
+    let mut cmd = env.command();
+    cmd.args([
+        "sync",
+        "--json",
+        &tree,
+        &env.dest(),
+        "--endpoint",
+        "http://h:99999",
+    ]);
+    let run = TestEnv::run_cmd(cmd).code(2);
+    assert!(fatal(&run).contains("port '99999'"), "{run}");
+    // An error from the server.
+    let run = env
+        .s3ma(&["sync", "--json", &tree, "s3://no-such-bucket-here/x"])
+        .code(3);
+    assert!(fatal(&run).contains("no-such-bucket-here"), "{run}");
+}
+
+#[test]
+fn an_mtime_past_2262_is_said() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let path = env.write("future.txt", "from the future");
+    // 2300-01-01.
+    set_mtime(&path, 10_413_792_000);
+    let run = env.sync(&[]).ok();
+    assert!(run.stdout.contains("after 2262-04-11"), "{run}");
+    assert_eq!(env.keys(), ["site/future.txt"]);
+    // It stays a note, not a change: the next run has nothing to do.
+    let run = env.sync(&[]).ok();
+    assert_eq!(run.summary()["uploaded"], 0, "{run}");
+}
+
+/// A tmpfs mounted inside the tree, unmounted when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn one_file_system_stays_on_the_root_s_file_system() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("here.txt", "on the root's file system");
+    let mnt = env.tree().join("mnt");
+    std::fs::create_dir_all(&mnt).expect("mkdir");
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if uid != "0" {
+        eprintln!("one_file_system_stays_on_the_root_s_file_system: needs root to mount; skipped");
+        return;
+    }
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "s3ma-test", &mnt.display().to_string()])
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mount -t tmpfs failed as root");
+    let _mount = Mount(mnt.clone());
+    write_file(&mnt.join("other.txt"), "on another file system");
+    env.sync(&["-x"]).ok();
+    assert_eq!(env.keys(), ["site/here.txt"]);
+    env.sync(&[]).ok();
+    assert_eq!(env.keys(), ["site/here.txt", "site/mnt/other.txt"]);
+    // With the flag again and --delete, what is across the boundary is no
+    // longer mirrored.
+    env.sync(&["--one-file-system", "--delete"]).ok();
+    assert_eq!(env.keys(), ["site/here.txt"]);
+}
