@@ -103,6 +103,8 @@ pub struct Filter {
     include_temp: bool,
     /// Stay on the root's file system.
     one_file_system: bool,
+    /// The root's device, with `one_file_system`.
+    root_dev: Option<u64>,
     /// s3ma's own state directory, when it is inside the root (relative
     /// to it): never mirrored, whatever the other filters say, or its
     /// database would be uploaded each time it is written.
@@ -135,8 +137,18 @@ impl Filter {
             include_hidden: cfg.include_hidden,
             include_temp: cfg.include_temp_files,
             one_file_system: cfg.one_file_system,
+            root_dev: cfg
+                .one_file_system
+                .then(|| std::fs::metadata(root).ok().map(|m| m.dev()))
+                .flatten(),
             own,
         })
+    }
+
+    /// Is this path on another file system than the root, with
+    /// `--one-file-system` (a mount below the root, or below it)?
+    pub fn other_file_system(&self, meta: &std::fs::Metadata) -> bool {
+        self.root_dev.is_some_and(|dev| meta.dev() != dev)
     }
 
     /// Is this entry (relative `/` path, last component `name`) excluded?

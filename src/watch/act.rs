@@ -134,7 +134,9 @@ impl Daemon<'_> {
                 )
             }
         };
-        if self.session.filter.excludes_path(&rel, meta.is_dir()) {
+        if self.session.filter.excludes_path(&rel, meta.is_dir())
+            || self.session.filter.other_file_system(&meta)
+        {
             return self.settle(&rel);
         }
         if meta.is_dir() {

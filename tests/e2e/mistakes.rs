@@ -342,4 +342,21 @@ fn one_file_system_stays_on_the_root_s_file_system() {
     // longer mirrored.
     env.sync(&["--one-file-system", "--delete"]).ok();
     assert_eq!(env.keys(), ["site/here.txt"]);
+    // watch too: changes across the boundary are not mirrored.
+    let mut w = env.watch(&["-x", "-v"]);
+    w.ready();
+    write_file(&mnt.join("later.txt"), "written across the boundary");
+    env.write("later.txt", "written on the root's file system");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(env.keys().contains(&"site/later.txt".to_string()) && w.idle()) {
+        assert!(Instant::now() < deadline, "not mirrored:\n{}", w.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        env.keys(),
+        ["site/here.txt", "site/later.txt"],
+        "{}",
+        w.logs()
+    );
+    assert_eq!(w.term(), 0, "{}", w.logs());
 }
