@@ -60,6 +60,12 @@ pub enum StoreError {
          usually 3 to 63 lowercase letters, digits, '-' and '.'"
     )]
     InvalidBucketName { bucket: String, detail: String },
+    /// The server does not know the storage class asked for.
+    #[error(
+        "the server refused the storage class ({0}); give --storage-class (config key \
+         \"storageClass\") one that this provider supports, or leave it out"
+    )]
+    InvalidStorageClass(String),
     #[error("no credentials found: set accessKeyId/secretAccessKey in the config file, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use --profile ({0})")]
     NoCredentials(String),
     #[error("cannot reach {endpoint}: {detail}")]
@@ -108,6 +114,7 @@ impl StoreError {
             StoreError::NoSuchBucket(..)
             | StoreError::BadCredentials { .. }
             | StoreError::InvalidBucketName { .. }
+            | StoreError::InvalidStorageClass(_)
             | StoreError::NoCredentials(_)
             | StoreError::WrongRegion(_)
             | StoreError::ClockSkew(_) => Blame::Fatal,
@@ -126,7 +133,10 @@ impl StoreError {
     /// A mistake in the configuration, found by the server: exit 2 like
     /// the ones s3ma finds itself.
     pub fn is_usage(&self) -> bool {
-        matches!(self, StoreError::InvalidBucketName { .. })
+        matches!(
+            self,
+            StoreError::InvalidBucketName { .. } | StoreError::InvalidStorageClass(_)
+        )
     }
 
     /// Errors after which a run cannot go on: the configuration is wrong,
@@ -963,6 +973,7 @@ where
                 from: "the configured credentials".into(),
             }
         }
+        "InvalidStorageClass" => return StoreError::InvalidStorageClass(what),
         "InvalidBucketName" => {
             return StoreError::InvalidBucketName {
                 bucket: bucket.unwrap_or("?").to_string(),

@@ -160,7 +160,7 @@ impl Config {
                 }
             }
             Command::Ls(a) => Config::Ls(Box::new(ls(a, &loaded, env)?)),
-            Command::Completions { .. } => unreachable!("handled above"),
+            Command::Completions { shell } => Config::Completions(*shell),
         };
         Ok(Resolved { config, warnings })
     }
@@ -194,6 +194,7 @@ fn targets(
     let conn = connection::resolve(conn_args, loaded, env)?;
     let sync = mirror::resolve_sync(choices, loaded, env)?;
     check_bucket(&sync.dest, &conn)?;
+    check_storage_class(sync.transfer.storage_class.as_deref(), &conn)?;
     let configured = file.bucket_sync.is_some() || file.destinations.is_some();
     let elsewhere = match mirror::primary_of(file)? {
         Some(own) => sync.dest != own,
@@ -215,7 +216,9 @@ fn targets(
     };
     let mut out = Vec::with_capacity(1 + dests.len());
     for d in dests {
-        check_bucket(&d.dest, &d.conn).with_context(|| format!("in destination \"{}\"", d.name))?;
+        check_bucket(&d.dest, &d.conn)
+            .and_then(|()| check_storage_class(d.storage_class.as_deref(), &d.conn))
+            .with_context(|| format!("in destination \"{}\"", d.name))?;
         let mut cfg = sync.clone();
         cfg.dest = d.dest.clone();
         if d.storage_class.is_some() {
@@ -260,6 +263,39 @@ fn check_bucket(loc: &Location, conn: &Connection) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The storage classes AWS S3 takes on PutObject.
+const AWS_STORAGE_CLASSES: &[&str] = &[
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "OUTPOSTS",
+    "GLACIER_IR",
+    "SNOW",
+    "EXPRESS_ONEZONE",
+    "FSX_OPENZFS",
+];
+
+/// On AWS, a storage class it does not know fails every upload: found
+/// here instead. Other providers name their own classes; one they refuse
+/// stops the run at the first upload.
+fn check_storage_class(class: Option<&str>, conn: &Connection) -> Result<()> {
+    let Some(class) = class.filter(|_| conn.is_aws()) else {
+        return Ok(());
+    };
+    if AWS_STORAGE_CLASSES.contains(&class) {
+        return Ok(());
+    }
+    let hint = match file::did_you_mean(class, AWS_STORAGE_CLASSES) {
+        Some(s) => format!("did you mean {s}?"),
+        None => format!("AWS S3 takes {}", AWS_STORAGE_CLASSES.join(", ")),
+    };
+    bail!("'{class}' is not an AWS S3 storage class; {hint}")
 }
 
 /// What `s3ma ls` lists, and through which connection: a configured

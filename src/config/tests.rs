@@ -226,3 +226,27 @@ fn the_region_must_be_an_aws_one_without_an_endpoint() {
     )
     .is_ok());
 }
+
+#[test]
+fn aws_storage_classes_are_checked() {
+    let err = resolve(
+        r#"{"region": "us-east-1", "storageClass": "STANDARD_AI"}"#,
+        &["/tmp", "s3://bucket/x"],
+    )
+    .expect_err("unknown class");
+    assert!(
+        err.to_string().contains("did you mean STANDARD_IA?"),
+        "{err}"
+    );
+    assert!(resolve(
+        r#"{"region": "us-east-1", "storageClass": "GLACIER_IR"}"#,
+        &["/tmp", "s3://bucket/x"]
+    )
+    .is_ok());
+    // Other providers have their own classes.
+    assert!(resolve(
+        r#"{"endpoint": "http://h:1", "storageClass": "COLD"}"#,
+        &["/tmp", "s3://bucket/x"]
+    )
+    .is_ok());
+}

@@ -360,3 +360,29 @@ fn one_file_system_stays_on_the_root_s_file_system() {
     );
     assert_eq!(w.term(), 0, "{}", w.logs());
 }
+
+#[test]
+fn an_unknown_storage_class_stops_the_run_once() {
+    let env = TestEnv::new(Kind::Moto);
+    for i in 0..5 {
+        env.write(&format!("f{i}.txt"), "x");
+    }
+    let tree = env.tree().display().to_string();
+    // moto checks the class as AWS does: one error for the run, not one
+    // per file.
+    let run = env
+        .s3ma(&["sync", &tree, &env.dest(), "--storage-class", "BOGUS"])
+        .code(2);
+    assert_eq!(
+        run.stderr.matches("InvalidStorageClass").count(),
+        1,
+        "{run}"
+    );
+    assert!(run.stderr.contains("--storage-class"), "{run}");
+    // On AWS it is found before any request.
+    let mut cmd = env.command();
+    cmd.args(["sync", &tree, "s3://some-bucket/x", "--region", "eu-west-1"])
+        .args(["--storage-class", "STANDARD_AI"]);
+    let run = TestEnv::run_cmd(cmd).code(2);
+    assert!(run.stderr.contains("did you mean STANDARD_IA?"), "{run}");
+}
