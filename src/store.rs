@@ -1,19 +1,19 @@
 //! The only module that speaks S3.
 //!
 //! It builds one client per run (TLS via rustls with the system roots plus
-//! any private CA, retries and timeouts in the SDK's retry layer), and turns
-//! SDK errors into [`StoreError`] so callers can branch on what happened:
-//! fatal for the run (unreachable, bad credentials, missing bucket) or
-//! confined to one key. Messages never include secrets: the SDK errors are
-//! rendered from their code and message, not from request dumps.
+//! any private CA, see [`tls`]; retries and timeouts in the SDK's retry
+//! layer), and turns SDK errors into [`StoreError`] so callers can branch
+//! on what happened: fatal for the run (unreachable, bad credentials,
+//! missing bucket) or confined to one key. Messages never include secrets:
+//! the SDK errors are rendered from their code and message, not from
+//! request dumps.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::Result;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
@@ -23,13 +23,15 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use aws_sdk_s3::Client;
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::DateTime;
 use base64::Engine as _;
 use md5::{Digest, Md5};
 
 use crate::config::Connection;
+
+mod tls;
 
 /// What went wrong, classified for the caller.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -214,46 +216,17 @@ pub struct Store {
     default_pages: Arc<AtomicBool>,
 }
 
-/// Checks a PEM bundle the way the TLS layer will read it, so a bad file is
-/// an error naming the file instead of a failure deep in the client.
-fn read_ca_bundle(path: &Path) -> Result<Vec<u8>> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
-    let pem = std::fs::read(path)
-        .with_context(|| format!("cannot read the CA bundle {}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!("the CA bundle {} is not valid PEM: {e:?}", path.display()))?;
-    if certs.is_empty() {
-        bail!("the CA bundle {} holds no certificate", path.display());
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs {
-        roots.add(cert).map_err(|e| {
-            anyhow!(
-                "the CA bundle {} holds a certificate that cannot be used: {e}",
-                path.display()
-            )
-        })?;
-    }
-    Ok(pem)
-}
-
 impl Store {
     /// Builds the client. Nothing is sent yet.
     pub async fn connect(conn: &Connection) -> Result<Store> {
-        let mut trust = TrustStore::default();
-        if let Some(ca) = &conn.ca_bundle {
-            trust = trust.with_pem_certificate(read_ca_bundle(ca)?);
-        }
-        let tls_context = TlsContext::builder()
-            .with_trust_store(trust)
-            .build()
-            .map_err(|e| anyhow!("cannot set up TLS: {e}"))?;
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .tls_context(tls_context)
-            .build_https();
+        // The SDK's client trusts the system roots; a bundle needs a
+        // verifier of its own, which that client cannot take.
+        let http = match &conn.ca_bundle {
+            Some(ca) => tls::client(&tls::Bundle::read(ca)?)?,
+            None => aws_smithy_http_client::Builder::new()
+                .tls_provider(Provider::Rustls(CryptoMode::Ring))
+                .build_https(),
+        };
 
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http.clone())
@@ -918,6 +891,11 @@ where
             // finish: about that file, not the server.
             if d.is_user() || detail.contains("while it was sent") {
                 return StoreError::Other(detail);
+            }
+            // A connection trusting a CA bundle: say which check failed
+            // rather than ask for the bundle that was given.
+            if let Some(why) = d.as_connector_error().and_then(|c| tls::explain(c)) {
+                return unreachable(why);
             }
             let hint = if detail.contains("certificate") || detail.contains("UnknownIssuer") {
                 " (the TLS certificate did not verify; for a private CA pass --ca-bundle FILE.pem or set AWS_CA_BUNDLE)"

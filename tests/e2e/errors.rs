@@ -233,6 +233,108 @@ fn private_ca_needs_ca_bundle_and_works_with_it() {
     TestEnv::run_cmd(cmd).ok();
 }
 
+/// A self-signed certificate for `cn` and `san` as `openssl req -x509`
+/// makes it, marked CA:TRUE, in NAME.pem with its key in NAME.key.
+fn self_signed(dir: &std::path::Path, name: &str, cn: &str, san: &str) -> String {
+    let (pem, key) = (format!("{name}.pem"), format!("{name}.key"));
+    let subj = format!("/CN={cn}");
+    let ext = format!("subjectAltName={san}");
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem,
+            "-days", "2", "-subj", &subj, "-addext", &ext,
+        ],
+    );
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "basicConstraints", "-in"])
+        .arg(dir.join(&pem))
+        .output()
+        .expect("openssl x509");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("CA:TRUE"), "not a CA certificate: {text}");
+    dir.join(&pem).display().to_string()
+}
+
+/// `s3ma ls --endpoint URL --retries 1 EXTRA…`.
+fn ls_at(env: &TestEnv, url: &str, extra: &[&str]) -> Run {
+    let mut cmd = env.command();
+    cmd.args(["ls", "--endpoint", url, "--retries", "1"])
+        .args(extra);
+    TestEnv::run_cmd(cmd)
+}
+
+fn tls_dir(env: &TestEnv) -> std::path::PathBuf {
+    let dir = env.work().join("tls");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+#[test]
+fn a_self_signed_certificate_given_as_ca_bundle_is_trusted() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let dir = tls_dir(&env);
+    let pem = self_signed(&dir, "self", "127.0.0.1", "IP:127.0.0.1,DNS:localhost");
+    let tls = start_tls_moto(&dir.join("self.pem"), &dir.join("self.key"));
+
+    let run = ls_at(&env, &tls.endpoint, &[]).code(3);
+    assert!(run.stderr.contains("pass --ca-bundle"), "{run}");
+
+    ls_at(&env, &tls.endpoint, &["--ca-bundle", &pem]).ok();
+}
+
+#[test]
+fn a_bundled_certificate_for_another_host_names_the_mismatch() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let dir = tls_dir(&env);
+    let pem = self_signed(&dir, "other", "other.example", "DNS:other.example");
+    let tls = start_tls_moto(&dir.join("other.pem"), &dir.join("other.key"));
+
+    let run = ls_at(&env, &tls.endpoint, &["--ca-bundle", &pem]).code(3);
+    assert!(
+        run.stderr.contains(
+            "the server's TLS certificate is for DNS:other.example (its subjectAltName), \
+             but the endpoint is 127.0.0.1"
+        ),
+        "{run}"
+    );
+    assert!(!run.stderr.contains("pass --ca-bundle"), "{run}");
+}
+
+#[test]
+fn a_bundle_without_the_servers_certificate_says_so() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let dir = tls_dir(&env);
+    self_signed(&dir, "self", "127.0.0.1", "IP:127.0.0.1,DNS:localhost");
+    let unrelated = self_signed(
+        &dir,
+        "unrelated",
+        "unrelated.example",
+        "DNS:unrelated.example",
+    );
+
+    let tls = start_tls_moto(&dir.join("self.pem"), &dir.join("self.key"));
+    let run = ls_at(&env, &tls.endpoint, &["--ca-bundle", &unrelated]).code(3);
+    let want = format!(
+        "the server's TLS certificate (CN=127.0.0.1, self-signed) is not one of the \
+         certificates in {unrelated}"
+    );
+    assert!(run.stderr.contains(&want), "{run}");
+    assert!(!run.stderr.contains("pass --ca-bundle"), "{run}");
+    drop(tls);
+
+    // A certificate from a private CA that the bundle does not hold.
+    private_ca(&dir);
+    let tls = start_tls_moto(&dir.join("server.pem"), &dir.join("server.key"));
+    let run = ls_at(&env, &tls.endpoint, &["--ca-bundle", &unrelated]).code(3);
+    let want = format!(
+        "the server's TLS certificate (CN=127.0.0.1, issued by CN=s3ma test CA) is not \
+         issued by any certificate in {unrelated} or the system's roots, nor is it one of them"
+    );
+    assert!(run.stderr.contains(&want), "{run}");
+    assert!(!run.stderr.contains("pass --ca-bundle"), "{run}");
+}
+
 #[test]
 fn an_endpoint_that_is_not_s3_is_named_as_such() {
     let env = TestEnv::new(Kind::S3sFs);
