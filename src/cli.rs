@@ -180,7 +180,8 @@ pub struct TransferArgs {
     #[arg(short = 'j', long, value_name = "N", help_heading = "Transfer")]
     pub concurrency: Option<usize>,
 
-    /// Files at least this large use multipart upload [default: 64MiB].
+    /// Files at least this large use multipart upload; sizes are binary
+    /// (1M = 1MB = 1MiB) [default: 64MiB].
     #[arg(long, value_name = "SIZE", help_heading = "Transfer")]
     pub multipart_threshold: Option<String>,
 

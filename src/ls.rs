@@ -47,8 +47,9 @@ pub async fn buckets(store: &Store, json_out: bool) -> Result<()> {
 }
 
 /// Lists the objects under a prefix (a folder), one level or all. When the
-/// folder is empty and the target did not end with `/`, it may name one
-/// object (`s3ma ls s3://b/file.txt`): that object is shown.
+/// target did not end with `/`, it may also name one object beside the
+/// folder (`s3ma ls s3://b/file.txt`, or an object `d1` beside `d1/`):
+/// that object is shown too, as aws-cli shows both.
 pub async fn objects(
     store: &Store,
     loc: &Location,
@@ -59,7 +60,6 @@ pub async fn objects(
     let mut out = std::io::stdout().lock();
     let delimiter = (!recursive).then_some("/");
     let mut lister = store.lister(&loc.bucket, &loc.prefix, delimiter);
-    let mut shown = 0usize;
     while let Some(page) = lister
         .next_page()
         .await
@@ -72,7 +72,6 @@ pub async fn objects(
                 loc.rel_of(p).unwrap_or(p)
             };
             print_prefix(&mut out, p, name, json_out)?;
-            shown += 1;
         }
         for o in &page.objects {
             let name = if recursive {
@@ -81,24 +80,29 @@ pub async fn objects(
                 loc.rel_of(&o.key).unwrap_or(&o.key)
             };
             print_object(&mut out, o, name, json_out)?;
-            shown += 1;
         }
     }
     let key = loc.prefix.trim_end_matches('/');
-    if shown == 0 && !key.is_empty() && !target.ends_with('/') {
+    if !key.is_empty() && !target.ends_with('/') {
         let mut lister = store.lister(&loc.bucket, key, Some("/"));
         while let Some(page) = lister
             .next_page()
             .await
             .with_context(|| format!("cannot list s3://{}/{key}", loc.bucket))?
         {
+            // The object named `key` sorts first under it: one page holds it.
+            let mut found = false;
             for o in page.objects.iter().filter(|o| o.key == key) {
+                found = true;
                 let name = if recursive {
                     o.key.as_str()
                 } else {
                     o.key.rsplit('/').next().unwrap_or(key)
                 };
                 print_object(&mut out, o, name, json_out)?;
+            }
+            if found || !page.objects.is_empty() || !page.prefixes.is_empty() {
+                break;
             }
         }
     }

@@ -262,6 +262,27 @@ impl Reporter {
         }
     }
 
+    /// A dry run's server-side copy from the primary.
+    pub fn would_copy(&self, key: &str, from: &str, size: u64, reason: &str) {
+        add(&self.counts.copied, 1);
+        if self.level == Level::Quiet {
+            return;
+        }
+        if self.json {
+            self.json_line(
+                json!({"action": "copy", "key": key, "from": from, "size": size,
+                                  "dry_run": true, "reason": reason}),
+            );
+        } else {
+            self.out(&format!(
+                "would copy {} from {} ({}, {reason})",
+                printable(key),
+                printable(from),
+                human_size(size)
+            ));
+        }
+    }
+
     /// A line about the run itself (the daemon is ready, a reconcile
     /// finished); `fields` go into the JSON object.
     pub fn status(&self, action: &str, text: &str, mut fields: serde_json::Value) {
@@ -430,9 +451,10 @@ impl Reporter {
         }
         let verb = if dry_run { "would upload" } else { "uploaded" };
         let del = if dry_run { "would delete" } else { "deleted" };
-        let copied = match get(&c.copied) {
-            0 => String::new(),
-            n => format!(", copied {n}"),
+        let copied = match (get(&c.copied), dry_run) {
+            (0, _) => String::new(),
+            (n, false) => format!(", copied {n}"),
+            (n, true) => format!(", would copy {n}"),
         };
         self.out(&format!(
             "scanned {}, {verb} {} ({}){copied}, {del} {}, skipped {}, failed {} in {secs:.2} s",

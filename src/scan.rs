@@ -63,6 +63,13 @@ pub enum ScanItem {
         path: PathBuf,
         message: String,
     },
+    /// A path the filters leave out (a directory with all below it), and
+    /// why: said at `-v`, counted as skipped.
+    Excluded {
+        rel: String,
+        dir: bool,
+        why: &'static str,
+    },
     /// Something worth telling about a path that is otherwise handled: it
     /// vanished while the walk went by (a live tree changes under it), or
     /// its mtime is beyond what can be recorded.
@@ -153,10 +160,22 @@ impl Filter {
 
     /// Is this entry (relative `/` path, last component `name`) excluded?
     fn excludes(&self, rel: &Path, name: &[u8], is_dir: bool) -> bool {
-        self.own.as_deref() == Some(rel)
-            || (!self.include_hidden && name.first() == Some(&b'.'))
-            || (!self.include_temp && !is_dir && is_temp_name(name))
-            || self.ignore.matched(rel, is_dir).is_ignore()
+        self.why_excluded(rel, name, is_dir).is_some()
+    }
+
+    /// Why this entry is excluded, if it is.
+    fn why_excluded(&self, rel: &Path, name: &[u8], is_dir: bool) -> Option<&'static str> {
+        if self.own.as_deref() == Some(rel) {
+            Some("s3ma's own state directory")
+        } else if !self.include_hidden && name.first() == Some(&b'.') {
+            Some("hidden (--include-hidden mirrors it)")
+        } else if !self.include_temp && !is_dir && is_temp_name(name) {
+            Some("an editor's temporary or backup file (--include-temp-files mirrors it)")
+        } else if self.ignore.matched(rel, is_dir).is_ignore() {
+            Some("excluded by --exclude, the config's exclude or .s3maignore")
+        } else {
+            None
+        }
     }
 
     /// Would a file at this relative key path be excluded (itself or any
@@ -341,9 +360,18 @@ pub fn walk_under(
         let Ok(rel_path) = entry.path().strip_prefix(root) else {
             continue;
         };
-        if filter.excludes(rel_path, entry.file_name().as_bytes(), ft.is_dir()) {
-            if ft.is_dir() {
+        if let Some(why) = filter.why_excluded(rel_path, entry.file_name().as_bytes(), ft.is_dir())
+        {
+            let dir = ft.is_dir();
+            if dir {
                 it.skip_current_dir();
+            }
+            let rel = match keys::rel_key(rel_path, prefix) {
+                Ok(r) => r,
+                Err(_) => rel_path.to_string_lossy().into_owned(),
+            };
+            if !emit(ScanItem::Excluded { rel, dir, why }) {
+                return;
             }
             continue;
         }

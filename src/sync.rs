@@ -220,7 +220,14 @@ pub fn conclude(
             elapsed,
             reason,
         } => {
-            rep.uploaded(key, &file.rel, record.size, elapsed, false, reason);
+            rep.uploaded(
+                key,
+                &file.path.to_string_lossy(),
+                record.size,
+                elapsed,
+                false,
+                reason,
+            );
             state.put(key, &record);
         }
         Outcome::Copied {
@@ -237,9 +244,18 @@ pub fn conclude(
                 state.put(key, &record);
             }
         }
-        Outcome::WouldUpload { reason } => {
-            rep.uploaded(key, &file.rel, file.size, Duration::ZERO, true, reason)
-        }
+        Outcome::WouldUpload { reason, from: None } => rep.uploaded(
+            key,
+            &file.path.to_string_lossy(),
+            file.size,
+            Duration::ZERO,
+            true,
+            reason,
+        ),
+        Outcome::WouldUpload {
+            reason,
+            from: Some(from),
+        } => rep.would_copy(key, &from, file.size, reason),
         Outcome::Vanished => return Concluded::Vanished,
         Outcome::Behind => return Concluded::Behind,
         Outcome::Failed(error) => {
@@ -402,9 +418,15 @@ async fn abort_left_uploads(store: &Store, cfg: &SyncConfig, rep: &Reporter, ope
         {
             Ok(()) => {
                 open.forget(&upload_id);
-                rep.note(
-                    &key,
-                    "aborted the unfinished multipart upload an interrupted run left",
+                // Not a file of this run: said, not counted.
+                rep.status(
+                    "abort",
+                    &format!(
+                        "aborted the unfinished multipart upload of {} that an interrupted run \
+                         left",
+                        crate::report::printable(&key)
+                    ),
+                    serde_json::json!({"key": key}),
                 );
             }
             // Completed or aborted after all.
@@ -922,7 +944,9 @@ impl Merge {
             let Some(item) = rx.recv().await else {
                 return Ok(None);
             };
-            self.saw_local = true;
+            // What the filters leave out, and what vanished, prove nothing
+            // is mounted there: only what is mirrored or kept counts.
+            self.saw_local |= !matches!(item, ScanItem::Excluded { .. } | ScanItem::Note { .. });
             match item {
                 ScanItem::File(f) => {
                     let key = cfg.dest.key_for(&f.rel);
@@ -959,6 +983,10 @@ impl Merge {
                     self.blind.get_or_insert(message);
                 }
                 ScanItem::Note { path, message } => rep.note(&path.to_string_lossy(), &message),
+                ScanItem::Excluded { rel, dir, why } => {
+                    let key = cfg.dest.key_for(&rel);
+                    rep.skipped(&if dir { key + "/" } else { key }, why);
+                }
             }
         }
     }

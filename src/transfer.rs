@@ -41,6 +41,11 @@ const MAX_PARALLEL_PARTS: usize = 8;
 /// Without state, files up to this size are hashed and compared with a
 /// plain-MD5 ETag from the listing instead of sending a HEAD request.
 const HASH_BEFORE_HEAD: u64 = 8 << 20;
+/// Why an object is kept: its bytes are the file's.
+const SAME: &str = "same content";
+/// Why an object is kept: its bytes are the file's, and its metadata, which
+/// said otherwise, was put right by a copy on the server.
+const REPAIRED: &str = "same content; its md5chksum/mtime metadata was put right on the server";
 /// Attempts for a file that keeps changing while it is sent.
 const CHANGE_ATTEMPTS: u32 = 3;
 /// The reason given for an upload of a file that grew while it was sent.
@@ -105,8 +110,11 @@ pub enum Outcome {
         record: Record,
         why: &'static str,
     },
+    /// A dry run: what would be sent. `from` is the primary's object a
+    /// further destination on its service would copy on the server.
     WouldUpload {
         reason: &'static str,
+        from: Option<String>,
     },
     /// The primary does not hold the file as it is yet (see
     /// [`Job::wait_for_primary`]).
@@ -464,12 +472,7 @@ impl Uploader {
             (None, Decision::Upload(reason)) => *reason,
             (None, _) => "new",
             (Some(head), _) => match self.verify(&job, head).await {
-                Ok(Some(record)) => {
-                    return Outcome::Unchanged {
-                        record,
-                        why: "same content",
-                    }
-                }
+                Ok(Some((record, why))) => return Outcome::Unchanged { record, why },
                 Ok(None) => "content changed",
                 Err(UploadError::Store(StoreError::NotFound)) => "new",
                 Err(UploadError::Vanished) => return Outcome::Vanished,
@@ -477,7 +480,13 @@ impl Uploader {
             },
         };
         if dry_run {
-            return Outcome::WouldUpload { reason };
+            // A real run copies from the primary once the primary holds
+            // the file (in a dry run, it does not yet).
+            let from = self.primary.as_ref().map(|p| {
+                let primary = &p.0;
+                format!("s3://{}/{}", primary.bucket, primary.key_for(&job.file.rel))
+            });
+            return Outcome::WouldUpload { reason, from };
         }
         if let Some(primary) = self.primary.clone() {
             match self
@@ -642,8 +651,12 @@ impl Uploader {
     }
 
     /// Same size, mtime differs or unknown: is the content already there?
-    /// Returns the record to keep when it is.
-    async fn verify(&self, job: &Job, head: bool) -> Result<Option<Record>, UploadError> {
+    /// Returns the record to keep when it is, and what was found.
+    async fn verify(
+        &self,
+        job: &Job,
+        head: bool,
+    ) -> Result<Option<(Record, &'static str)>, UploadError> {
         let local = &job.file;
         let (facts, etag) = match (&job.state, head) {
             (Some(s), false) => (
@@ -694,7 +707,7 @@ impl Uploader {
         let trust_mtime = job.decision != Decision::Checksum;
         if let (true, true, Some(md5)) = (trust_mtime, facts.same_mtime(local.mtime_ns), facts.md5)
         {
-            return Ok(Some(record(md5)));
+            return Ok(Some((record(md5), SAME)));
         }
         let path = local.path.clone();
         let size = local.size;
@@ -725,7 +738,7 @@ impl Uploader {
                     if new.is_some() {
                         repaired.etag = new;
                     }
-                    return Ok(Some(repaired));
+                    return Ok(Some((repaired, REPAIRED)));
                 }
                 // Gone, or replaced since the HEAD: it is not what was
                 // looked at; send the file.
@@ -735,7 +748,7 @@ impl Uploader {
                 Err(_) => {}
             }
         }
-        Ok(Some(record(md5)))
+        Ok(Some((record(md5), SAME)))
     }
 
     /// Uploads one file as it is now; the record describes what was sent.

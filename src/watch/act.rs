@@ -386,6 +386,8 @@ impl Daemon<'_> {
                     ScanItem::Problem { path, message } | ScanItem::Blind { path, message } => {
                         problems.push((path.display().to_string(), message, true))
                     }
+                    // What a walk leaves out is no news at each change.
+                    ScanItem::Excluded { .. } => {}
                     ScanItem::Note { path, message } => {
                         problems.push((path.display().to_string(), message, false))
                     }

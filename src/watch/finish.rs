@@ -323,8 +323,8 @@ impl Daemon<'_> {
             self.rep.failed(
                 &self.sync.dest.to_string(),
                 &format!(
-                    "{m}; {waiting} changes are waiting (journaled), retrying in {:.1} s",
-                    wait.as_secs_f64()
+                    "{m}; {waiting} changes are waiting (journaled), retrying in {}",
+                    super::reconcile::wait_text(wait)
                 ),
             );
         }

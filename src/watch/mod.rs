@@ -142,7 +142,8 @@ struct Daemon<'a> {
     /// The next reconcile hashes every file (the root is another
     /// directory now).
     recheck_all: bool,
-    next_rescan: Option<Instant>,
+    /// When the next full reconcile is due, and why it is one.
+    next_rescan: Option<(Instant, &'static str)>,
     /// The held deletions were last reported at this count.
     held_said: u64,
     /// A reconcile refused more deletions than the cap left: how many.
@@ -270,7 +271,7 @@ pub async fn run(
         (Ok(()), _) => "done",
         (Err(_), Some(true)) => "done but for the deletions it holds",
         (Err(_), Some(false)) => "done but for the deletions it refused",
-        (Err(_), None) => "failed (retried)",
+        (Err(_), None) => "failed, and is retried,",
     };
     match result {
         Ok(()) => d.schedule_rescan(),
@@ -290,7 +291,7 @@ pub async fn run(
     rep.status(
         "ready",
         &format!(
-            "initial reconcile {} in {:.2} s (uploaded {}, deleted {}, failed {}); watching {} \
+            "initial reconcile {} after {:.2} s (uploaded {}, deleted {}, failed {}); watching {} \
              director{} under {} for changes to {}",
             outcome,
             started.elapsed().as_secs_f64(),
@@ -462,13 +463,13 @@ impl Daemon<'_> {
             (None, true) => Some(LIMITED_RESCAN),
             (i, false) => i,
         };
-        self.next_rescan = every.map(|i| Instant::now() + i);
+        self.next_rescan = every.map(|i| (Instant::now() + i, "periodic"));
     }
 
     fn next_wake(&self) -> Instant {
         let now = Instant::now();
         let mut wake = now + ROOT_POLL;
-        if let Some(t) = self.next_rescan {
+        if let Some((t, _)) = self.next_rescan {
             wake = wake.min(t);
         }
         if let Some(due) = self.inbox.pending.next_due() {
@@ -488,8 +489,10 @@ impl Daemon<'_> {
 
     fn tick(&mut self) {
         self.last_tick = Instant::now();
-        if self.next_rescan.is_some_and(|t| t <= Instant::now()) {
-            self.rescan.get_or_insert_with(|| "periodic".into());
+        if let Some((t, why)) = self.next_rescan {
+            if t <= Instant::now() {
+                self.rescan.get_or_insert_with(|| why.into());
+            }
         }
         self.check_root();
     }

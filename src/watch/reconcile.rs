@@ -157,7 +157,7 @@ impl Daemon<'_> {
                 self.rep.failed(&self.sync.dir.display().to_string(), &m);
             }
             // A guard refused the deletions; look again later.
-            self.next_rescan = Some(Instant::now() + LIMITED_RESCAN);
+            self.next_rescan = Some((Instant::now() + LIMITED_RESCAN, "refused deletions"));
             return;
         }
         let wait = self.gate.close();
@@ -165,11 +165,11 @@ impl Daemon<'_> {
         if let Some(m) = self.quiet.pass(&msg) {
             self.rep.failed(
                 &self.sync.dest.to_string(),
-                &format!("{m}; retrying in {:.1} s", wait.as_secs_f64()),
+                &format!("{m}; retrying in {}", wait_text(wait)),
             );
         }
         self.rescan = None;
-        self.next_rescan = Some(Instant::now() + wait);
+        self.next_rescan = Some((Instant::now() + wait, "retry"));
     }
 
     /// Says how many deletions are held and how to let them through, in
@@ -202,5 +202,17 @@ impl Daemon<'_> {
             json!({"held": held, "max_delete": max,
                    "window_seconds": self.budget.window().as_secs()}),
         );
+    }
+}
+
+/// A wait as said in a message: `0.3 s`, `12 s`, `2 min`.
+pub(super) fn wait_text(wait: Duration) -> String {
+    let secs = wait.as_secs_f64();
+    if secs < 10.0 {
+        format!("{secs:.1} s")
+    } else if secs < 120.0 {
+        format!("{secs:.0} s")
+    } else {
+        format!("{:.0} min", secs / 60.0)
     }
 }

@@ -146,6 +146,13 @@ fn a_multipart_upload_cut_off_by_sigkill_is_aborted_by_the_next_run() {
             .contains("aborted the unfinished multipart upload"),
         "{run}"
     );
+    // Said once, as what it is: not a file of this run.
+    assert_eq!(
+        run.stdout.matches(r#""action":"abort""#).count(),
+        1,
+        "{run}"
+    );
+    assert!(!run.stdout.contains(r#""action":"note""#), "{run}");
     assert_eq!(open_uploads(), 0, "{run}");
     env.converge(Duration::ZERO, &|| run.to_string());
 }

@@ -113,3 +113,25 @@ fn ls_of_one_object_shows_it() {
         assert_eq!(run.stdout, "", "{run}");
     }
 }
+
+#[test]
+fn an_object_beside_a_folder_of_the_same_name_is_shown() {
+    // s3s-fs keeps objects as files, so a key and a folder of one name
+    // cannot both exist there.
+    let env = TestEnv::new(Kind::Moto);
+    env.put("d1", b"an object named d1");
+    env.put("d1/inside.txt", b"in the folder");
+    env.put("d10.txt", b"another name with the same start");
+    let url = format!("s3://{}/d1", env.bucket);
+    let run = env.s3ma(&["ls", &url, "--json"]).ok();
+    let keys: Vec<String> = run
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["key"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(keys, ["d1/inside.txt", "d1"], "{run}");
+    // With the slash, the folder alone.
+    let run = env.s3ma(&["ls", &format!("{url}/"), "--json"]).ok();
+    assert!(!run.stdout.contains(r#""key":"d1""#), "{run}");
+}

@@ -386,3 +386,84 @@ fn an_unknown_storage_class_stops_the_run_once() {
     let run = TestEnv::run_cmd(cmd).code(2);
     assert!(run.stderr.contains("did you mean STANDARD_IA?"), "{run}");
 }
+
+#[test]
+fn verbose_says_what_the_filters_leave_out() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("index.html", "home");
+    env.write(".env", "hidden");
+    env.write("notes.txt~", "an editor's backup");
+    env.write("cache/a.bin", "excluded directory");
+    env.write("debug.log", "excluded file");
+    let run = env
+        .sync(&["-v", "--exclude", "cache/", "--exclude", "*.log"])
+        .ok();
+    let skips: Vec<(String, String)> = run
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["action"] == "skip")
+        .map(|v| {
+            (
+                v["key"].as_str().unwrap_or_default().to_string(),
+                v["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let reason = |key: &str| {
+        skips
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| panic!("no skip line for {key}:\n{run}"))
+    };
+    assert!(reason("site/.env").contains("hidden"), "{run}");
+    assert!(reason("site/notes.txt~").contains("temporary"), "{run}");
+    assert!(reason("site/cache/").contains("excluded"), "{run}");
+    assert!(reason("site/debug.log").contains("excluded"), "{run}");
+    assert_eq!(run.summary()["skipped"], 4, "{run}");
+    assert_eq!(env.keys(), ["site/index.html"]);
+    // A tree of excluded files alone is still an empty tree for the guard.
+    std::fs::remove_file(env.tree().join("index.html")).expect("rm");
+    let run = env
+        .sync(&["--delete", "--exclude", "cache/", "--exclude", "*.log"])
+        .code(3);
+    assert!(run.stderr.contains("has nothing to mirror"), "{run}");
+    assert_eq!(env.keys(), ["site/index.html"]);
+}
+
+#[test]
+fn dry_run_says_a_copying_destination_would_copy() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "alpha");
+    let second = env.second(Kind::S3sFs, &env.endpoint, "copy/");
+    let config = env.work().join("config.json");
+    write_file(
+        &config,
+        &format!(
+            r#"{{"watchDir": "{}", "bucket": "{}", "topPrefix": "site/",
+                "destinations": [{{"name": "cp", "bucket": "{}", "prefix": "copy/"}}]}}"#,
+            env.tree().display(),
+            env.bucket,
+            second.bucket
+        ),
+    );
+    let config = config.display().to_string();
+    let run = env.s3ma(&["--config", &config, "sync", "-n"]).ok();
+    assert!(run.stdout.contains("would upload site/a.txt"), "{run}");
+    let want = format!(
+        "[cp] would copy copy/a.txt from s3://{}/site/a.txt",
+        env.bucket
+    );
+    assert!(run.stdout.contains(&want), "{run}");
+    assert!(!run.stdout.contains("[cp] would upload"), "{run}");
+    assert!(env.keys().is_empty() && second.listing().is_empty());
+    // And the real run does what the dry run said.
+    let run = env.s3ma(&["--config", &config, "sync", "--json"]).ok();
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.contains(r#""action":"copy""#) && l.contains(r#""dest":"cp""#)),
+        "{run}"
+    );
+}

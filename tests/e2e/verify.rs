@@ -114,3 +114,77 @@ fn a_missing_bucket_is_fatal_and_a_missing_directory_is_an_error() {
     assert_ne!(run.code, 0, "{run}");
     assert!(run.stderr.contains("nope"), "{run}");
 }
+
+/// Puts `data` at `key` with `md5chksum` and `mtime` metadata, as
+/// `aws s3 cp --metadata md5chksum=…,mtime=…` does.
+fn put_with_metadata(env: &TestEnv, key: &str, data: &[u8], md5chksum: &str, mtime: &str) {
+    block_on(
+        env.client
+            .put_object()
+            .bucket(&env.bucket)
+            .key(key)
+            .metadata("md5chksum", md5chksum)
+            .metadata("mtime", mtime)
+            .body(data.to_vec().into())
+            .send(),
+    )
+    .expect("put");
+}
+
+#[test]
+fn other_bytes_under_copied_metadata_are_a_difference_for_verify_and_sync() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        env.write("page.html", "<p>the real page</p>");
+        env.sync(&[]).ok();
+        let key = format!("{}page.html", env.prefix);
+        let (_, meta, _) = env.head(&key);
+        // Same size, other bytes, the original's metadata copied on.
+        put_with_metadata(
+            &env,
+            &key,
+            b"<p>a forged page!</p>",
+            &meta["md5chksum"],
+            &meta["mtime"],
+        );
+        let run = verify(&env, &[]).code(1);
+        assert_eq!(
+            run.actions("differ"),
+            std::slice::from_ref(&key),
+            "{kind:?}: {run}"
+        );
+        assert_eq!(found(&run)["clean"], false, "{run}");
+        assert_eq!(found(&run)["unverified"], 0, "{run}");
+        let run = env.sync(&["--checksum"]).ok();
+        assert_eq!(
+            run.actions("upload"),
+            std::slice::from_ref(&key),
+            "{kind:?}: {run}"
+        );
+        let run = verify(&env, &[]).ok();
+        assert_eq!(found(&run)["matched"], 1, "{run}");
+    }
+}
+
+#[test]
+fn right_bytes_under_wrong_metadata_are_repaired_not_resent() {
+    let env = TestEnv::new(Kind::Moto);
+    // Above the size at which the listing's ETag is trusted without a HEAD.
+    let data: Vec<u8> = (0..9_000_000u32).map(|i| (i % 251) as u8).collect();
+    env.write("big.bin", &data);
+    let key = format!("{}big.bin", env.prefix);
+    put_with_metadata(
+        &env,
+        &key,
+        &data,
+        &md5_b64(b"something else"),
+        "1.000000000",
+    );
+    let run = verify(&env, &[]).ok();
+    assert_eq!(found(&run)["matched"], 1, "{run}");
+    let run = env.sync(&["--checksum", "-v"]).ok();
+    assert!(run.actions("upload").is_empty(), "sent again: {run}");
+    assert!(run.stdout.contains("put right on the server"), "{run}");
+    let (_, meta, _) = env.head(&key);
+    assert_eq!(meta["md5chksum"], md5_b64(&data), "{run}");
+}

@@ -336,13 +336,16 @@ fn server_outage_while_files_change_then_everything_flushes() {
     env.write("a.txt", "changed during the outage, longer");
     env.write("c/new.txt", "created during the outage");
     std::fs::remove_file(env.tree().join("b.txt")).expect("rm");
-    // Let it fail and back off a few times.
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        w.stdout().contains("retrying in"),
-        "the outage is reported:\n{}",
-        w.logs()
-    );
+    // It fails and backs off, and says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !w.stdout().contains("retrying in") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outage is not reported:\n{}",
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     server.up();
     env.converge(Duration::from_secs(90), &|| w.logs());
     assert_eq!(w.term(), 0);
@@ -484,4 +487,34 @@ fn replaced_files_and_directories_leave_nothing_behind() {
         env.converge(WITHIN, &|| w.logs());
         assert_eq!(w.term(), 0);
     }
+}
+
+#[test]
+fn a_failed_start_says_it_is_retried_and_the_retry_is_named_so() {
+    let mut server = OwnServer::start();
+    let env = TestEnv::on(Kind::S3sFs, &server.endpoint());
+    env.write("a.txt", "waiting for the server");
+    server.down();
+    let mut w = env.watch(&["--connect-timeout", "1", "--retries", "1"]);
+    let ready = w.wait_for("ready", Duration::from_secs(60));
+    let text = ready["message"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("initial reconcile failed, and is retried,"),
+        "{ready}"
+    );
+    let error = w.wait_for("error", WITHIN);
+    let message = error["message"].as_str().unwrap_or_default();
+    let wait = message
+        .split("retrying in ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no wait in {error}"));
+    assert!(
+        !wait.starts_with("0 s") && !wait.starts_with("0.0 s"),
+        "{error}"
+    );
+    server.up();
+    let reconcile = w.wait_for("reconcile", Duration::from_secs(120));
+    assert_eq!(reconcile["reason"], "retry", "{}", w.logs());
+    env.converge(WITHIN, &|| w.logs());
+    assert_eq!(w.term(), 0);
 }
