@@ -55,6 +55,13 @@ impl From<Exit> for ExitCode {
 }
 
 fn main() -> ExitCode {
+    // An empty variable is an unset one, as for the AWS variables (a
+    // systemd `Environment=S3MA_CONFIG=` line), not an empty flag value.
+    for name in ["S3MA_CONFIG", "S3MA_STATE_DIR"] {
+        if std::env::var_os(name).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(name);
+        }
+    }
     let cli = Cli::parse();
     let level = match (cli.global.quiet, cli.global.verbose) {
         (true, _) => Level::Quiet,

@@ -347,6 +347,11 @@ impl Reporter {
     /// an error.
     pub fn note(&self, what: &str, message: &str) {
         add(&self.counts.skipped, 1);
+        self.remark(what, message);
+    }
+
+    /// A note about a path that is mirrored all the same: not counted.
+    pub fn remark(&self, what: &str, message: &str) {
         if self.level >= Level::Normal {
             if self.json {
                 self.json_line(json!({"action": "note", "path": what, "message": message}));

@@ -70,12 +70,13 @@ pub enum ScanItem {
         dir: bool,
         why: &'static str,
     },
-    /// Something worth telling about a path that is otherwise handled: it
-    /// vanished while the walk went by (a live tree changes under it), or
-    /// its mtime is beyond what can be recorded.
+    /// Something worth telling about a path: it vanished while the walk
+    /// went by (a live tree changes under it; `skipped`), or its mtime is
+    /// beyond what can be recorded (it is mirrored all the same).
     Note {
         path: PathBuf,
         message: String,
+        skipped: bool,
     },
 }
 
@@ -295,7 +296,6 @@ pub fn walk_under(
 ) {
     let mut it = WalkDir::new(start)
         .follow_links(follow_symlinks)
-        .same_file_system(filter.one_file_system)
         .sort_by(move |a, b| walk_order(a, b, follow_symlinks))
         .into_iter();
     loop {
@@ -312,7 +312,11 @@ pub fn walk_under(
             {
                 let path = err.path().unwrap_or(start).to_path_buf();
                 let message = VANISHED.to_string();
-                if !emit(ScanItem::Note { path, message }) {
+                if !emit(ScanItem::Note {
+                    path,
+                    message,
+                    skipped: true,
+                }) {
                     return;
                 }
                 continue;
@@ -395,6 +399,29 @@ pub fn walk_under(
                 continue;
             }
         };
+        // A mount below the root, with --one-file-system: left out, and its
+        // objects kept (its absence here proves nothing).
+        let other_fs = (filter.one_file_system && (ft.is_dir() || ft.is_file()))
+            .then(|| entry.metadata().ok())
+            .flatten()
+            .is_some_and(|m| filter.other_file_system(&m));
+        if other_fs {
+            if ft.is_dir() {
+                it.skip_current_dir();
+            }
+            let item = ScanItem::Kept {
+                rel,
+                dir: ft.is_dir(),
+                message: "on another file system; left out with its objects kept \
+                          (--one-file-system)"
+                    .into(),
+                problem: false,
+            };
+            if !emit(item) {
+                return;
+            }
+            continue;
+        }
         let item = if ft.is_dir() {
             continue;
         } else if ft.is_symlink() {
@@ -415,7 +442,12 @@ pub fn walk_under(
                 Ok(meta) => {
                     if let Some(message) = mtime_out_of_range(&meta) {
                         let path = entry.path().to_path_buf();
-                        if !emit(ScanItem::Note { path, message }) {
+                        let skipped = false;
+                        if !emit(ScanItem::Note {
+                            path,
+                            message,
+                            skipped,
+                        }) {
                             return;
                         }
                     }
@@ -433,6 +465,7 @@ pub fn walk_under(
                     ScanItem::Note {
                         path: entry.path().to_path_buf(),
                         message: VANISHED.to_string(),
+                        skipped: true,
                     }
                 }
                 Err(e) => ScanItem::Kept {
@@ -495,7 +528,7 @@ mod tests {
             true
         });
         match items.as_slice() {
-            [ScanItem::Note { path, message }] => {
+            [ScanItem::Note { path, message, .. }] => {
                 assert_eq!(path, &root.join("gone"));
                 assert_eq!(message, VANISHED);
             }

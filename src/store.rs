@@ -31,7 +31,7 @@ use md5::{Digest, Md5};
 
 use crate::config::Connection;
 
-mod tls;
+pub mod tls;
 
 /// What went wrong, classified for the caller.
 #[derive(Debug, Clone, thiserror::Error)]

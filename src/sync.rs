@@ -982,7 +982,18 @@ impl Merge {
                     rep.failed(&path.to_string_lossy(), &message);
                     self.blind.get_or_insert(message);
                 }
-                ScanItem::Note { path, message } => rep.note(&path.to_string_lossy(), &message),
+                ScanItem::Note {
+                    path,
+                    message,
+                    skipped,
+                } => {
+                    let path = path.to_string_lossy();
+                    if skipped {
+                        rep.note(&path, &message)
+                    } else {
+                        rep.remark(&path, &message)
+                    }
+                }
                 ScanItem::Excluded { rel, dir, why } => {
                     let key = cfg.dest.key_for(&rel);
                     rep.skipped(&if dir { key + "/" } else { key }, why);

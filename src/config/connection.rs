@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::env::Env;
 use super::file::{did_you_mean, Loaded};
@@ -82,14 +82,30 @@ pub fn endpoint_url(value: &str, ssl: bool) -> Result<String> {
     }
     let (url, rest) = match v.split_once("://") {
         Some((scheme, rest)) => {
+            let scheme = scheme.to_ascii_lowercase();
             if scheme != "http" && scheme != "https" {
                 bail!("endpoint '{value}' has scheme '{scheme}'; use http:// or https://");
             }
-            (v.to_string(), rest)
+            (format!("{scheme}://{rest}"), rest)
         }
         None => (format!("{}://{v}", if ssl { "https" } else { "http" }), v),
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if let Some((_, host)) = authority.rsplit_once('@') {
+        // Never echo what may be a password.
+        bail!(
+            "endpoint '{}' holds a user name or password, which S3 requests do not use (they \
+             are signed with the access keys); write it as {}",
+            url.replacen(authority, &format!("***@{host}"), 1),
+            url.replacen(authority, host, 1)
+        );
+    }
+    if rest.contains(['?', '#']) || rest.chars().any(char::is_whitespace) {
+        bail!(
+            "endpoint '{value}' is not a plain URL: it has a query, a fragment or a space; \
+             write scheme://host[:port][/path]"
+        );
+    }
     let host_end = match authority.strip_prefix('[') {
         Some(inner) => inner.find(']').map(|i| i + 2),
         None => Some(authority.find(':').unwrap_or(authority.len())),
@@ -102,7 +118,7 @@ pub fn endpoint_url(value: &str, ssl: bool) -> Result<String> {
     }
     if let Some(port) = authority[host_end..].strip_prefix(':') {
         match port.parse::<u32>() {
-            Ok(p) if (1..=65535).contains(&p) => {}
+            Ok(p) if (1..=65535).contains(&p) && !port.starts_with('0') => {}
             _ => bail!("endpoint '{value}' has port '{port}'; a port is a number from 1 to 65535"),
         }
     } else if host_end < authority.len() {
@@ -171,13 +187,13 @@ fn looks_like_aws_region(name: &str) -> bool {
 }
 
 /// With no endpoint, the region picks the AWS host: it must be one.
-fn check_aws_region(region: &str, from: &str) -> Result<()> {
+pub(super) fn check_aws_region(region: &str, from: &str) -> Result<()> {
     if looks_like_aws_region(region) {
         return Ok(());
     }
     let hint = match did_you_mean(region, AWS_REGIONS) {
         Some(s) => format!("did you mean {s}?"),
-        None => "AWS regions look like eu-west-1".into(),
+        None => "AWS regions look like eu-west-1.".into(),
     };
     bail!(
         "the region '{region}' ({from}) is not an AWS region, and no endpoint is given; \
@@ -245,7 +261,7 @@ pub fn same_account(a: &Connection, b: &Connection) -> bool {
 }
 
 /// The profile is defined in the shared config or credentials file.
-fn check_profile(profile: &str, from: &str, env: &Env) -> Result<()> {
+pub(super) fn check_profile(profile: &str, from: &str, env: &Env) -> Result<()> {
     let home = env.home.clone().unwrap_or_default();
     let config = env
         .aws_config_file
@@ -369,11 +385,7 @@ pub fn resolve(args: &ConnectionArgs, loaded: &Loaded, env: &Env) -> Result<Conn
         profile: profile.map(|(p, _)| p),
         profile_only: args.profile.is_some(),
         path_style,
-        ca_bundle: args
-            .ca_bundle
-            .clone()
-            .or_else(|| env.ca_bundle.clone())
-            .or_else(|| file.ca_bundle.clone()),
+        ca_bundle: ca_bundle(args, loaded, env)?,
         connect_timeout: seconds(
             "the connect timeout",
             args.connect_timeout
@@ -390,6 +402,26 @@ pub fn resolve(args: &ConnectionArgs, loaded: &Loaded, env: &Env) -> Result<Conn
     })
 }
 
+/// The CA bundle, checked as the TLS layer will read it: a missing or
+/// unusable file is a mistake in the configuration, named with where it
+/// was set.
+fn ca_bundle(args: &ConnectionArgs, loaded: &Loaded, env: &Env) -> Result<Option<PathBuf>> {
+    let Some((path, from)) = [
+        (args.ca_bundle.clone(), "--ca-bundle".to_string()),
+        (env.ca_bundle.clone(), "AWS_CA_BUNDLE".into()),
+        (
+            loaded.file.ca_bundle.clone(),
+            format!("key \"caBundle\" in {}", loaded.describe()),
+        ),
+    ]
+    .into_iter()
+    .find_map(|(p, from)| p.map(|p| (p, from))) else {
+        return Ok(None);
+    };
+    crate::store::tls::Bundle::read(&path).with_context(|| format!("given by {from}"))?;
+    Ok(Some(path))
+}
+
 /// Where the keys the server will see come from, said so the user knows
 /// what to fix.
 fn keys_from(
@@ -401,7 +433,7 @@ fn keys_from(
 ) -> String {
     if from_file {
         let mut s = format!("accessKeyId/secretAccessKey in {}", loaded.describe());
-        if loaded.path.as_deref() == Some(Path::new(super::file::DEFAULT_PATH)) {
+        if loaded.found_in_cwd {
             s.push_str(
                 ", read because it is in the current directory (name another with --config)",
             );
@@ -469,6 +501,19 @@ mod tests {
             "http://[::1]:9000"
         );
         assert!(endpoint_url("ftp://x", true).is_err());
+        assert_eq!(endpoint_url("HTTP://h:1", true).expect("ok"), "http://h:1");
+    }
+
+    #[test]
+    fn a_password_in_an_endpoint_is_never_shown() {
+        let err =
+            endpoint_url("http://AKIAUSER:SECRETPW@127.0.0.1:9000", true).expect_err("user info");
+        let msg = err.to_string();
+        assert!(
+            !msg.contains("SECRETPW") && !msg.contains("AKIAUSER"),
+            "{msg}"
+        );
+        assert!(msg.contains("write it as http://127.0.0.1:9000"), "{msg}");
     }
 
     #[test]
@@ -480,6 +525,9 @@ mod tests {
             "http://h:",
             "http://:9000",
             "http://[::1",
+            "http://127.0.0.1:018114",
+            "http://h:1?x=1",
+            "http://h :1",
         ] {
             let err = endpoint_url(bad, true).expect_err(bad);
             assert!(err.to_string().contains(bad), "{err}");

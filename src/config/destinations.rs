@@ -3,8 +3,11 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::connection::StaticCredentials;
-use super::connection::{endpoint_url, same_account, service, set_endpoint, Connection};
+use super::connection::{
+    check_aws_region, check_profile, endpoint_url, same_account, service, set_endpoint, Connection,
+    StaticCredentials,
+};
+use super::env::Env;
 use super::file::FileConfig;
 use crate::keys::Location;
 
@@ -28,6 +31,7 @@ pub fn resolve(
     conn: &Connection,
     primary: &Location,
     file: &FileConfig,
+    env: &Env,
 ) -> Result<Vec<Destination>> {
     let ssl = file.ssl_enabled.unwrap_or(true);
     let mut out: Vec<Destination> = Vec::new();
@@ -37,10 +41,14 @@ pub fn resolve(
             let url = endpoint_url(e, ssl).context("in the config key \"endpointSync\"")?;
             set_endpoint(&mut c, url, None);
         }
-        let prefix = file.top_prefix_sync.as_deref().unwrap_or(&primary.prefix);
+        let (prefix, key) = match file.top_prefix_sync.as_deref() {
+            Some(p) => (p, "topPrefixSync"),
+            None => (primary.prefix.as_str(), "bucketSync"),
+        };
         out.push(Destination {
             name: "bucketSync".into(),
-            dest: Location::new(bucket, prefix).context("in the config key \"bucketSync\"")?,
+            dest: Location::new(bucket, prefix)
+                .with_context(|| format!("in the config key \"{key}\""))?,
             copy_from_primary: service(&c) == service(conn),
             conn: c,
             storage_class: None,
@@ -48,7 +56,7 @@ pub fn resolve(
     }
     for (i, d) in file.destinations.iter().flatten().enumerate() {
         let at = || format!("in destinations[{i}] of the config file");
-        out.push(entry(conn, primary, d, ssl).with_context(at)?);
+        out.push(entry(conn, primary, d, ssl, env).with_context(at)?);
     }
     check_apart(conn, primary, &out)?;
     Ok(out)
@@ -60,6 +68,7 @@ fn entry(
     primary: &Location,
     d: &super::file::DestinationFile,
     ssl: bool,
+    env: &Env,
 ) -> Result<Destination> {
     let mut c = conn.clone();
     if let Some(e) = &d.endpoint {
@@ -69,6 +78,9 @@ fn entry(
         c.path_style = p;
     }
     if let Some(r) = d.region.as_deref().filter(|r| !r.trim().is_empty()) {
+        if c.endpoint.is_none() {
+            check_aws_region(r, "its key \"region\"")?;
+        }
         c.region = Some(r.to_string());
     }
     match (&d.access_key_id, &d.secret_access_key, &d.profile) {
@@ -87,6 +99,7 @@ fn entry(
              neither to use the primary's credentials"
         ),
         (None, None, Some(profile)) => {
+            check_profile(profile, "its key \"profile\"", env)?;
             c.credentials = None;
             c.profile = Some(profile.clone());
             c.profile_only = true;

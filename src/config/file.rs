@@ -135,6 +135,8 @@ pub struct Loaded {
     pub file: FileConfig,
     /// Where it was read from; `None` when there is none.
     pub path: Option<PathBuf>,
+    /// It is `./conf/config.json`, read because it was there (not named).
+    pub found_in_cwd: bool,
     pub warnings: Vec<String>,
 }
 
@@ -165,6 +167,7 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
             default
         }
     };
+    let found_in_cwd = explicit.is_none();
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "cannot read the config file {} (give another with --config or S3MA_CONFIG)",
@@ -176,6 +179,7 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
     Ok(Loaded {
         file,
         path: Some(path),
+        found_in_cwd,
         warnings,
     })
 }
@@ -252,7 +256,9 @@ pub fn parse(text: &str) -> Result<FileConfig> {
             None => path,
         };
         let last = key.rsplit('.').next().unwrap_or(&key);
-        let detail = if SECRET_KEYS.contains(&last) {
+        let detail = if duplicate_of(&detail).is_some() {
+            "given twice; keep one".to_string()
+        } else if SECRET_KEYS.contains(&last) {
             "must be a string (the value is not shown, as it is a secret)".to_string()
         } else {
             detail
@@ -387,6 +393,10 @@ mod tests {
     fn a_duplicate_key_is_named() {
         let err = parse(r#"{"bucket": "a", "bucket": "b"}"#).expect_err("duplicate");
         assert!(err.to_string().starts_with("key \"bucket\""), "{err}");
+        let err = parse(r#"{"secretAccessKey": "S1", "secretAccessKey": "S2"}"#)
+            .expect_err("duplicate secret");
+        assert!(err.to_string().contains("given twice"), "{err}");
+        assert!(!err.to_string().contains("S1"), "{err}");
         let err =
             parse(r#"{"destinations": [{"bucket": "a", "bucket": "b"}]}"#).expect_err("duplicate");
         assert!(

@@ -212,7 +212,7 @@ fn targets(
         );
         Vec::new()
     } else {
-        destinations::resolve(&conn, &sync.dest, file)?
+        destinations::resolve(&conn, &sync.dest, file, env)?
     };
     let mut out = Vec::with_capacity(1 + dests.len());
     for d in dests {
@@ -310,7 +310,7 @@ fn ls(args: &LsArgs, loaded: &Loaded, env: &Env) -> Result<Ls> {
     let (conn, location) = if args.destination.is_none() && !elsewhere {
         (conn, loc)
     } else {
-        let dests = destinations::resolve(&conn, &primary, file)?;
+        let dests = destinations::resolve(&conn, &primary, file, env)?;
         match &args.destination {
             Some(name) => {
                 let Some(d) = dests

@@ -9,6 +9,7 @@ fn loaded(text: &str) -> Loaded {
     Loaded {
         file: file::parse(text).expect("valid"),
         path: None,
+        found_in_cwd: false,
         warnings: Vec::new(),
     }
 }
@@ -22,6 +23,10 @@ fn env() -> Env {
 }
 
 fn resolve(text: &str, paths: &[&str]) -> Result<Targets> {
+    resolve_in(&env(), text, paths)
+}
+
+fn resolve_in(env: &Env, text: &str, paths: &[&str]) -> Result<Targets> {
     let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
     let choices = Choices {
         paths: &paths,
@@ -37,7 +42,7 @@ fn resolve(text: &str, paths: &[&str]) -> Result<Targets> {
         &ConnectionArgs::default(),
         false,
         &loaded(text),
-        &env(),
+        env,
         &mut Vec::new(),
     )
 }
@@ -88,7 +93,14 @@ fn bucket_sync_on_another_provider_is_uploaded() {
 
 #[test]
 fn destinations_inherit_the_primary_connection() {
-    let t = resolve(
+    let aws = tempfile::tempdir().expect("tmp");
+    std::fs::write(aws.path().join("config"), "[profile r2]\n").expect("write");
+    let env = Env {
+        aws_config_file: Some(aws.path().join("config")),
+        ..env()
+    };
+    let t = resolve_in(
+        &env,
         r#"{"endpoint": "http://127.0.0.1:9000", "bucket": "b", "topPrefix": "site",
             "accessKeyId": "AK", "secretAccessKey": "SK", "delete": true, "destinations": [
               {"bucket": "same-service"},
@@ -249,4 +261,26 @@ fn aws_storage_classes_are_checked() {
         &["/tmp", "s3://bucket/x"]
     )
     .is_ok());
+}
+
+#[test]
+fn a_destination_s_region_and_profile_are_checked_too() {
+    let err = resolve(
+        r#"{"region": "us-east-1", "bucket": "bucket",
+            "destinations": [{"bucket": "other", "region": "ap-northeast1"}]}"#,
+        &["/tmp"],
+    )
+    .expect_err("region");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("destinations[0]") && msg.contains("ap-northeast-1?"),
+        "{msg}"
+    );
+    let err = resolve(
+        r#"{"endpoint": "http://h:1", "bucket": "bucket",
+            "destinations": [{"bucket": "other", "profile": "nosuch"}]}"#,
+        &["/tmp"],
+    )
+    .expect_err("profile");
+    assert!(format!("{err:#}").contains("'nosuch'"), "{err:#}");
 }

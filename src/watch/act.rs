@@ -388,7 +388,7 @@ impl Daemon<'_> {
                     }
                     // What a walk leaves out is no news at each change.
                     ScanItem::Excluded { .. } => {}
-                    ScanItem::Note { path, message } => {
+                    ScanItem::Note { path, message, .. } => {
                         problems.push((path.display().to_string(), message, false))
                     }
                 }

@@ -105,9 +105,16 @@ fn bad_ca_bundle_is_a_clear_error() {
         "--ca-bundle",
         &pem.display().to_string(),
     ]);
-    let run = TestEnv::run_cmd(cmd).code(3);
+    // A mistake in the configuration: exit 2, with where it was set.
+    let run = TestEnv::run_cmd(cmd).code(2);
     assert!(run.stderr.contains("bad.pem"), "{run}");
     assert!(run.stderr.contains("holds no certificate"), "{run}");
+    assert!(run.stderr.contains("given by --ca-bundle"), "{run}");
+    let mut cmd = env.command();
+    cmd.env("AWS_CA_BUNDLE", "/nonexistent/ca.pem")
+        .args(["ls", "--endpoint", &env.endpoint]);
+    let run = TestEnv::run_cmd(cmd).code(2);
+    assert!(run.stderr.contains("given by AWS_CA_BUNDLE"), "{run}");
 }
 
 #[test]

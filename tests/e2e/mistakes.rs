@@ -214,6 +214,16 @@ fn other_usage_mistakes_exit_2() {
         ])
         .code(2);
     assert!(run.stderr.contains("is a file, not a directory"), "{run}");
+    let mut cmd = env.command();
+    cmd.args(["ls", "--endpoint", "http://key:hunter2@127.0.0.1:9000"]);
+    let run = TestEnv::run_cmd(cmd).code(2);
+    assert!(!run.all().contains("hunter2"), "{run}");
+    assert!(run.stderr.contains("user name or password"), "{run}");
+    // Empty variables are unset ones, as systemd's `Environment=X=` makes.
+    let mut cmd = env.command();
+    cmd.env("S3MA_CONFIG", "")
+        .args(["ls", "--endpoint", &env.endpoint]);
+    TestEnv::run_cmd(cmd).ok();
     let run = env
         .s3ma(&["sync", &tree, &env.dest(), "--profile", "nosuch"])
         .code(2);
@@ -298,6 +308,8 @@ fn an_mtime_past_2262_is_said() {
     let run = env.sync(&[]).ok();
     assert!(run.stdout.contains("after 2262-04-11"), "{run}");
     assert_eq!(env.keys(), ["site/future.txt"]);
+    // Mirrored all the same: not counted as skipped.
+    assert_eq!(run.summary()["skipped"], 0, "{run}");
     // It stays a note, not a change: the next run has nothing to do.
     let run = env.sync(&[]).ok();
     assert_eq!(run.summary()["uploaded"], 0, "{run}");
@@ -338,10 +350,11 @@ fn one_file_system_stays_on_the_root_s_file_system() {
     assert_eq!(env.keys(), ["site/here.txt"]);
     env.sync(&[]).ok();
     assert_eq!(env.keys(), ["site/here.txt", "site/mnt/other.txt"]);
-    // With the flag again and --delete, what is across the boundary is no
-    // longer mirrored.
-    env.sync(&["--one-file-system", "--delete"]).ok();
-    assert_eq!(env.keys(), ["site/here.txt"]);
+    // With the flag again and --delete, what is across the boundary is
+    // left out, and its objects kept: its absence here proves nothing.
+    let run = env.sync(&["--one-file-system", "--delete"]).ok();
+    assert_eq!(env.keys(), ["site/here.txt", "site/mnt/other.txt"], "{run}");
+    assert!(run.stdout.contains("on another file system"), "{run}");
     // watch too: changes across the boundary are not mirrored.
     let mut w = env.watch(&["-x", "-v"]);
     w.ready();
@@ -354,7 +367,7 @@ fn one_file_system_stays_on_the_root_s_file_system() {
     }
     assert_eq!(
         env.keys(),
-        ["site/here.txt", "site/later.txt"],
+        ["site/here.txt", "site/later.txt", "site/mnt/other.txt"],
         "{}",
         w.logs()
     );
