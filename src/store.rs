@@ -68,8 +68,12 @@ pub enum StoreError {
          \"storageClass\") one that this provider supports, or leave it out"
     )]
     InvalidStorageClass(String),
-    #[error("no credentials found: set accessKeyId/secretAccessKey in the config file, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use --profile ({0})")]
-    NoCredentials(String),
+    #[error(
+        "no credentials from {from} ({detail}); give keys there (for an SSO profile, run aws \
+         sso login --profile NAME), or set accessKeyId/secretAccessKey in the config file or \
+         AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+    )]
+    NoCredentials { detail: String, from: String },
     #[error("cannot reach {endpoint}: {detail}")]
     Unreachable { endpoint: String, detail: String },
     /// One request timed out (after its retries); others may still work.
@@ -117,7 +121,7 @@ impl StoreError {
             | StoreError::BadCredentials { .. }
             | StoreError::InvalidBucketName { .. }
             | StoreError::InvalidStorageClass(_)
-            | StoreError::NoCredentials(_)
+            | StoreError::NoCredentials { .. }
             | StoreError::WrongRegion(_)
             | StoreError::ClockSkew(_) => Blame::Fatal,
             StoreError::Unreachable { .. }
@@ -313,6 +317,10 @@ impl Store {
     {
         match classify(err, &self.endpoint, bucket) {
             StoreError::BadCredentials { detail, .. } => StoreError::BadCredentials {
+                detail,
+                from: self.keys_from.clone(),
+            },
+            StoreError::NoCredentials { detail, .. } => StoreError::NoCredentials {
                 detail,
                 from: self.keys_from.clone(),
             },
@@ -884,8 +892,14 @@ where
                 .as_connector_error()
                 .map(|c| source_chain(c))
                 .unwrap_or_else(|| source_chain(&err));
-            if detail.contains("loading credentials") || detail.contains("no credentials") {
-                return StoreError::NoCredentials(detail);
+            if detail.contains("loading credentials")
+                || detail.contains("no credentials")
+                || detail.contains("credential provider was not enabled")
+            {
+                return StoreError::NoCredentials {
+                    detail,
+                    from: String::new(),
+                };
             }
             // The request body (a file) could not be read or refused to
             // finish: about that file, not the server.
@@ -916,7 +930,10 @@ where
         SdkError::ConstructionFailure(_) => {
             let detail = source_chain(&err);
             if detail.to_ascii_lowercase().contains("credential") {
-                return StoreError::NoCredentials(detail);
+                return StoreError::NoCredentials {
+                    detail,
+                    from: String::new(),
+                };
             }
             return StoreError::Other(format!("cannot build the request: {detail}"));
         }

@@ -137,8 +137,30 @@ fn no_credentials_anywhere_says_where_to_put_them() {
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .args(["ls", "--endpoint", &env.endpoint]);
     let run = TestEnv::run_cmd(cmd).code(3);
-    assert!(run.stderr.contains("no credentials found"), "{run}");
-    assert!(run.stderr.contains("--profile"), "{run}");
+    assert!(
+        run.stderr
+            .contains("no credentials from the AWS credential chain"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("AWS_ACCESS_KEY_ID"), "{run}");
+    // A profile that exists but holds no keys is named, and is not an
+    // unreachable server.
+    let home = env.work().join("home");
+    std::fs::create_dir_all(home.join(".aws")).expect("mkdir");
+    write_file(
+        &home.join(".aws/config"),
+        "[profile empty]\nregion = us-east-1\n",
+    );
+    let mut cmd = env.command();
+    cmd.env("HOME", &home)
+        .args(["ls", "--endpoint", &env.endpoint, "--profile", "empty"]);
+    let run = TestEnv::run_cmd(cmd).code(3);
+    assert!(
+        run.stderr
+            .contains("no credentials from the profile 'empty'"),
+        "{run}"
+    );
+    assert!(!run.stderr.contains("cannot reach"), "{run}");
 }
 
 fn openssl(dir: &std::path::Path, args: &[&str]) {
