@@ -10,7 +10,7 @@ use super::connection::Connection;
 use super::env::Env;
 use super::file::{FileConfig, Loaded};
 use super::units::{duration_setting, size_setting};
-use crate::cli::{FilterArgs, TransferArgs, WatchArgs};
+use crate::cli::{FilterArgs, MirrorArgs, TransferArgs, WatchArgs};
 use crate::keys::Location;
 use crate::mime::MimeTable;
 
@@ -117,6 +117,29 @@ pub struct Choices<'a> {
     pub checksum: bool,
     pub filter: &'a FilterArgs,
     pub transfer: &'a TransferArgs,
+}
+
+impl<'a> Choices<'a> {
+    /// What `sync` and `watch` were told.
+    pub fn of(m: &'a MirrorArgs, dry_run: bool) -> Choices<'a> {
+        // `--delete` / `--no-delete` (the last one given wins), else the file.
+        let delete = if m.no_delete {
+            Some(false)
+        } else if m.delete {
+            Some(true)
+        } else {
+            None
+        };
+        Choices {
+            paths: &m.paths,
+            delete,
+            max_delete: m.max_delete,
+            dry_run,
+            checksum: m.checksum,
+            filter: &m.filter,
+            transfer: &m.transfer,
+        }
+    }
 }
 
 /// Splits `[DIR] [s3://DEST]` and fills the gaps from the config file.

@@ -92,15 +92,7 @@ impl Config {
         let config = match &cli.command {
             Command::Sync(a) => {
                 let m = &a.mirror;
-                let choices = Choices {
-                    paths: &m.paths,
-                    delete: delete_choice(m.delete, m.no_delete),
-                    max_delete: m.max_delete,
-                    dry_run: a.dry_run,
-                    checksum: m.checksum,
-                    filter: &m.filter,
-                    transfer: &m.transfer,
-                };
+                let choices = Choices::of(m, a.dry_run);
                 Config::Sync(targets(
                     &choices,
                     &m.conn,
@@ -112,15 +104,7 @@ impl Config {
             }
             Command::Watch(a) => {
                 let m = &a.mirror;
-                let choices = Choices {
-                    paths: &m.paths,
-                    delete: delete_choice(m.delete, m.no_delete),
-                    max_delete: m.max_delete,
-                    dry_run: false,
-                    checksum: m.checksum,
-                    filter: &m.filter,
-                    transfer: &m.transfer,
-                };
+                let choices = Choices::of(m, false);
                 Config::Watch {
                     timing: mirror::resolve_timing(a, &loaded.file)?,
                     targets: targets(
@@ -163,17 +147,6 @@ impl Config {
             Command::Completions { shell } => Config::Completions(*shell),
         };
         Ok(Resolved { config, warnings })
-    }
-}
-
-/// `--delete` / `--no-delete` (the last one given wins), else the file.
-fn delete_choice(delete: bool, no_delete: bool) -> Option<bool> {
-    if no_delete {
-        Some(false)
-    } else if delete {
-        Some(true)
-    } else {
-        None
     }
 }
 

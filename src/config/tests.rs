@@ -27,6 +27,15 @@ fn resolve(text: &str, paths: &[&str]) -> Result<Targets> {
 }
 
 fn resolve_in(env: &Env, text: &str, paths: &[&str]) -> Result<Targets> {
+    resolve_warned(env, text, paths, &mut Vec::new())
+}
+
+fn resolve_warned(
+    env: &Env,
+    text: &str,
+    paths: &[&str],
+    warnings: &mut Vec<String>,
+) -> Result<Targets> {
     let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
     let choices = Choices {
         paths: &paths,
@@ -43,7 +52,7 @@ fn resolve_in(env: &Env, text: &str, paths: &[&str]) -> Result<Targets> {
         false,
         &loaded(text),
         env,
-        &mut Vec::new(),
+        warnings,
     )
 }
 
@@ -183,23 +192,11 @@ fn clashing_destinations_are_refused() {
 
 #[test]
 fn another_destination_on_the_command_line_leaves_the_files_out() {
-    let paths: Vec<String> = vec!["/tmp".into(), "s3://other/x".into()];
-    let choices = Choices {
-        paths: &paths,
-        delete: None,
-        max_delete: None,
-        dry_run: false,
-        checksum: false,
-        filter: &FilterArgs::default(),
-        transfer: &TransferArgs::default(),
-    };
     let mut warnings = Vec::new();
-    let t = targets(
-        &choices,
-        &ConnectionArgs::default(),
-        false,
-        &loaded(r#"{"endpoint": "http://h:1", "bucket": "b", "bucketSync": "c"}"#),
+    let t = resolve_warned(
         &env(),
+        r#"{"endpoint": "http://h:1", "bucket": "b", "bucketSync": "c"}"#,
+        &["/tmp", "s3://other/x"],
         &mut warnings,
     )
     .expect("resolves");
