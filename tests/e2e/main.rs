@@ -7,6 +7,7 @@ mod config;
 mod crash;
 mod daemon;
 mod destinations;
+mod docs;
 mod errors;
 mod faults;
 mod ls;
