@@ -57,6 +57,9 @@ pub enum Command {
     /// Compare a directory with its mirror: missing, extra and different
     /// objects (size and MD5); exit 1 on any difference.
     Verify(VerifyArgs),
+    /// How each destination's mirror is doing, beside a running watch or
+    /// sync: exit 0 when healthy, 1 when something needs attention.
+    Status(StatusArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell to complete for.
@@ -227,6 +230,27 @@ pub struct VerifyArgs {
 
     #[command(flatten)]
     pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The directory (default: the config's watchDir), then its mirror
+    /// s3://BUCKET[/PREFIX] (default: the config's bucket and topPrefix).
+    #[arg(value_name = "DIR | s3://BUCKET/PREFIX", num_args = 0..=2)]
+    pub paths: Vec<String>,
+
+    /// The primary destination only, not `bucketSync` or the config's
+    /// `destinations`.
+    #[arg(long)]
+    pub primary_only: bool,
+
+    /// Where the state database lives
+    /// [default: $XDG_STATE_HOME/s3ma or ~/.local/state/s3ma].
+    #[arg(long, env = "S3MA_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 
     #[command(flatten)]
     pub conn: ConnectionArgs,

@@ -11,9 +11,11 @@ mod keys;
 mod ls;
 mod mime;
 mod plan;
+mod pulse;
 mod report;
 mod scan;
 mod state;
+mod status;
 mod store;
 mod sync;
 mod transfer;
@@ -128,6 +130,7 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
         }
         Config::Watch { targets, timing } => watch(targets, timing, rep).await,
         Config::Sync(targets) => sync(targets, rep).await,
+        Config::Status(targets) => status(&targets, &rep, cli.global.json),
         Config::Verify { targets, download } => verify(targets, download, rep).await,
     }
 }
@@ -219,6 +222,23 @@ async fn sync_one(t: Target, rep: Arc<Reporter>, stop: Arc<sync::Stop>) -> Exit 
     }
 }
 
+/// `s3ma status`: each destination's record; exit 0 when all are healthy,
+/// 1 when one needs attention, 3 when one cannot be read.
+fn status(all: &config::Targets, rep: &Reporter, json: bool) -> Exit {
+    let exits = all.iter().map(|t| match status::look(t) {
+        Ok(found) => {
+            status::print(t, &found, json);
+            if found.problems.is_empty() {
+                Exit::Success
+            } else {
+                Exit::Partial
+            }
+        }
+        Err(e) => fail(rep, Exit::Fatal, e),
+    });
+    worst(exits.collect::<Vec<_>>())
+}
+
 /// `s3ma verify`: the primary, then every further destination; exit 0 when
 /// each is an exact mirror, 1 when any differs, 3 when one cannot be
 /// compared.
@@ -246,10 +266,12 @@ async fn verify(all: config::Targets, download: bool, rep: Arc<Reporter>) -> Exi
 async fn watch(all: config::Targets, timing: config::WatchTiming, rep: Arc<Reporter>) -> Exit {
     let stop = Arc::new(sync::Stop::default());
     spawn_signal_handler(stop.clone(), rep.clone());
+    let reporters: Vec<Arc<Reporter>> = all.iter().map(|t| reporter_for(t, &rep)).collect();
+    pulse::spawn_systemd_notifier(reporters.clone(), stop.clone());
     let mut daemons = tokio::task::JoinSet::new();
     let (primary_done, primary_ready) = tokio::sync::watch::channel(false);
     let mut primary_done = Some(primary_done);
-    for t in all {
+    for (t, r) in all.into_iter().zip(reporters) {
         let stop = stop.clone();
         let is_primary = primary_done.is_some();
         let first = match primary_done.take() {
@@ -257,7 +279,6 @@ async fn watch(all: config::Targets, timing: config::WatchTiming, rep: Arc<Repor
             None if t.sync.copy_from.is_some() => watch::First::AfterPrimary(primary_ready.clone()),
             None => watch::First::Independent,
         };
-        let r = reporter_for(&t, &rep);
         let cfg = config::WatchConfig {
             sync: t.sync,
             timing: timing.clone(),

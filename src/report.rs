@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::pulse::Pulse;
+
 /// How much to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -46,6 +48,8 @@ pub struct Reporter {
     /// The destination this reporter speaks for, when not the primary:
     /// text lines start with `[label] `, JSON lines carry `"dest"`.
     label: Option<String>,
+    /// The daemon's signs of life, for systemd and `s3ma status`.
+    pub pulse: Pulse,
 }
 
 /// A counter's value now.
@@ -92,6 +96,17 @@ pub fn human_duration(d: Duration) -> String {
     out
 }
 
+/// A time as ISO 8601 in UTC, to the second: `2026-12-01T10:41:49Z`.
+pub fn utc(t: std::time::SystemTime) -> String {
+    use aws_smithy_types::date_time::{DateTime, Format};
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    DateTime::from_secs(secs)
+        .fmt(Format::DateTime)
+        .unwrap_or_else(|_| "-".into())
+}
+
 /// `1536` → `1.5 KiB`.
 pub fn human_size(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -122,6 +137,7 @@ impl Reporter {
             counts: Counters::default(),
             started: Mutex::new(Instant::now()),
             label: None,
+            pulse: Pulse::started(),
         }
     }
 
@@ -136,6 +152,7 @@ impl Reporter {
             counts: Counters::default(),
             started: Mutex::new(Instant::now()),
             label: Some(label.to_string()),
+            pulse: Pulse::started(),
         }
     }
 
@@ -181,6 +198,9 @@ impl Reporter {
     ) {
         add(&self.counts.uploaded, 1);
         add(&self.counts.bytes, size);
+        if !dry_run {
+            self.pulse.uploaded(key, path);
+        }
         if self.level == Level::Quiet {
             return;
         }
@@ -216,6 +236,7 @@ impl Reporter {
     /// when known.
     pub fn deleted(&self, key: &str, done: Option<(u64, Duration)>, dry_run: bool) {
         add(&self.counts.deleted, 1);
+        self.pulse.succeeded(key);
         if self.level == Level::Quiet {
             return;
         }
@@ -243,6 +264,7 @@ impl Reporter {
     /// A server-side copy (a renamed file).
     pub fn copied(&self, key: &str, from: &str, size: u64, elapsed: Duration) {
         add(&self.counts.copied, 1);
+        self.pulse.uploaded(key, key);
         if self.level == Level::Quiet {
             return;
         }
@@ -332,6 +354,7 @@ impl Reporter {
     /// One file or key that failed; the run goes on.
     pub fn failed(&self, what: &str, message: &str) {
         add(&self.counts.failed, 1);
+        self.pulse.failed(what, message);
         if self.json {
             self.json_line(json!({"action": "error", "path": what, "message": message}));
         } else {
@@ -409,6 +432,7 @@ impl Reporter {
 
     pub fn scanned(&self) {
         add(&self.counts.scanned, 1);
+        self.pulse.beat();
         self.tick();
     }
 

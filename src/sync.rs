@@ -300,6 +300,12 @@ fn identity(dir: &Path, conn: &Connection, cfg: &SyncConfig) -> String {
     )
 }
 
+/// Where the state database of a (directory, destination) pair is.
+pub fn state_path(cfg: &SyncConfig, conn: &Connection) -> PathBuf {
+    let id = state::state_id(&identity(&given_dir(&cfg.dir), conn, cfg));
+    cfg.state_dir.join(format!("{id}.db"))
+}
+
 /// The lock is the destination's: two runs that write one bucket prefix
 /// would undo each other's work, whatever directories they mirror (the
 /// same tree through a symbolic link, or two trees by mistake).
@@ -455,7 +461,23 @@ pub async fn run(
         Opened::Ready(s) => s,
         Opened::Busy(path) => return Ok(Status::Busy(path)),
     };
-    reconcile(&mut session, &cfg, &rep, &stop, &Recheck::None).await
+    let started = std::time::Instant::now();
+    let status = reconcile(&mut session, &cfg, &rep, &stop, &Recheck::None).await?;
+    if !cfg.dry_run && matches!(status, Status::Done | Status::Partial) {
+        let c = &rep.counts;
+        let mut record = crate::status::Record::now("sync", &rep);
+        record.last_reconcile = Some(crate::status::Reconcile {
+            at: crate::status::secs(std::time::SystemTime::now()),
+            seconds: started.elapsed().as_secs_f64(),
+            why: "sync".into(),
+            uploaded: crate::report::get(&c.uploaded) + crate::report::get(&c.copied),
+            deleted: crate::report::get(&c.deleted),
+            failed: crate::report::get(&c.failed),
+        });
+        record.save(&mut session.state);
+        session.state.flush();
+    }
+    Ok(status)
 }
 
 /// Files whose content must be hashed even when size and mtime look

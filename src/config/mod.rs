@@ -44,6 +44,7 @@ pub enum Config {
         timing: WatchTiming,
     },
     Ls(Box<Ls>),
+    Status(Targets),
     Completions(clap_complete::Shell),
 }
 
@@ -142,6 +143,29 @@ impl Config {
                     )?,
                     download: a.download,
                 }
+            }
+            Command::Status(a) => {
+                let transfer = crate::cli::TransferArgs {
+                    state_dir: a.state_dir.clone(),
+                    ..Default::default()
+                };
+                let choices = Choices {
+                    paths: &a.paths,
+                    delete: Some(false),
+                    max_delete: None,
+                    dry_run: false,
+                    checksum: false,
+                    filter: &crate::cli::FilterArgs::default(),
+                    transfer: &transfer,
+                };
+                Config::Status(targets(
+                    &choices,
+                    &a.conn,
+                    a.primary_only,
+                    &loaded,
+                    env,
+                    &mut warnings,
+                )?)
             }
             Command::Ls(a) => Config::Ls(Box::new(ls(a, &loaded, env)?)),
             Command::Completions { shell } => Config::Completions(*shell),

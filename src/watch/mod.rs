@@ -71,6 +71,22 @@ const ROOT_POLL: Duration = Duration::from_secs(2);
 const LIMITED_RESCAN: Duration = Duration::from_secs(300);
 /// How long in-flight work may take to finish after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(30);
+/// The loop wakes at least this often, and says it is alive (systemd's
+/// watchdog hears it).
+pub(super) const BEAT: Duration = Duration::from_secs(1);
+/// The record `s3ma status` reads is written this often.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// What the last full reconcile did, for `status` and systemd.
+#[derive(Debug, Clone)]
+pub struct LastReconcile {
+    pub at: std::time::SystemTime,
+    pub why: String,
+    pub seconds: f64,
+    pub uploaded: u64,
+    pub deleted: u64,
+    pub failed: u64,
+}
 
 /// How a daemon's first reconcile is ordered with the primary's.
 pub enum First {
@@ -142,6 +158,10 @@ struct Daemon<'a> {
     /// The next reconcile hashes every file (the root is another
     /// directory now).
     recheck_all: bool,
+    /// The last full reconcile that succeeded.
+    last_reconcile: Option<LastReconcile>,
+    /// When the status record was last written.
+    status_saved: Option<Instant>,
     /// When the next full reconcile is due, and why it is one.
     next_rescan: Option<(Instant, &'static str)>,
     /// The held deletions were last reported at this count.
@@ -236,6 +256,8 @@ pub async fn run(
         rescan: None,
         recheck_all: false,
         next_rescan: None,
+        last_reconcile: None,
+        status_saved: None,
         held_said: 0,
         held_by_reconcile: 0,
         last_tick: Instant::now(),
@@ -306,6 +328,9 @@ pub async fn run(
         json!({"directories": dirs, "uploaded": get(&c.uploaded), "deleted": get(&c.deleted),
                "failed": get(&c.failed), "seconds": started.elapsed().as_secs_f64()}),
     );
+    rep.pulse.set_ready();
+    d.rep.pulse.set_status(d.status_line());
+    d.save_status();
     d.run().await;
     d.shutdown().await;
     Ok(Status::Done)
@@ -362,6 +387,7 @@ impl Daemon<'_> {
             if self.stop.requested() {
                 return;
             }
+            self.rep.pulse.beat();
             self.after_input();
             if let Some(why) = self.rescan.take() {
                 match self.reconcile(&why).await {
@@ -457,6 +483,52 @@ impl Daemon<'_> {
         }
     }
 
+    /// Writes the record `s3ma status` reads.
+    fn save_status(&mut self) {
+        self.status_saved = Some(Instant::now());
+        let mut record = crate::status::Record::now("watch", self.rep);
+        record.rescan_seconds = self.cfg.timing.rescan_interval.map(|d| d.as_secs());
+        record.last_reconcile = self
+            .last_reconcile
+            .as_ref()
+            .map(|r| crate::status::Reconcile {
+                at: crate::status::secs(r.at),
+                seconds: r.seconds,
+                why: r.why.clone(),
+                uploaded: r.uploaded,
+                deleted: r.deleted,
+                failed: r.failed,
+            });
+        record.pending = self.inbox.pending.len() as u64;
+        record.in_flight = self.tasks.len() as u64;
+        record.held = self.budget.held().max(self.held_by_reconcile);
+        record.save(&mut self.session.state);
+    }
+
+    /// One line on how this daemon is doing (systemd's `STATUS=`).
+    fn status_line(&self) -> String {
+        let last = match &self.last_reconcile {
+            Some(r) => format!(
+                "last reconcile {} ({}, {:.1} s)",
+                crate::report::utc(r.at),
+                r.why,
+                r.seconds
+            ),
+            None => "no reconcile yet".into(),
+        };
+        let error = match self.rep.pulse.last_error() {
+            Some((at, m)) => format!("; last error {}: {m}", crate::report::utc(at)),
+            None => String::new(),
+        };
+        format!(
+            "{}: {} pending, {} in flight, {} held; {last}{error}",
+            self.sync.dest,
+            self.inbox.pending.len(),
+            self.tasks.len(),
+            self.budget.held().max(self.held_by_reconcile),
+        )
+    }
+
     fn schedule_rescan(&mut self) {
         let every = match (self.cfg.timing.rescan_interval, self.limited) {
             (Some(i), true) => Some(i.min(LIMITED_RESCAN)),
@@ -484,11 +556,18 @@ impl Daemon<'_> {
             // While gated, nothing starts before the gate opens.
             wake = wake.min(self.gate.until().map_or(due, |g| due.max(g)));
         }
-        wake.max(now + Duration::from_millis(1))
+        wake.min(now + BEAT).max(now + Duration::from_millis(1))
     }
 
     fn tick(&mut self) {
         self.last_tick = Instant::now();
+        self.rep.pulse.set_status(self.status_line());
+        if self
+            .status_saved
+            .is_none_or(|t| t.elapsed() >= STATUS_EVERY)
+        {
+            self.save_status();
+        }
         if let Some((t, why)) = self.next_rescan {
             if t <= Instant::now() {
                 self.rescan.get_or_insert_with(|| why.into());
@@ -618,6 +697,7 @@ impl Daemon<'_> {
             }
         }
         self.inbox.journal.commit();
+        self.save_status();
         self.session.state.flush();
         self.say_broken();
         let waiting = self.inbox.pending.len();

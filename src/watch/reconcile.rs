@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::pending::Mark;
 use super::root::Health;
+use super::LastReconcile;
 use super::{Daemon, LIMITED_RESCAN, ROOT_META};
 use crate::report::get;
 use crate::sync::{self, Refused, Status};
@@ -47,6 +48,7 @@ impl Daemon<'_> {
         let before = (
             get(&self.rep.counts.uploaded),
             get(&self.rep.counts.deleted),
+            get(&self.rep.counts.failed),
         );
         // Deletions done meanwhile count against the daemon's cap.
         let mut cfg = self.sync.clone();
@@ -62,6 +64,9 @@ impl Daemon<'_> {
             } = self;
             let work = sync::reconcile(session, &cfg, rep, stop, &recheck);
             tokio::pin!(work);
+            // The daemon's task is polled all along (a long upload is no
+            // stuck loop): the watchdog hears it.
+            let mut beat = tokio::time::interval(super::BEAT);
             loop {
                 tokio::select! {
                     status = &mut work => break status,
@@ -69,6 +74,7 @@ impl Daemon<'_> {
                         inbox.take(rep, input);
                         inbox.journal_new();
                     }
+                    _ = beat.tick() => rep.pulse.beat(),
                 }
             }
         };
@@ -131,6 +137,14 @@ impl Daemon<'_> {
             self.maybe.entry(key).or_insert(0);
         }
         self.inbox.journal_new();
+        self.last_reconcile = Some(LastReconcile {
+            at: std::time::SystemTime::now(),
+            why: why.to_string(),
+            seconds: started.elapsed().as_secs_f64(),
+            uploaded,
+            deleted,
+            failed: get(&self.rep.counts.failed) - before.2,
+        });
         if why != "start" {
             self.rep.status(
                 "reconcile",

@@ -938,6 +938,12 @@ impl Daemon {
     /// SIGTERM, then the exit code (panics if it takes over 60 s).
     pub fn term(&mut self) -> i32 {
         self.signal("TERM");
+        self.exit_code()
+    }
+
+    /// Waits for the exit (panics if it takes over 60 s) and returns its
+    /// code.
+    pub fn exit_code(&mut self) -> i32 {
         let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

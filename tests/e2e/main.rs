@@ -10,6 +10,7 @@ mod destinations;
 mod docs;
 mod errors;
 mod faults;
+mod health;
 mod ls;
 mod mistakes;
 mod model;

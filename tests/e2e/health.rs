@@ -1,0 +1,179 @@
+//! Running for months: `s3ma status` beside a running daemon, and the
+//! systemd notifications, heard on a socket the test listens on.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// `s3ma status TREE DEST --json`: the exit code and the object.
+fn status(env: &TestEnv) -> (i32, serde_json::Value) {
+    let tree = env.tree().display().to_string();
+    let run = env.s3ma(&["status", &tree, &env.dest(), "--json"]);
+    let v = run
+        .stdout
+        .lines()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .unwrap_or_else(|| panic!("no JSON from status:\n{run}"));
+    (run.code, v)
+}
+
+/// Polls `status` until `want` holds of its object.
+fn status_until(
+    env: &TestEnv,
+    what: &str,
+    want: impl Fn(i32, &serde_json::Value) -> bool,
+    logs: &dyn Fn() -> String,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let (code, v) = status(env);
+        if want(code, &v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed {what}; last: exit {code} {v}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn status_beside_a_running_watch_and_after_it() {
+    let env = TestEnv::new(Kind::S3sFs);
+    for f in ["a.txt", "b.txt", "c.txt", "d.txt"] {
+        env.write(f, f);
+    }
+    // Nothing has run yet: that needs attention.
+    let (code, v) = status(&env);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["healthy"], false, "{v}");
+    let mut w = env.watch(&["--delete", "--max-delete", "1"]);
+    w.ready();
+    env.converge(WITHIN, &|| w.logs());
+    let pid = w.pid();
+    let v = status_until(
+        &env,
+        "a healthy running daemon",
+        |code, v| code == 0 && v["running"] == true,
+        &|| w.logs(),
+    );
+    assert_eq!(v["pid"], pid, "{v}");
+    assert_eq!(v["command"], "watch", "{v}");
+    assert_eq!(v["last_reconcile"]["why"], "start", "{v}");
+    assert_eq!(v["last_reconcile"]["uploaded"], 4, "{v}");
+    // Over the cap: deletions are held, and status says so.
+    for f in ["b.txt", "c.txt", "d.txt"] {
+        std::fs::remove_file(env.tree().join(f)).expect("rm");
+    }
+    let v = status_until(
+        &env,
+        "held deletions",
+        |code, v| code == 1 && v["held"].as_u64().is_some_and(|h| h >= 2),
+        &|| w.logs(),
+    );
+    assert!(
+        v["problems"].to_string().contains("held by --max-delete"),
+        "{v}"
+    );
+    // Text too.
+    let tree = env.tree().display().to_string();
+    let run = env.s3ma(&["status", &tree, &env.dest()]).code(1);
+    assert!(run.stdout.contains("watch: running"), "{run}");
+    assert!(run.stdout.contains("needs attention"), "{run}");
+    assert_eq!(w.term(), 0);
+    let (code, v) = status(&env);
+    assert_eq!((code, &v["running"]), (1, &false.into()), "{v}");
+    assert!(
+        v["problems"]
+            .to_string()
+            .contains("no watch daemon is running"),
+        "{v}"
+    );
+}
+
+#[test]
+fn status_after_a_sync_from_cron() {
+    let env = TestEnv::new(Kind::Moto);
+    env.write("a.txt", "a");
+    env.write("b.txt", "b");
+    env.sync(&[]).ok();
+    let (code, v) = status(&env);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["command"], "sync", "{v}");
+    assert_eq!(v["running"], false, "a finished sync is no daemon: {v}");
+    assert_eq!(v["last_reconcile"]["uploaded"], 2, "{v}");
+    assert!(
+        v["last_upload"]["key"]
+            .as_str()
+            .is_some_and(|k| k.ends_with(".txt")),
+        "{v}"
+    );
+}
+
+/// The notifications on `sock` until `done` holds of them all, as one
+/// string per datagram.
+fn hear_until(
+    sock: &UnixDatagram,
+    heard: &mut Vec<String>,
+    what: &str,
+    done: impl Fn(&[String]) -> bool,
+) {
+    let deadline = Instant::now() + WITHIN;
+    let mut buf = vec![0u8; 65536];
+    while !done(heard) {
+        assert!(
+            Instant::now() < deadline,
+            "systemd never heard {what}; heard: {heard:#?}"
+        );
+        if let Ok(n) = sock.recv(&mut buf) {
+            heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+}
+
+#[test]
+fn systemd_hears_ready_status_watchdog_and_stopping() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    let path = env.work().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut cmd = env.command();
+    cmd.env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "5000000");
+    let tree = env.tree().display().to_string();
+    let dest = env.dest();
+    let mut w = env.watch_as(cmd, &[&tree, &dest, "--endpoint", &env.endpoint]);
+    let mut heard = Vec::new();
+    hear_until(&sock, &mut heard, "READY=1", |h| {
+        h.iter().any(|m| m.lines().any(|l| l == "READY=1"))
+    });
+    let ready = heard
+        .iter()
+        .find(|m| m.lines().any(|l| l == "READY=1"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(w.stdout().contains(r#""action":"ready""#), "{}", w.logs());
+    assert!(ready.contains("STATUS="), "{ready}");
+    assert!(ready.contains(&env.dest()), "{ready}");
+    // Pings keep coming while the loop works.
+    let before = heard.len();
+    hear_until(&sock, &mut heard, "two watchdog pings", |h| {
+        h[before..]
+            .iter()
+            .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+            .count()
+            >= 2
+    });
+    w.signal("TERM");
+    hear_until(&sock, &mut heard, "STOPPING=1", |h| {
+        h.iter().any(|m| m.lines().any(|l| l == "STOPPING=1"))
+    });
+    assert_eq!(w.exit_code(), 0, "{}", w.logs());
+}
