@@ -8,6 +8,7 @@
 mod cli;
 mod config;
 mod keys;
+mod limits;
 mod ls;
 mod mime;
 mod plan;
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
+    limits::private_files();
     let level = match (cli.global.quiet, cli.global.verbose) {
         (true, _) => Level::Quiet,
         (false, 0) => Level::Normal,
@@ -97,10 +99,15 @@ fn fail(rep: &Reporter, code: Exit, err: anyhow::Error) -> Exit {
 }
 
 async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
-    let resolved = match Config::from_cli(&cli, &Env::capture()) {
+    let mut resolved = match Config::from_cli(&cli, &Env::capture()) {
         Ok(r) => r,
         Err(e) => return fail(&rep, Exit::Usage, e),
     };
+    if let Config::Sync(t) | Config::Watch { targets: t, .. } | Config::Verify { targets: t, .. } =
+        &mut resolved.config
+    {
+        resolved.warnings.extend(limits::fit_open_files(t));
+    }
     for w in &resolved.warnings {
         rep.warn(w);
     }

@@ -177,3 +177,56 @@ fn systemd_hears_ready_status_watchdog_and_stopping() {
     });
     assert_eq!(w.exit_code(), 0, "{}", w.logs());
 }
+
+#[test]
+fn the_state_is_its_user_s_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("private/a.txt", "a");
+    let state = env.work().join("new-state/inner");
+    let state_arg = state.display().to_string();
+    env.sync(&["--state-dir", &state_arg]).ok();
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(state.parent().expect("parent")), 0o700);
+    let files: Vec<_> = std::fs::read_dir(&state)
+        .expect("read state dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "db")),
+        "{files:?}"
+    );
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+}
+
+#[test]
+fn a_low_open_file_limit_lowers_the_concurrency_instead_of_failing_files() {
+    let env = TestEnv::new(Kind::S3sFs);
+    for i in 0..300 {
+        env.write(&format!("f/{i:03}.txt"), format!("file {i}"));
+    }
+    let tree = env.tree().display().to_string();
+    let mut cmd = env.command_for("sh");
+    cmd.arg("-c")
+        .arg(r#"ulimit -Sn 160 && ulimit -Hn 160 && exec "$@""#)
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_s3ma"))
+        .args(["sync", &tree, &env.dest(), "--concurrency", "1024"])
+        .args(["--endpoint", &env.endpoint]);
+    let run = TestEnv::run_cmd(cmd).ok();
+    assert!(run.stderr.contains("the open-file limit is 160"), "{run}");
+    assert_eq!(run.stderr.matches("warning:").count(), 1, "{run}");
+    assert!(!run.all().contains("Too many open files"), "{run}");
+    assert_eq!(env.keys().len(), 300);
+}
