@@ -101,6 +101,12 @@ pub struct MirrorArgs {
     #[arg(long, value_name = "N", help_heading = "Mirror")]
     pub max_delete: Option<u64>,
 
+    /// Write metrics in Prometheus's text format to this file (atomically,
+    /// for node_exporter's textfile collector): at the end of a sync, every
+    /// 15 s in watch.
+    #[arg(long, value_name = "PATH", help_heading = "Monitoring")]
+    pub metrics_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub filter: FilterArgs,
 
@@ -150,6 +156,11 @@ pub struct WatchArgs {
     /// full reconcile catches up [default: 65536].
     #[arg(long, value_name = "N", help_heading = "Watch")]
     pub event_queue: Option<usize>,
+
+    /// Serve metrics in Prometheus's text format at http://ADDR/metrics
+    /// (such as 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR", help_heading = "Monitoring")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Args, Default)]

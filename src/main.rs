@@ -10,6 +10,7 @@ mod config;
 mod keys;
 mod limits;
 mod ls;
+mod metrics;
 mod mime;
 mod plan;
 mod pulse;
@@ -135,8 +136,8 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
                 Err(e) => fail(&rep, exit_for(&e), e),
             }
         }
-        Config::Watch { targets, timing } => watch(targets, timing, rep).await,
-        Config::Sync(targets) => sync(targets, rep).await,
+        Config::Watch { targets, timing } => watch(targets, timing, &resolved.metrics, rep).await,
+        Config::Sync(targets) => sync(targets, &resolved.metrics, rep).await,
         Config::Status(targets) => status(&targets, &rep, cli.global.json),
         Config::Verify { targets, download } => verify(targets, download, rep).await,
     }
@@ -181,15 +182,17 @@ const BUSY: &str = "another s3ma sync or watch of this destination is already ru
 /// `s3ma sync`: the primary first (so further destinations on its service
 /// can copy from it), then the further destinations side by side; each
 /// has its own state, and one failing does not stop the others.
-async fn sync(mut all: config::Targets, rep: Arc<Reporter>) -> Exit {
+async fn sync(all: config::Targets, metrics: &config::Metrics, rep: Arc<Reporter>) -> Exit {
     let stop = Arc::new(sync::Stop::default());
     spawn_signal_handler(stop.clone(), rep.clone());
-    let primary = all.remove(0);
-    let r = reporter_for(&primary, &rep);
+    let sources = metric_sources(&all, &rep);
+    let mut all = all.into_iter().zip(sources.iter().map(|s| s.rep.clone()));
+    let Some((primary, r)) = all.next() else {
+        return Exit::Success;
+    };
     let mut exits = vec![sync_one(primary, r, stop.clone()).await];
     let mut rest = tokio::task::JoinSet::new();
-    for t in all {
-        let r = reporter_for(&t, &rep);
+    for (t, r) in all {
         rest.spawn(sync_one(t, r, stop.clone()));
     }
     while let Some(done) = rest.join_next().await {
@@ -201,7 +204,22 @@ async fn sync(mut all: config::Targets, rep: Arc<Reporter>) -> Exit {
             )
         }));
     }
+    if let Some(path) = &metrics.file {
+        if let Err(e) = metrics::write_file(path, &sources) {
+            rep.warn(&format!("{e:#}"));
+        }
+    }
     worst(exits)
+}
+
+/// Each target's reporter, named by its destination for the metrics.
+fn metric_sources(all: &config::Targets, rep: &Arc<Reporter>) -> Vec<metrics::Source> {
+    all.iter()
+        .map(|t| metrics::Source {
+            dest: t.sync.dest.to_string(),
+            rep: reporter_for(t, rep),
+        })
+        .collect()
 }
 
 async fn sync_one(t: Target, rep: Arc<Reporter>, stop: Arc<sync::Stop>) -> Exit {
@@ -270,10 +288,25 @@ async fn verify(all: config::Targets, download: bool, rep: Arc<Reporter>) -> Exi
 /// journal and retries, so a destination that is down never holds up the
 /// others. Runs until stopped; a stop by signal is a normal exit. A
 /// destination that cannot start (bad configuration) stops them all.
-async fn watch(all: config::Targets, timing: config::WatchTiming, rep: Arc<Reporter>) -> Exit {
+async fn watch(
+    all: config::Targets,
+    timing: config::WatchTiming,
+    metrics: &config::Metrics,
+    rep: Arc<Reporter>,
+) -> Exit {
     let stop = Arc::new(sync::Stop::default());
     spawn_signal_handler(stop.clone(), rep.clone());
-    let reporters: Vec<Arc<Reporter>> = all.iter().map(|t| reporter_for(t, &rep)).collect();
+    let sources = metric_sources(&all, &rep);
+    let reporters: Vec<Arc<Reporter>> = sources.iter().map(|s| s.rep.clone()).collect();
+    if let Some(addr) = metrics.addr {
+        match metrics::bind(addr).await {
+            Ok(listener) => metrics::serve(listener, sources.clone()),
+            Err(e) => return fail(&rep, Exit::Usage, e),
+        }
+    }
+    if let Some(path) = metrics.file.clone() {
+        spawn_metrics_file(path, sources.clone(), rep.clone(), stop.clone());
+    }
     pulse::spawn_systemd_notifier(reporters.clone(), stop.clone());
     let mut daemons = tokio::task::JoinSet::new();
     let (primary_done, primary_ready) = tokio::sync::watch::channel(false);
@@ -321,7 +354,38 @@ async fn watch(all: config::Targets, timing: config::WatchTiming, rep: Arc<Repor
         }
         exits.push(exit);
     }
+    if let Some(path) = &metrics.file {
+        if let Err(e) = metrics::write_file(path, &sources) {
+            rep.warn(&format!("{e:#}"));
+        }
+    }
     worst(exits)
+}
+
+/// Writes the metrics file now and every 15 s while `watch` runs (once
+/// more when it has stopped: see [`watch`]); a failure is said once.
+fn spawn_metrics_file(
+    path: std::path::PathBuf,
+    sources: Vec<metrics::Source>,
+    rep: Arc<Reporter>,
+    stop: Arc<sync::Stop>,
+) {
+    tokio::spawn(async move {
+        let mut said = false;
+        loop {
+            match metrics::write_file(&path, &sources) {
+                Err(e) if !said => {
+                    said = true;
+                    rep.warn(&format!("{e:#}"));
+                }
+                _ => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
+                _ = stop.wait() => return,
+            }
+        }
+    });
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

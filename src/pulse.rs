@@ -29,6 +29,8 @@ pub struct Pulse {
     /// success takes them off. At most [`MAX_FAILING`].
     failing: Mutex<BTreeMap<String, (SystemTime, String)>>,
     last_upload: Mutex<Option<(SystemTime, String)>>,
+    /// The daemon's last status record (for metrics).
+    record: Mutex<Option<crate::status::Record>>,
 }
 
 /// Failing paths remembered, at most (the rest are counted in the logs).
@@ -107,6 +109,14 @@ impl Pulse {
             .iter()
             .map(|(k, (at, m))| (k.clone(), *at, m.clone()))
             .collect()
+    }
+
+    pub fn set_record(&self, record: crate::status::Record) {
+        *lock(&self.record) = Some(record);
+    }
+
+    pub fn record(&self) -> Option<crate::status::Record> {
+        lock(&self.record).clone()
     }
 
     pub fn last_upload(&self) -> Option<(SystemTime, String)> {

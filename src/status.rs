@@ -39,6 +39,9 @@ pub struct Record {
     pub held: u64,
     pub failing: Vec<Failing>,
     pub last_upload: Option<Upload>,
+    /// Directories `watch` watches (one inotify watch each).
+    #[serde(default)]
+    pub watched_dirs: Option<u64>,
 }
 
 /// The last full reconcile that completed.
@@ -100,7 +103,10 @@ impl Record {
         }
     }
 
-    pub fn save(&self, state: &mut State) {
+    /// Keeps the record in the database (for `s3ma status`) and in the
+    /// reporter's pulse (for metrics).
+    pub fn save(&self, state: &mut State, rep: &Reporter) {
+        rep.pulse.set_record(self.clone());
         if let Ok(text) = serde_json::to_string(self) {
             state.set_meta(META, &text);
         }

@@ -474,7 +474,7 @@ pub async fn run(
             deleted: crate::report::get(&c.deleted),
             failed: crate::report::get(&c.failed),
         });
-        record.save(&mut session.state);
+        record.save(&mut session.state, &rep);
         session.state.flush();
     }
     Ok(status)

@@ -51,6 +51,8 @@ const KNOWN_KEYS: &[&str] = &[
     "maxDelay",
     "maxDeleteWindow",
     "eventQueue",
+    "metricsAddr",
+    "metricsFile",
     "destinations",
 ];
 
@@ -108,6 +110,10 @@ pub struct FileConfig {
     pub max_delete_window: Option<DurationValue>,
     /// Events held between the kernel and the daemon.
     pub event_queue: Option<usize>,
+    /// Where `watch` serves metrics.
+    pub metrics_addr: Option<String>,
+    /// Where metrics are written.
+    pub metrics_file: Option<PathBuf>,
     /// Further buckets every object is mirrored to.
     pub destinations: Option<Vec<DestinationFile>>,
 }

@@ -76,7 +76,53 @@ pub struct Ls {
 #[derive(Debug)]
 pub struct Resolved {
     pub config: Config,
+    pub metrics: Metrics,
     pub warnings: Vec<String>,
+}
+
+/// Where metrics go, if anywhere.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// `watch` serves them here.
+    pub addr: Option<std::net::SocketAddr>,
+    /// Written here (atomically).
+    pub file: Option<std::path::PathBuf>,
+}
+
+/// `--metrics-addr` / `--metrics-file`, else the file's keys.
+fn metrics(cli: &Cli, file: &file::FileConfig) -> Result<Metrics> {
+    let (addr, path) = match &cli.command {
+        Command::Watch(a) => (a.metrics_addr.clone(), a.mirror.metrics_file.clone()),
+        Command::Sync(a) => (None, a.mirror.metrics_file.clone()),
+        _ => return Ok(Metrics::default()),
+    };
+    let is_watch = matches!(cli.command, Command::Watch(_));
+    let addr = addr.or_else(|| file.metrics_addr.clone().filter(|_| is_watch));
+    let addr = addr
+        .map(|a| {
+            a.parse::<std::net::SocketAddr>().with_context(|| {
+                format!(
+                    "--metrics-addr '{a}' is not an address and port, such as 127.0.0.1:9464 or \
+                     [::1]:9464"
+                )
+            })
+        })
+        .transpose()?;
+    let file = path.or_else(|| file.metrics_file.clone());
+    if let Some(dir) = file
+        .as_deref()
+        .and_then(|p| p.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        if !dir.is_dir() {
+            bail!(
+                "the metrics file's directory {} does not exist; give --metrics-file a path in \
+                 an existing directory",
+                dir.display()
+            );
+        }
+    }
+    Ok(Metrics { addr, file })
 }
 
 impl Config {
@@ -85,6 +131,7 @@ impl Config {
         if let Command::Completions { shell } = &cli.command {
             return Ok(Resolved {
                 config: Config::Completions(*shell),
+                metrics: Metrics::default(),
                 warnings: Vec::new(),
             });
         }
@@ -170,7 +217,11 @@ impl Config {
             Command::Ls(a) => Config::Ls(Box::new(ls(a, &loaded, env)?)),
             Command::Completions { shell } => Config::Completions(*shell),
         };
-        Ok(Resolved { config, warnings })
+        Ok(Resolved {
+            metrics: metrics(cli, &loaded.file)?,
+            config,
+            warnings,
+        })
     }
 }
 

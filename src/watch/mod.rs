@@ -162,6 +162,8 @@ struct Daemon<'a> {
     last_reconcile: Option<LastReconcile>,
     /// When the status record was last written.
     status_saved: Option<Instant>,
+    /// Directories watched, as counted when the watch began.
+    watched_dirs: Option<u64>,
     /// When the next full reconcile is due, and why it is one.
     next_rescan: Option<(Instant, &'static str)>,
     /// The held deletions were last reported at this count.
@@ -258,6 +260,7 @@ pub async fn run(
         next_rescan: None,
         last_reconcile: None,
         status_saved: None,
+        watched_dirs: None,
         held_said: 0,
         held_by_reconcile: 0,
         last_tick: Instant::now(),
@@ -309,6 +312,7 @@ pub async fn run(
         Err(e) => d.reconcile_failed(&e),
     }
     let dirs = count_dirs(&sync.dir, sync.filter.follow_symlinks);
+    d.watched_dirs = Some(dirs as u64);
     let c = &rep.counts;
     rep.status(
         "ready",
@@ -502,7 +506,8 @@ impl Daemon<'_> {
         record.pending = self.inbox.pending.len() as u64;
         record.in_flight = self.tasks.len() as u64;
         record.held = self.budget.held().max(self.held_by_reconcile);
-        record.save(&mut self.session.state);
+        record.watched_dirs = self.watched_dirs;
+        record.save(&mut self.session.state, self.rep);
     }
 
     /// One line on how this daemon is doing (systemd's `STATUS=`).

@@ -230,3 +230,123 @@ fn a_low_open_file_limit_lowers_the_concurrency_instead_of_failing_files() {
     assert!(!run.all().contains("Too many open files"), "{run}");
     assert_eq!(env.keys().len(), 300);
 }
+
+/// `GET /metrics` over plain HTTP/1.1: the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of `name{dest="…"}` in Prometheus text.
+fn metric(text: &str, name: &str, dest: &str) -> Option<f64> {
+    let prefix = format!("{name}{{dest=\"{dest}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn metrics_are_served_while_watch_runs_and_written_for_textfile() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "alpha");
+    env.write("b.txt", "bravo");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let file = env.work().join("s3ma.prom");
+    let file_arg = file.display().to_string();
+    let mut w = env.watch(&["--metrics-addr", &addr, "--metrics-file", &file_arg]);
+    w.ready();
+    env.converge(WITHIN, &|| w.logs());
+    let dest = env.dest();
+    let deadline = Instant::now() + WITHIN;
+    let text = loop {
+        let text = scrape(&addr);
+        if metric(&text, "s3ma_last_reconcile_timestamp_seconds", &dest).is_some() {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}\n{}", w.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        metric(&text, "s3ma_uploads_total", &dest),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "s3ma_uploaded_bytes_total", &dest),
+        Some(10.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "s3ma_pending_paths", &dest),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "s3ma_inotify_watches", &dest),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE s3ma_uploads counter"), "{text}");
+    assert!(text.contains("s3ma_inotify_max_user_watches "), "{text}");
+    // A change shows up in the next scrape.
+    env.write("c.txt", "charlie");
+    let deadline = Instant::now() + WITHIN;
+    while metric(&scrape(&addr), "s3ma_uploads_total", &dest) != Some(3.0) {
+        assert!(Instant::now() < deadline, "{}", w.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(w.term(), 0);
+    // The file holds the same, written atomically; last at the stop.
+    let written = std::fs::read_to_string(&file).expect("metrics file");
+    assert_eq!(
+        metric(&written, "s3ma_uploads_total", &dest),
+        Some(3.0),
+        "{written}"
+    );
+    assert!(written.ends_with("# EOF\n"), "{written}");
+}
+
+#[test]
+fn sync_writes_the_metrics_file_for_cron() {
+    let env = TestEnv::new(Kind::Moto);
+    env.write("a.txt", "alpha");
+    let file = env.work().join("sync.prom");
+    env.sync(&["--metrics-file", &file.display().to_string()])
+        .ok();
+    let text = std::fs::read_to_string(&file).expect("metrics file");
+    let dest = env.dest();
+    assert_eq!(
+        metric(&text, "s3ma_uploads_total", &dest),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "s3ma_last_reconcile_timestamp_seconds", &dest).is_some_and(|t| t > 1.7e9),
+        "{text}"
+    );
+    // A port in use is a configuration error, before anything runs.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = busy.local_addr().expect("addr").to_string();
+    let tree = env.tree().display().to_string();
+    let run = env
+        .s3ma(&["watch", &tree, &env.dest(), "--metrics-addr", &taken])
+        .code(2);
+    assert!(run.stderr.contains("--metrics-addr"), "{run}");
+}
