@@ -203,6 +203,11 @@ pub struct TransferArgs {
     #[arg(long, value_name = "SIZE", help_heading = "Transfer")]
     pub multipart_chunk_size: Option<String>,
 
+    /// At most this many bytes per second for all uploads together (10M,
+    /// 512K), or a timetable in local time: "08:00,2M 19:00,off".
+    #[arg(long, value_name = "RATE", help_heading = "Transfer")]
+    pub bwlimit: Option<String>,
+
     /// Storage class for new objects (STANDARD, STANDARD_IA, …).
     #[arg(long, value_name = "CLASS", help_heading = "Transfer")]
     pub storage_class: Option<String>,

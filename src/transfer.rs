@@ -349,6 +349,14 @@ fn open_err(e: std::io::Error) -> UploadError {
     }
 }
 
+/// `body` within `--bwlimit`, when there is one.
+fn limited(bwlimit: &Option<Arc<crate::bwlimit::Throttle>>, body: ByteStream) -> ByteStream {
+    match bwlimit {
+        Some(t) => t.limit(body),
+        None => body,
+    }
+}
+
 /// See [`file_body`].
 struct CheckedBody {
     file: Result<tokio::fs::File, String>,
@@ -776,7 +784,14 @@ impl Uploader {
             let meta = self.meta(key, mtime_ns, &md5);
             let etag = self
                 .store
-                .put(&self.bucket, key, ByteStream::from(data), size, &md5, &meta)
+                .put(
+                    &self.bucket,
+                    key,
+                    limited(&self.cfg.bwlimit, ByteStream::from(data)),
+                    size,
+                    &md5,
+                    &meta,
+                )
                 .await
                 .map_err(UploadError::from);
             (md5, etag)
@@ -784,7 +799,7 @@ impl Uploader {
             let p = path.to_path_buf();
             let md5 = blocking(move || hash_prefix(&p, size)).await?;
             let meta = self.meta(key, mtime_ns, &md5);
-            let body = file_body(path, 0, size, md5)?;
+            let body = limited(&self.cfg.bwlimit, file_body(path, 0, size, md5)?);
             let etag = self
                 .store
                 .put(&self.bucket, key, body, size, &md5, &meta)
@@ -801,16 +816,18 @@ impl Uploader {
             let meta = self.meta(key, mtime_ns, &md5);
             let source = Some((path, (size, mtime_ns), md5));
             let path = path.to_path_buf();
+            let bwlimit = self.cfg.bwlimit.clone();
             let etag = self
                 .multipart(key, size, part_size, &meta, source, move |part| {
                     let path = path.clone();
+                    let bwlimit = bwlimit.clone();
                     async move {
                         let (p, offset, len) = (path.clone(), part.offset, part.len);
                         let md5 = blocking(move || hash_range(&p, offset, len, false)).await?;
                         // The part's bytes are not hashed a second time
                         // while they go out: a file that changes meanwhile
                         // is caught before the upload is completed.
-                        let body = part_body(&path, offset, len).await?;
+                        let body = limited(&bwlimit, part_body(&path, offset, len).await?);
                         Ok(part
                             .store
                             .upload_part(

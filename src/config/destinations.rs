@@ -20,6 +20,8 @@ pub struct Destination {
     pub conn: Connection,
     pub dest: Location,
     pub storage_class: Option<String>,
+    /// Its own upload limit (else it shares the run's).
+    pub bwlimit: Option<std::sync::Arc<crate::bwlimit::Throttle>>,
     /// Same service and credentials as the primary: objects are copied
     /// from the primary on the server instead of uploaded again.
     pub copy_from_primary: bool,
@@ -52,6 +54,7 @@ pub fn resolve(
             copy_from_primary: service(&c) == service(conn),
             conn: c,
             storage_class: None,
+            bwlimit: None,
         });
     }
     for (i, d) in file.destinations.iter().flatten().enumerate() {
@@ -121,6 +124,13 @@ fn entry(
         conn: c,
         dest,
         storage_class: d.storage_class.clone(),
+        bwlimit: d
+            .bwlimit
+            .as_deref()
+            .map(crate::bwlimit::Throttle::parse)
+            .transpose()
+            .context("in its key \"bwlimit\"")?
+            .flatten(),
     })
 }
 

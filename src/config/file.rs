@@ -52,6 +52,7 @@ const KNOWN_KEYS: &[&str] = &[
     "maxDeleteWindow",
     "eventQueue",
     "metricsAddr",
+    "bwlimit",
     "metricsFile",
     "destinations",
 ];
@@ -114,6 +115,8 @@ pub struct FileConfig {
     pub metrics_addr: Option<String>,
     /// Where metrics are written.
     pub metrics_file: Option<PathBuf>,
+    /// Bytes per second for all uploads, or a timetable.
+    pub bwlimit: Option<String>,
     /// Further buckets every object is mirrored to.
     pub destinations: Option<Vec<DestinationFile>>,
 }
@@ -133,6 +136,8 @@ pub struct DestinationFile {
     pub profile: Option<String>,
     pub path_style: Option<bool>,
     pub storage_class: Option<String>,
+    /// This destination's own `--bwlimit`.
+    pub bwlimit: Option<String>,
 }
 
 /// A loaded config file and what it said that deserves a warning.

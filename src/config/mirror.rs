@@ -77,6 +77,8 @@ pub struct TransferConfig {
     /// Write the `mtime` user metadata (node-s3ma's `mtimeToMetaData`).
     pub mtime_metadata: bool,
     pub mime: MimeTable,
+    /// `--bwlimit`: one bucket for every upload that shares it.
+    pub bwlimit: Option<std::sync::Arc<crate::bwlimit::Throttle>>,
 }
 
 /// S3's minimum part size (except the last part).
@@ -249,6 +251,13 @@ fn transfer(args: &TransferArgs, loaded: &Loaded) -> Result<TransferConfig> {
             .or_else(|| file.storage_class.clone()),
         mtime_metadata: file.mtime_to_meta_data.unwrap_or(true),
         mime,
+        bwlimit: match (&args.bwlimit, &file.bwlimit) {
+            (Some(s), _) => crate::bwlimit::Throttle::parse(s).context("in --bwlimit")?,
+            (None, Some(s)) => {
+                crate::bwlimit::Throttle::parse(s).context("in the config key \"bwlimit\"")?
+            }
+            (None, None) => None,
+        },
     })
 }
 

@@ -25,6 +25,7 @@ use anyhow::{bail, Context, Result};
 pub use connection::Connection;
 pub use env::Env;
 pub use mirror::{FilterConfig, SyncConfig, TransferConfig, WatchConfig, WatchTiming};
+pub use units::parse_size;
 
 use crate::cli::{Cli, Command, ConnectionArgs, LsArgs};
 use crate::keys::{bucket_name_problem, Location};
@@ -271,6 +272,9 @@ fn targets(
         cfg.dest = d.dest.clone();
         if d.storage_class.is_some() {
             cfg.transfer.storage_class = d.storage_class.clone();
+        }
+        if d.bwlimit.is_some() {
+            cfg.transfer.bwlimit = d.bwlimit.clone();
         }
         cfg.copy_from = d
             .copy_from_primary

@@ -350,3 +350,26 @@ fn sync_writes_the_metrics_file_for_cron() {
         .code(2);
     assert!(run.stderr.contains("--metrics-addr"), "{run}");
 }
+
+#[test]
+fn bwlimit_holds_all_uploads_together_to_the_rate() {
+    let env = TestEnv::new(Kind::S3sFs);
+    // 3 MiB in one file and 2 MiB over eight files sent at once: at 1 MiB/s
+    // together, at least about 4 s (a lower bound only: a loaded machine
+    // makes it slower, never faster).
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 253) as u8).collect();
+    env.write("big.bin", &big);
+    for i in 0..8 {
+        env.write(&format!("small/{i}.bin"), vec![i as u8; 256 << 10]);
+    }
+    let started = Instant::now();
+    let run = env.sync(&["--bwlimit", "1M"]).ok();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(3500), "{took:?}: {run}");
+    env.converge(Duration::ZERO, &|| run.to_string());
+    // A bad rate is a usage error.
+    let run = env.sync(&["--bwlimit", "fast"]).code(2);
+    assert!(run.stderr.contains("--bwlimit"), "{run}");
+    let run = env.sync(&["--bwlimit", "25:00,1M"]).code(2);
+    assert!(run.stderr.contains("not a time of day"), "{run}");
+}
