@@ -40,6 +40,11 @@ pub struct GlobalArgs {
     #[arg(long, global = true, help_heading = "Output")]
     pub json: bool,
 
+    /// Start each text line with the time (UTC). `watch` does so by itself
+    /// on a terminal or into a file, not under journald, which adds its own.
+    #[arg(long, global = true, help_heading = "Output")]
+    pub log_timestamps: bool,
+
     /// Configuration file (node-s3ma's config.json format).
     /// Default: ./conf/config.json when it exists.
     #[arg(long, global = true, env = "S3MA_CONFIG", value_name = "PATH")]

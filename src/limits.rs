@@ -20,6 +20,25 @@ pub fn private_files() {
     }
 }
 
+/// Would a daemon's lines want a time of their own: stderr is a terminal
+/// or a plain file, and not journald's stream (`JOURNAL_STREAM`, which
+/// systemd sets to its device and inode).
+pub fn stamps_wanted() -> bool {
+    use std::io::IsTerminal;
+    // SAFETY: fstat fills the struct for an open descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::fstat(2, &mut st) } == 0;
+    if !ok {
+        return false;
+    }
+    if let Ok(j) = std::env::var("JOURNAL_STREAM") {
+        if j == format!("{}:{}", st.st_dev, st.st_ino) {
+            return false;
+        }
+    }
+    std::io::stderr().is_terminal() || (st.st_mode & libc::S_IFMT) == libc::S_IFREG
+}
+
 /// Raises the soft open-file limit to the hard one, and returns the soft
 /// limit then in force.
 fn raise_open_files() -> Option<u64> {

@@ -76,7 +76,9 @@ fn main() -> ExitCode {
         (false, _) => Level::Debug,
     };
     let progress = matches!(cli.command, cli::Command::Sync(_));
-    let rep = Arc::new(Reporter::new(level, cli.global.json, progress));
+    let timestamps = cli.global.log_timestamps
+        || (matches!(cli.command, cli::Command::Watch(_)) && limits::stamps_wanted());
+    let rep = Arc::new(Reporter::new(level, cli.global.json, progress).with_timestamps(timestamps));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -105,10 +107,11 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
         Ok(r) => r,
         Err(e) => return fail(&rep, Exit::Usage, e),
     };
-    if let Config::Sync(t) | Config::Watch { targets: t, .. } | Config::Verify { targets: t, .. } =
-        &mut resolved.config
-    {
+    if let Some(t) = resolved.config.targets_mut() {
         resolved.warnings.extend(limits::fit_open_files(t));
+    }
+    if rep.debugging() {
+        resolved.config.log_requests();
     }
     for w in &resolved.warnings {
         rep.warn(w);

@@ -50,6 +50,9 @@ pub struct Reporter {
     label: Option<String>,
     /// The daemon's signs of life, for systemd and `s3ma status`.
     pub pulse: Pulse,
+    /// Text lines start with the time (not under journald, which adds its
+    /// own).
+    timestamps: bool,
 }
 
 /// A counter's value now.
@@ -138,6 +141,7 @@ impl Reporter {
             started: Mutex::new(Instant::now()),
             label: None,
             pulse: Pulse::started(),
+            timestamps: false,
         }
     }
 
@@ -153,6 +157,7 @@ impl Reporter {
             started: Mutex::new(Instant::now()),
             label: Some(label.to_string()),
             pulse: Pulse::started(),
+            timestamps: self.timestamps,
         }
     }
 
@@ -169,21 +174,37 @@ impl Reporter {
         }
     }
 
+    /// With timestamps on: the time and a space.
+    fn stamp(&self) -> String {
+        if self.timestamps {
+            format!("{} ", utc(std::time::SystemTime::now()))
+        } else {
+            String::new()
+        }
+    }
+
     fn out(&self, line: &str) {
         self.clear_progress();
         let mut o = std::io::stdout().lock();
         let _ = match (&self.label, self.json) {
-            (Some(label), false) => writeln!(o, "[{label}] {line}"),
-            _ => writeln!(o, "{line}"),
+            (Some(label), false) => writeln!(o, "{}[{label}] {line}", self.stamp()),
+            (None, false) => writeln!(o, "{}{line}", self.stamp()),
+            (_, true) => writeln!(o, "{line}"),
         };
     }
 
     fn err(&self, line: &str) {
         self.clear_progress();
         match &self.label {
-            Some(label) => eprintln!("[{label}] {line}"),
-            None => eprintln!("{line}"),
+            Some(label) => eprintln!("{}[{label}] {line}", self.stamp()),
+            None => eprintln!("{}{line}", self.stamp()),
         }
+    }
+
+    /// Text lines start with the time from now on.
+    pub fn with_timestamps(mut self, on: bool) -> Reporter {
+        self.timestamps = on;
+        self
     }
 
     /// An upload (or, with `dry_run`, one that would happen).

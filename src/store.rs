@@ -31,6 +31,7 @@ use md5::{Digest, Md5};
 
 use crate::config::Connection;
 
+mod log;
 pub mod tls;
 
 /// What went wrong, classified for the caller.
@@ -283,6 +284,9 @@ impl Store {
         }
         if let Some(e) = &conn.endpoint {
             builder = builder.endpoint_url(e);
+        }
+        if conn.log_requests {
+            builder = builder.interceptor(log::RequestLog);
         }
         Ok(Store {
             client: Client::from_conf(builder.build()),

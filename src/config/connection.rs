@@ -53,6 +53,8 @@ pub struct Connection {
     /// Where the credentials come from, for the message when the server
     /// rejects them.
     pub keys_from: String,
+    /// `-vv`: one line per request.
+    pub log_requests: bool,
 }
 
 impl Connection {
@@ -399,6 +401,7 @@ pub fn resolve(args: &ConnectionArgs, loaded: &Loaded, env: &Env) -> Result<Conn
         max_attempts,
         credentials,
         keys_from,
+        log_requests: false,
     })
 }
 

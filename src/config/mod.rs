@@ -127,6 +127,28 @@ fn metrics(cli: &Cli, file: &file::FileConfig) -> Result<Metrics> {
 }
 
 impl Config {
+    /// The destinations a mirror command runs on.
+    pub fn targets_mut(&mut self) -> Option<&mut Targets> {
+        match self {
+            Config::Sync(t) | Config::Status(t) => Some(t),
+            Config::Verify { targets, .. } | Config::Watch { targets, .. } => Some(targets),
+            Config::Ls(_) | Config::Completions(_) => None,
+        }
+    }
+
+    /// `-vv`: every connection logs its requests.
+    pub fn log_requests(&mut self) {
+        if let Config::Ls(ls) = self {
+            ls.conn.log_requests = true;
+        }
+        for t in self.targets_mut().into_iter().flatten() {
+            t.conn.log_requests = true;
+            if let Some((_, primary)) = &mut t.sync.copy_from {
+                primary.log_requests = true;
+            }
+        }
+    }
+
     /// Resolves a parsed command line. Errors are usage errors (exit 2).
     pub fn from_cli(cli: &Cli, env: &Env) -> Result<Resolved> {
         if let Command::Completions { shell } = &cli.command {

@@ -430,3 +430,33 @@ fn a_silent_endpoint_times_out_instead_of_hanging() {
     }
     drop(listener);
 }
+
+#[test]
+fn requests_at_vv_show_what_was_asked_and_never_a_secret() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    let token = "SESSION-token-value-3e9b11";
+    let mut cmd = env.command();
+    cmd.env("AWS_SESSION_TOKEN", token).args([
+        "-vv",
+        "sync",
+        &env.tree().display().to_string(),
+        &env.dest(),
+        "--endpoint",
+        &env.endpoint,
+    ]);
+    let run = TestEnv::run_cmd(cmd).ok();
+    let host = env.endpoint.trim_start_matches("http://");
+    let put = format!("debug: PUT {host}/{}/{}a.txt", env.bucket, env.prefix);
+    assert!(run.stderr.contains(&put), "{run}");
+    assert!(
+        run.stderr.lines().any(|l| l.starts_with("debug: GET")
+            && l.contains("?list-type")
+            && l.contains(" 200 ")),
+        "{run}"
+    );
+    assert!(run.stderr.contains("(attempt 1)"), "{run}");
+    for secret in [token, SECRET_KEY, "Signature=", "Credential="] {
+        assert!(!run.all().contains(secret), "{secret} shown: {run}");
+    }
+}

@@ -373,3 +373,64 @@ fn bwlimit_holds_all_uploads_together_to_the_rate() {
     let run = env.sync(&["--bwlimit", "25:00,1M"]).code(2);
     assert!(run.stderr.contains("not a time of day"), "{run}");
 }
+
+/// Starts `s3ma watch` with stderr into `err`, `JOURNAL_STREAM` naming that
+/// file when `journald`, stops it, and returns its stderr.
+fn watch_stderr(env: &TestEnv, journald: bool) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let err = env.work().join(format!("watch-{journald}.err"));
+    let file = std::fs::File::create(&err).expect("stderr file");
+    let meta = file.metadata().expect("stat");
+    let mut cmd = env.command();
+    if journald {
+        cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+    }
+    cmd.args(["watch", &env.tree().display().to_string(), &env.dest()])
+        .args(["--endpoint", &env.endpoint, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(file);
+    let mut child = cmd.spawn().expect("spawn watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    // Ready: then a SIGTERM makes it warn, on stderr.
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains(r#""action":"ready""#))),
+        "no ready line"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+    std::fs::read_to_string(&err).expect("read stderr")
+}
+
+#[test]
+fn watch_lines_carry_a_time_except_under_journald() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("a.txt", "a");
+    let stamped =
+        |line: &str| line.len() > 21 && line.as_bytes()[10] == b'T' && line[..21].ends_with("Z ");
+    let into_file = watch_stderr(&env, false);
+    let line = into_file
+        .lines()
+        .find(|l| l.contains("interrupted"))
+        .unwrap_or_else(|| panic!("no interrupted line: {into_file}"));
+    assert!(stamped(line), "{line}");
+    let journald = watch_stderr(&env, true);
+    let line = journald
+        .lines()
+        .find(|l| l.contains("interrupted"))
+        .unwrap_or_else(|| panic!("no interrupted line: {journald}"));
+    assert!(line.starts_with("warning: "), "{line}");
+    // --log-timestamps asks for them anywhere.
+    let run = env
+        .s3ma(&[
+            "sync",
+            "--log-timestamps",
+            &env.tree().display().to_string(),
+            &env.dest(),
+        ])
+        .ok();
+    assert!(run.stdout.lines().all(stamped), "{run}");
+}
