@@ -68,6 +68,11 @@ pub fn render(sources: &[Source]) -> String {
     let deletes = counters(&mut reg, "deletes", "Objects deleted");
     let bytes = counters(&mut reg, "uploaded_bytes", "Bytes uploaded");
     let failures = counters(&mut reg, "failures", "Files and keys that failed");
+    let by_class = counters(
+        &mut reg,
+        "transfer_failures",
+        "Transfers that failed, by class: request (this object or file), server, config",
+    );
     let failing = gauges(&mut reg, "failing_paths", "Paths whose last attempt failed");
     let pending = gauges(
         &mut reg,
@@ -99,6 +104,13 @@ pub fn render(sources: &[Source]) -> String {
         deletes.get_or_create(&l).inc_by(get(&c.deleted));
         bytes.get_or_create(&l).inc_by(get(&c.bytes));
         failures.get_or_create(&l).inc_by(get(&c.failed));
+        for (class, n) in s.rep.pulse.failures_by_class() {
+            let lc: Labels = vec![
+                ("dest".into(), s.dest.clone()),
+                ("class".into(), class.into()),
+            ];
+            by_class.get_or_create(&lc).inc_by(n);
+        }
         failing
             .get_or_create(&l)
             .set(s.rep.pulse.failing().len() as i64);

@@ -31,6 +31,9 @@ pub struct Pulse {
     last_upload: Mutex<Option<(SystemTime, String)>>,
     /// The daemon's last status record (for metrics).
     record: Mutex<Option<crate::status::Record>>,
+    /// Transfers that failed, by whose problem it was: this request (or
+    /// file), the server, the configuration.
+    failures: [AtomicU64; 3],
 }
 
 /// Failing paths remembered, at most (the rest are counted in the logs).
@@ -109,6 +112,22 @@ impl Pulse {
             .iter()
             .map(|(k, (at, m))| (k.clone(), *at, m.clone()))
             .collect()
+    }
+
+    /// A transfer failed; `blame` says whose problem it was.
+    pub fn count_failure(&self, blame: crate::store::Blame) {
+        self.failures[blame as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed transfers by class: `request`, `server`, `config`.
+    pub fn failures_by_class(&self) -> [(&'static str, u64); 3] {
+        let n = |b: crate::store::Blame| self.failures[b as usize].load(Ordering::Relaxed);
+        use crate::store::Blame;
+        [
+            ("request", n(Blame::Request)),
+            ("server", n(Blame::Server)),
+            ("config", n(Blame::Fatal)),
+        ]
     }
 
     pub fn set_record(&self, record: crate::status::Record) {

@@ -103,6 +103,7 @@ pub enum StoreError {
 /// Whose problem an error is: the one question every caller asks of a
 /// failed request, answered in one place ([`StoreError::blame`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum Blame {
     /// About this request: this object or this file (refused, not found,
     /// changed meanwhile). Other requests may well succeed.

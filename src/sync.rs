@@ -263,6 +263,7 @@ pub fn conclude(
                 UploadError::Changed => "; it is written to constantly, try again later",
                 _ => "",
             };
+            rep.pulse.count_failure(error.blame());
             return Concluded::Failed {
                 blame: error.blame(),
                 message: format!("{error}{hint} (key {key})"),

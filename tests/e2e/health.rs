@@ -305,6 +305,8 @@ fn metrics_are_served_while_watch_runs_and_written_for_textfile() {
     );
     assert!(text.contains("# TYPE s3ma_uploads counter"), "{text}");
     assert!(text.contains("s3ma_inotify_max_user_watches "), "{text}");
+    let class = format!(r#"s3ma_transfer_failures_total{{dest="{dest}",class="server"}} 0"#);
+    assert!(text.contains(&class), "{text}");
     // A change shows up in the next scrape.
     env.write("c.txt", "charlie");
     let deadline = Instant::now() + WITHIN;
