@@ -122,6 +122,23 @@ pub struct Choices<'a> {
 }
 
 impl<'a> Choices<'a> {
+    /// What a command that only reads (`verify`, `status`) was told.
+    pub fn reading(
+        paths: &'a [String],
+        filter: &'a FilterArgs,
+        transfer: &'a TransferArgs,
+    ) -> Choices<'a> {
+        Choices {
+            paths,
+            delete: Some(false),
+            max_delete: None,
+            dry_run: false,
+            checksum: false,
+            filter,
+            transfer,
+        }
+    }
+
     /// What `sync` and `watch` were told.
     pub fn of(m: &'a MirrorArgs, dry_run: bool) -> Choices<'a> {
         // `--delete` / `--no-delete` (the last one given wins), else the file.

@@ -193,15 +193,7 @@ impl Config {
                     concurrency: a.concurrency,
                     ..Default::default()
                 };
-                let choices = Choices {
-                    paths: &a.paths,
-                    delete: Some(false),
-                    max_delete: None,
-                    dry_run: false,
-                    checksum: false,
-                    filter: &a.filter,
-                    transfer: &transfer,
-                };
+                let choices = Choices::reading(&a.paths, &a.filter, &transfer);
                 Config::Verify {
                     targets: targets(
                         &choices,
@@ -219,15 +211,8 @@ impl Config {
                     state_dir: a.state_dir.clone(),
                     ..Default::default()
                 };
-                let choices = Choices {
-                    paths: &a.paths,
-                    delete: Some(false),
-                    max_delete: None,
-                    dry_run: false,
-                    checksum: false,
-                    filter: &crate::cli::FilterArgs::default(),
-                    transfer: &transfer,
-                };
+                let filter = crate::cli::FilterArgs::default();
+                let choices = Choices::reading(&a.paths, &filter, &transfer);
                 Config::Status(targets(
                     &choices,
                     &a.conn,
