@@ -289,7 +289,7 @@ mod tests {
         }
         for (bad, want) in [
             ("BAD", "'B'"),
-            ("b", "1 characters"),
+            ("b", "1 characters long"),
             ("under_score", "'_'"),
             ("-dash", "begin and end"),
             ("a..b", "two periods"),
