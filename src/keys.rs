@@ -105,7 +105,7 @@ pub fn bucket_name_problem(bucket: &str) -> Option<String> {
     let len = bucket.len();
     if !(3..=63).contains(&len) {
         return Some(format!(
-            "it has {len} characters; a bucket name has 3 to 63"
+            "it is {len} characters long; a bucket name has 3 to 63"
         ));
     }
     if let Some(c) = bucket
