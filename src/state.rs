@@ -46,6 +46,12 @@ pub struct State {
 /// Commit after this many writes.
 const BATCH: usize = 512;
 
+/// Past every key that starts with `prefix`: no UTF-8 sequence sorts
+/// after U+10FFFF.
+fn key_end(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
 /// A stable short name for a (directory, destination) identity.
 pub fn state_id(identity: &str) -> String {
     let digest = Md5::digest(identity.as_bytes());
@@ -398,6 +404,54 @@ impl State {
         }
     }
 
+    /// The keys on record under `prefix`, sure or not.
+    pub fn count_under(&mut self, prefix: &str) -> u64 {
+        let Some(conn) = self.conn.as_ref() else {
+            return 0;
+        };
+        let res: Result<i64, _> = conn
+            .prepare_cached("SELECT count(*) FROM objects WHERE key >= ?1 AND key < ?2")
+            .and_then(|mut st| st.query_row(params![prefix, key_end(prefix)], |r| r.get(0)));
+        match res {
+            Ok(n) => n.max(0) as u64,
+            Err(e) => {
+                self.fail("read", e);
+                0
+            }
+        }
+    }
+
+    /// Keys on record under `prefix` that split them into `parts` ranges of
+    /// about equal size (at most `parts - 1` keys, in order).
+    pub fn boundaries(&mut self, prefix: &str, parts: usize) -> Vec<String> {
+        let n = self.count_under(prefix);
+        let Some(conn) = self.conn.as_ref() else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::with_capacity(parts.saturating_sub(1));
+        for k in 1..parts as u64 {
+            let offset = (k * n / parts as u64) as i64;
+            let key: Result<Option<String>, _> = conn
+                .prepare_cached(
+                    "SELECT key FROM objects WHERE key >= ?1 AND key < ?2 ORDER BY key \
+                     LIMIT 1 OFFSET ?3",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![prefix, key_end(prefix), offset], |r| r.get(0))
+                        .optional()
+                });
+            match key {
+                Ok(Some(k)) if out.last().is_none_or(|l| *l < k) => out.push(k),
+                Ok(_) => {}
+                Err(e) => {
+                    self.fail("read", e);
+                    return Vec::new();
+                }
+            }
+        }
+        out
+    }
+
     /// Keys on record under `dir/` (`dir` a key without the trailing `/`),
     /// sure or not, with their sizes.
     pub fn keys_under(&mut self, dir: &str) -> Vec<(String, u64)> {
@@ -473,6 +527,28 @@ mod tests {
         let (mut s, _) = State::open(dir.path(), "x", "id").expect("reopen");
         assert_eq!(s.get("a/b.txt"), Some(rec(5)));
         assert_eq!(s.get("c"), None);
+    }
+
+    #[test]
+    fn boundaries_split_the_keys_on_record_evenly() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (mut s, _) = State::open(dir.path(), "x", "id").expect("open");
+        let rec = Record {
+            size: 1,
+            mtime_ns: 1,
+            md5: [0; 16],
+            etag: None,
+        };
+        for i in 0..100 {
+            s.put(&format!("p/{i:03}"), &rec);
+        }
+        s.put("other/x", &rec);
+        s.flush();
+        assert_eq!(s.boundaries("p/", 4), ["p/025", "p/050", "p/075"]);
+        assert_eq!(s.count_under("p/"), 100);
+        assert!(s.boundaries("q/", 4).is_empty());
+        // "other/x" sorts first of the 101.
+        assert_eq!(s.boundaries("", 2), ["p/049"]);
     }
 
     #[test]

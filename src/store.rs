@@ -725,6 +725,12 @@ impl Lister {
         self
     }
 
+    /// Starts after `key` (a listing of one range of keys).
+    pub fn start_after(mut self, key: Option<String>) -> Self {
+        self.start_after = key;
+        self
+    }
+
     /// The next page, or `None` after the last.
     pub async fn next_page(&mut self) -> Result<Option<Page>, StoreError> {
         if self.done {

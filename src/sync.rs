@@ -530,7 +530,7 @@ pub async fn reconcile(
     let (store, filter, uploader, requests) = (&*store, &*filter, &*uploader, &*requests);
 
     let (walker, mut lrx) = spawn_walk(cfg, filter);
-    let (lister, mut rrx) = spawn_listing(store, cfg);
+    let (lister, mut rrx) = spawn_listing(store, cfg, listing_boundaries(state, cfg));
 
     let mut run = Run {
         cfg,
@@ -730,37 +730,95 @@ pub fn spawn_walk(
     (walker, rx)
 }
 
-/// The listing of the destination, page by page, in key order.
+/// Fewer keys on record than this are listed in one chain of pages.
+const PARTITION_MIN_KEYS: u64 = 4_000;
+/// Ranges listed at once, at most.
+const PARTITIONS: u64 = 32;
+/// About this many keys per range (two pages of AWS's 1,000).
+const KEYS_PER_PARTITION: u64 = 2_000;
+
+/// Where to split the listing of `cfg.dest`: keys the state database holds
+/// there, so that each range has about as many keys. None for a small
+/// prefix (one chain of pages is as fast).
+pub fn listing_boundaries(state: &mut State, cfg: &SyncConfig) -> Vec<String> {
+    let n = state.count_under(&cfg.dest.prefix);
+    if n < PARTITION_MIN_KEYS {
+        return Vec::new();
+    }
+    let parts = (n / KEYS_PER_PARTITION).clamp(2, PARTITIONS) as usize;
+    state.boundaries(&cfg.dest.prefix, parts)
+}
+
+/// Lists the destination in key order. With `boundaries` (keys in order),
+/// the key space is cut at them and the ranges are listed concurrently,
+/// each from `StartAfter` its lower boundary up to its upper one, and
+/// handed on in order: a long listing costs about one range's chain of
+/// round trips instead of all of them. The ranges cover every key
+/// whatever the boundaries are, so a stale database only makes them
+/// uneven.
 pub fn spawn_listing(
     store: &Store,
     cfg: &SyncConfig,
+    boundaries: Vec<String>,
 ) -> (
     tokio::task::JoinHandle<()>,
     mpsc::Receiver<Result<ObjectInfo, StoreError>>,
 ) {
     let (tx, rx) = mpsc::channel::<Result<ObjectInfo, StoreError>>(2048);
-    let mut lister = store
-        .lister(&cfg.dest.bucket, &cfg.dest.prefix, None)
-        .page_size(LIST_PAGE);
+    let mut lows: Vec<Option<String>> = vec![None];
+    lows.extend(boundaries.iter().cloned().map(Some));
+    let mut highs: Vec<Option<String>> = boundaries.into_iter().map(Some).collect();
+    highs.push(None);
+    let mut ranges = Vec::with_capacity(lows.len());
+    for (low, high) in lows.into_iter().zip(highs) {
+        let lister = store
+            .lister(&cfg.dest.bucket, &cfg.dest.prefix, None)
+            .page_size(LIST_PAGE)
+            .start_after(low);
+        // Two pages ahead per range: memory stays bounded.
+        let (rtx, rrx) = mpsc::channel(2 * LIST_PAGE as usize);
+        ranges.push((tokio::spawn(list_range(lister, high, rtx)), rrx));
+    }
     let task = tokio::spawn(async move {
-        loop {
-            match lister.next_page().await {
-                Ok(Some(page)) => {
-                    for o in page.objects {
-                        if tx.send(Ok(o)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
+        for (range, mut rrx) in ranges {
+            while let Some(item) = rrx.recv().await {
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
                     return;
                 }
             }
+            let _ = range.await;
         }
     });
     (task, rx)
+}
+
+/// One range of a listing: every key after the lister's start up to and
+/// including `high`.
+async fn list_range(
+    mut lister: crate::store::Lister,
+    high: Option<String>,
+    tx: mpsc::Sender<Result<ObjectInfo, StoreError>>,
+) {
+    loop {
+        match lister.next_page().await {
+            Ok(Some(page)) => {
+                for o in page.objects {
+                    if high.as_ref().is_some_and(|h| o.key > *h) {
+                        return;
+                    }
+                    if tx.send(Ok(o)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
 }
 
 /// Runs the deletions in batches of 1,000 (the DeleteObjects limit).

@@ -147,7 +147,7 @@ pub async fn run(
     let store = Store::connect(conn).await?;
     let started = Instant::now();
     let (walker, mut lrx) = sync::spawn_walk(cfg, &filter);
-    let (lister, mut rrx) = sync::spawn_listing(&store, cfg);
+    let (lister, mut rrx) = sync::spawn_listing(&store, cfg, Vec::new());
     let requests = Arc::new(Semaphore::new(cfg.transfer.concurrency));
     let mut merge = Merge::default();
     let mut found = Found::default();

@@ -15,6 +15,7 @@ mod ls;
 mod mistakes;
 mod model;
 mod names;
+mod scale;
 mod sync;
 mod verify;
 mod watch;
