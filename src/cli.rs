@@ -106,6 +106,16 @@ pub struct MirrorArgs {
     #[arg(long, value_name = "N", help_heading = "Mirror")]
     pub max_delete: Option<u64>,
 
+    /// Take what the bucket holds from the state database while its last
+    /// full listing is younger than --full-check-every: an unchanged tree
+    /// costs the walk alone. Only when nothing else writes the prefix.
+    #[arg(long, help_heading = "Mirror")]
+    pub trust_state: bool,
+
+    /// With --trust-state, list the bucket in full this often [default: 24h].
+    #[arg(long, value_name = "DURATION", help_heading = "Mirror")]
+    pub full_check_every: Option<String>,
+
     /// Write metrics in Prometheus's text format to this file (atomically,
     /// for node_exporter's textfile collector): at the end of a sync, every
     /// 15 s in watch.

@@ -404,6 +404,26 @@ impl State {
         }
     }
 
+    /// Is any record under `prefix` unsure (a write may have replaced its
+    /// object)?
+    pub fn has_unsure_under(&mut self, prefix: &str) -> bool {
+        let Some(conn) = self.conn.as_ref() else {
+            return true;
+        };
+        let res = conn
+            .prepare_cached(
+                "SELECT 1 FROM objects WHERE key >= ?1 AND key < ?2 AND unsure IS NOT NULL LIMIT 1",
+            )
+            .and_then(|mut st| st.exists(params![prefix, key_end(prefix)]));
+        match res {
+            Ok(found) => found,
+            Err(e) => {
+                self.fail("read", e);
+                true
+            }
+        }
+    }
+
     /// The keys on record under `prefix`, sure or not.
     pub fn count_under(&mut self, prefix: &str) -> u64 {
         let Some(conn) = self.conn.as_ref() else {
@@ -497,6 +517,51 @@ impl State {
 impl Drop for State {
     fn drop(&mut self) {
         self.flush();
+    }
+}
+
+/// Reads the records under `prefix` from the database at `path` (its own
+/// read-only connection, beside the run's), in key order, `page` at a time,
+/// giving each to `each` until it returns false.
+pub fn each_record(
+    path: &Path,
+    prefix: &str,
+    page: usize,
+    mut each: impl FnMut(String, u64, Option<String>) -> bool,
+) -> Result<()> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let mut st = conn.prepare(
+        "SELECT key, size, etag FROM objects WHERE key > ?1 AND key < ?2 ORDER BY key LIMIT ?3",
+    )?;
+    // Keys are never empty; "" sorts before every key under any prefix.
+    let mut after = String::new();
+    if !prefix.is_empty() {
+        // The byte before the prefix's first key is the prefix itself
+        // shortened by nothing: start just before it.
+        after = prefix.to_string();
+        after.pop();
+    }
+    let end = key_end(prefix);
+    loop {
+        let rows: Vec<(String, u64, Option<String>)> = st
+            .query_map(params![after, end, page as i64], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let Some(last) = rows.last().map(|r| r.0.clone()) else {
+            return Ok(());
+        };
+        for (key, size, etag) in rows {
+            if key.starts_with(prefix) && !each(key, size, etag) {
+                return Ok(());
+            }
+        }
+        after = last;
     }
 }
 

@@ -530,7 +530,23 @@ pub async fn reconcile(
     let (store, filter, uploader, requests) = (&*store, &*filter, &*uploader, &*requests);
 
     let (walker, mut lrx) = spawn_walk(cfg, filter);
-    let (lister, mut rrx) = spawn_listing(store, cfg, listing_boundaries(state, cfg));
+    let trusted = trusted_since(state, cfg, recheck);
+    let (lister, mut rrx) = match trusted {
+        Some(at) => {
+            rep.verbose_status(
+                "listing",
+                &format!(
+                    "--trust-state: what {} holds is taken from the state database (its last \
+                     full listing was at {}); a full listing comes after --full-check-every",
+                    cfg.dest,
+                    crate::report::utc(at)
+                ),
+                serde_json::json!({"source": "state", "full_listing": crate::report::utc(at)}),
+            );
+            spawn_state_listing(state.path().to_path_buf(), cfg.dest.prefix.clone())
+        }
+        None => spawn_listing(store, cfg, listing_boundaries(state, cfg)),
+    };
 
     let mut run = Run {
         cfg,
@@ -703,13 +719,20 @@ pub async fn reconcile(
     if let Some(w) = &state.broken {
         rep.warn(w);
     }
-    Ok(if stop.requested() {
+    let status = if stop.requested() {
         Status::Interrupted
     } else if rep.failures() > failures_before {
         Status::Partial
     } else {
         Status::Done
-    })
+    };
+    // A complete listing, merged without trouble: the database now stands
+    // for the bucket, for --trust-state.
+    if trusted.is_none() && matches!(status, Status::Done) && !cfg.dry_run {
+        let now = crate::status::secs(std::time::SystemTime::now());
+        state.set_meta(FULL_LISTING, &now.to_string());
+    }
+    Ok(status)
 }
 
 /// The local walk, on a blocking thread, in key order.
@@ -728,6 +751,58 @@ pub fn spawn_walk(
         })
     });
     (walker, rx)
+}
+
+/// The meta key of the time of the last full listing that a reconcile
+/// completed with (Unix seconds).
+const FULL_LISTING: &str = "full_listing";
+
+/// With `--trust-state`, when the state database may stand for the bucket:
+/// a full listing completed within `--full-check-every`, no record is
+/// unsure, and nothing asks to look at every object. Returns when that
+/// listing was.
+fn trusted_since(
+    state: &mut State,
+    cfg: &SyncConfig,
+    recheck: &Recheck,
+) -> Option<std::time::SystemTime> {
+    let every = cfg.trust_state?;
+    if cfg.checksum || matches!(recheck, Recheck::All) || state.broken.is_some() {
+        return None;
+    }
+    let at =
+        std::time::UNIX_EPOCH + Duration::from_secs(state.meta(FULL_LISTING)?.parse::<u64>().ok()?);
+    let age = std::time::SystemTime::now().duration_since(at).ok()?;
+    (age < every && !state.has_unsure_under(&cfg.dest.prefix)).then_some(at)
+}
+
+/// The records of the state database under `prefix`, as a listing would
+/// give them (key order), read beside the run's own connection.
+fn spawn_state_listing(
+    db: PathBuf,
+    prefix: String,
+) -> (
+    tokio::task::JoinHandle<()>,
+    mpsc::Receiver<Result<ObjectInfo, StoreError>>,
+) {
+    let (tx, rx) = mpsc::channel::<Result<ObjectInfo, StoreError>>(2048);
+    let task = tokio::task::spawn_blocking(move || {
+        let read = state::each_record(&db, &prefix, 5000, |key, size, etag| {
+            let o = ObjectInfo {
+                key,
+                size,
+                etag,
+                last_modified: None,
+            };
+            tx.blocking_send(Ok(o)).is_ok()
+        });
+        if let Err(e) = read {
+            let _ = tx.blocking_send(Err(StoreError::Other(format!(
+                "cannot read the state database for --trust-state: {e:#}"
+            ))));
+        }
+    });
+    (task, rx)
 }
 
 /// Fewer keys on record than this are listed in one chain of pages.

@@ -53,6 +53,8 @@ const KNOWN_KEYS: &[&str] = &[
     "eventQueue",
     "metricsAddr",
     "bwlimit",
+    "trustState",
+    "fullCheckEvery",
     "metricsFile",
     "destinations",
 ];
@@ -117,6 +119,8 @@ pub struct FileConfig {
     pub metrics_file: Option<PathBuf>,
     /// Bytes per second for all uploads, or a timetable.
     pub bwlimit: Option<String>,
+    pub trust_state: Option<bool>,
+    pub full_check_every: Option<DurationValue>,
     /// Further buckets every object is mirrored to.
     pub destinations: Option<Vec<DestinationFile>>,
 }

@@ -30,6 +30,9 @@ pub struct SyncConfig {
     pub dry_run: bool,
     /// Compare every file's MD5 with the object's, not size and mtime.
     pub checksum: bool,
+    /// `--trust-state`: take what the bucket holds from the state database
+    /// while its last full listing is younger than this.
+    pub trust_state: Option<Duration>,
     /// Which paths are mirrored.
     pub filter: FilterConfig,
     /// How objects are sent.
@@ -119,6 +122,10 @@ pub struct Choices<'a> {
     pub checksum: bool,
     pub filter: &'a FilterArgs,
     pub transfer: &'a TransferArgs,
+    /// `--trust-state`.
+    pub trust_state: bool,
+    /// `--full-check-every`.
+    pub full_check_every: Option<String>,
 }
 
 impl<'a> Choices<'a> {
@@ -136,6 +143,8 @@ impl<'a> Choices<'a> {
             checksum: false,
             filter,
             transfer,
+            trust_state: false,
+            full_check_every: None,
         }
     }
 
@@ -157,6 +166,8 @@ impl<'a> Choices<'a> {
             checksum: m.checksum,
             filter: &m.filter,
             transfer: &m.transfer,
+            trust_state: m.trust_state,
+            full_check_every: m.full_check_every.clone(),
         }
     }
 }
@@ -302,6 +313,25 @@ fn check_state_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `--trust-state` (config `trustState`) and how long a full listing is
+/// trusted: `--full-check-every` (config `fullCheckEvery`), 24 h.
+fn trust_state(c: &Choices, file: &FileConfig) -> Result<Option<Duration>> {
+    if !(c.trust_state || file.trust_state.unwrap_or(false)) {
+        return Ok(None);
+    }
+    let every = duration_setting(
+        &c.full_check_every,
+        "full-check-every",
+        &file.full_check_every,
+        "fullCheckEvery",
+        Duration::from_secs(86_400),
+    )?;
+    if every.is_zero() {
+        bail!("--full-check-every must be longer than 0 s (24h is the default)");
+    }
+    Ok(Some(every))
+}
+
 /// The primary's sync: the pair, the filters, the transfer settings.
 pub fn resolve_sync(c: &Choices, loaded: &Loaded, env: &Env) -> Result<SyncConfig> {
     let file = &loaded.file;
@@ -320,6 +350,7 @@ pub fn resolve_sync(c: &Choices, loaded: &Loaded, env: &Env) -> Result<SyncConfi
         max_delete: c.max_delete.or(file.max_delete),
         dry_run: c.dry_run,
         checksum: c.checksum,
+        trust_state: trust_state(c, file)?,
         filter: filter(c.filter, file),
         transfer: transfer(c.transfer, loaded)?,
         state_dir,

@@ -1,6 +1,7 @@
 //! Resolution as a whole, from a config text and a made-up environment.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::*;
 use crate::cli::{FilterArgs, TransferArgs};
@@ -37,15 +38,9 @@ fn resolve_warned(
     warnings: &mut Vec<String>,
 ) -> Result<Targets> {
     let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
-    let choices = Choices {
-        paths: &paths,
-        delete: None,
-        max_delete: None,
-        dry_run: false,
-        checksum: false,
-        filter: &FilterArgs::default(),
-        transfer: &TransferArgs::default(),
-    };
+    let (filter, transfer) = (FilterArgs::default(), TransferArgs::default());
+    let mut choices = Choices::reading(&paths, &filter, &transfer);
+    choices.delete = None;
     targets(
         &choices,
         &ConnectionArgs::default(),
@@ -280,4 +275,27 @@ fn a_destination_s_region_and_profile_are_checked_too() {
     )
     .expect_err("profile");
     assert!(format!("{err:#}").contains("'nosuch'"), "{err:#}");
+}
+
+#[test]
+fn trust_state_has_a_full_check_interval() {
+    let t = resolve(
+        r#"{"endpoint": "http://h:1", "trustState": true}"#,
+        &["/tmp", "s3://b/x"],
+    )
+    .expect("resolves");
+    assert_eq!(t[0].sync.trust_state, Some(Duration::from_secs(86_400)));
+    let t = resolve(
+        r#"{"endpoint": "http://h:1", "trustState": true, "fullCheckEvery": "6h"}"#,
+        &["/tmp", "s3://b/x"],
+    )
+    .expect("resolves");
+    assert_eq!(t[0].sync.trust_state, Some(Duration::from_secs(6 * 3600)));
+    let t = resolve(r#"{"endpoint": "http://h:1"}"#, &["/tmp", "s3://b/x"]).expect("resolves");
+    assert_eq!(t[0].sync.trust_state, None);
+    assert!(resolve(
+        r#"{"endpoint": "http://h:1", "trustState": true, "fullCheckEvery": 0}"#,
+        &["/tmp", "s3://b/x"]
+    )
+    .is_err());
 }

@@ -62,3 +62,58 @@ fn a_large_listing_is_split_into_ranges_that_miss_nothing() {
         assert_eq!(env.listing(), env.expected(), "{kind:?}");
     }
 }
+
+/// ListObjectsV2 requests in a `-vv` run.
+fn lists(run: &Run) -> usize {
+    run.stderr
+        .lines()
+        .filter(|l| l.contains("debug: GET") && l.contains("list-type"))
+        .count()
+}
+
+#[test]
+fn trust_state_skips_the_listing_until_a_full_check_is_due() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        env.write("keep.txt", "kept");
+        env.write("edit.txt", "before");
+        env.write("gone.txt", "to be removed");
+        env.sync(&[]).ok();
+        let p = env.prefix.clone();
+        // Written behind s3ma's back: a trusted run cannot know it.
+        env.put(&format!("{p}stray.txt"), b"another tool's");
+        env.write("edit.txt", "after, and longer");
+        std::fs::remove_file(env.tree().join("gone.txt")).expect("rm");
+        let run = env.sync(&["--trust-state", "--delete", "-vv"]).ok();
+        assert_eq!(lists(&run), 0, "{kind:?}: listed:\n{}", run.stderr);
+        assert!(run.stdout.contains(r#""source":"state""#), "{run}");
+        assert_eq!(run.actions("upload"), [format!("{p}edit.txt")], "{run}");
+        assert_eq!(run.actions("delete"), [format!("{p}gone.txt")], "{run}");
+        assert!(env.keys().contains(&format!("{p}stray.txt")));
+        // Once the full check is due, the bucket is listed again and the
+        // stray object goes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let run = loop {
+            let run = env
+                .sync(&[
+                    "--trust-state",
+                    "--full-check-every",
+                    "1s",
+                    "--delete",
+                    "-vv",
+                ])
+                .ok();
+            if lists(&run) > 0 {
+                break run;
+            }
+            assert!(std::time::Instant::now() < deadline, "never listed again");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        assert_eq!(
+            run.actions("delete"),
+            [format!("{p}stray.txt")],
+            "{kind:?}: {run}"
+        );
+        assert_eq!(env.listing(), env.expected(), "{kind:?}");
+    }
+}
