@@ -136,6 +136,15 @@ impl Throttle {
         (b.tokens < 0.0).then(|| Duration::from_secs_f64(-b.tokens / rate))
     }
 
+    /// How many bytes one frame may carry at the rate now: an eighth of a
+    /// second's worth (at least 1 KiB, at most 256 KiB), so that at a low
+    /// rate bytes still flow every fraction of a second (the SDK takes a
+    /// body that sends nothing for seconds for a stalled one).
+    fn piece(&self) -> usize {
+        let rate = self.rate_now().unwrap_or(u64::MAX);
+        (rate / 8).clamp(1 << 10, 256 << 10) as usize
+    }
+
     /// `n` bytes went out.
     fn spend(&self, n: usize) {
         if self.rate_now().is_none() {
@@ -153,6 +162,7 @@ impl Throttle {
                 inner,
                 throttle: throttle.clone(),
                 sleep: None,
+                rest: bytes::Bytes::new(),
             })
         })
     }
@@ -173,11 +183,13 @@ fn local_minute() -> u32 {
     }
 }
 
-/// A request body that waits for the bucket before each chunk.
+/// A request body that waits for the bucket before each piece of a chunk.
 struct Limited {
     inner: SdkBody,
     throttle: Arc<Throttle>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// What the inner body gave that has not gone out yet.
+    rest: bytes::Bytes,
 }
 
 impl http_body::Body for Limited {
@@ -200,21 +212,35 @@ impl http_body::Body for Limited {
                 None => break,
             }
         }
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.throttle.spend(data.len());
+        if self.rest.is_empty() {
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => self.rest = data,
+                    // Trailers pass as they are.
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                other => return other,
             }
         }
-        polled
+        let n = self.rest.len().min(self.throttle.piece());
+        let piece = self.rest.split_to(n);
+        self.throttle.spend(piece.len());
+        Poll::Ready(Some(Ok(http_body::Frame::data(piece))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        http_body::Body::size_hint(&self.inner)
+        let inner = http_body::Body::size_hint(&self.inner);
+        let rest = self.rest.len() as u64;
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
 }
 

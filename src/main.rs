@@ -210,7 +210,9 @@ async fn sync(all: config::Targets, metrics: &config::Metrics, rep: Arc<Reporter
     }
     if let Some(path) = &metrics.file {
         if let Err(e) = metrics::write_file(path, &sources) {
-            rep.warn(&format!("{e:#}"));
+            // Shown even with -q: a stale textfile must not go unseen.
+            rep.failed(&path.display().to_string(), &format!("{e:#}"));
+            exits.push(Exit::Partial);
         }
     }
     worst(exits)
@@ -380,7 +382,7 @@ fn spawn_metrics_file(
             match metrics::write_file(&path, &sources) {
                 Err(e) if !said => {
                     said = true;
-                    rep.warn(&format!("{e:#}"));
+                    rep.failed(&path.display().to_string(), &format!("{e:#}"));
                 }
                 _ => {}
             }

@@ -143,11 +143,38 @@ pub fn render(sources: &[Source]) -> String {
     out
 }
 
+/// OpenMetrics text as Prometheus's classic text format (0.0.4), which
+/// node_exporter's textfile collector and older scrapers read: a counter
+/// family is named as its samples (`…_total`), and there is no `# EOF`.
+pub fn classic(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{tag}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 /// Writes the metrics to `path` atomically (a temporary file in the same
 /// directory, renamed over it), readable by the textfile collector.
 pub fn write_file(path: &Path, sources: &[Source]) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let text = render(sources);
+    let text = classic(&render(sources));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -186,7 +213,18 @@ pub fn serve(listener: tokio::net::TcpListener, sources: Vec<Source>) {
                 let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
                     let sources = sources.clone();
                     async move {
-                        let resp = if req.uri().path() == "/metrics" {
+                        // OpenMetrics to a scraper that asks for it,
+                        // the classic text format to anything else.
+                        let open = req
+                            .headers()
+                            .get("accept")
+                            .and_then(|a| a.to_str().ok())
+                            .is_some_and(|a| a.contains("application/openmetrics-text"));
+                        let resp = if req.uri().path() != "/metrics" {
+                            Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from("see /metrics\n")))
+                        } else if open {
                             Response::builder()
                                 .header(
                                     "content-type",
@@ -195,8 +233,8 @@ pub fn serve(listener: tokio::net::TcpListener, sources: Vec<Source>) {
                                 .body(Full::new(Bytes::from(render(&sources))))
                         } else {
                             Response::builder()
-                                .status(StatusCode::NOT_FOUND)
-                                .body(Full::new(Bytes::from("see /metrics\n")))
+                                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                                .body(Full::new(Bytes::from(classic(&render(&sources)))))
                         };
                         resp.map_err(std::io::Error::other)
                     }
@@ -243,5 +281,13 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+        let old = classic(&text);
+        assert!(old.contains("# TYPE s3ma_uploads_total counter\n"), "{old}");
+        assert!(
+            old.contains("# HELP s3ma_uploads_total Objects uploaded"),
+            "{old}"
+        );
+        assert!(old.contains("# TYPE s3ma_failing_paths gauge\n"), "{old}");
+        assert!(!old.contains("# EOF"), "{old}");
     }
 }

@@ -189,8 +189,14 @@ pub fn spawn_systemd_notifier(daemons: Vec<Arc<Reporter>>, stop: Arc<Stop>) {
     tokio::spawn(async move {
         let mut ready = false;
         loop {
+            // Until READY=1 is sent, look often: systemd waits for it.
+            let wait = if ready {
+                period(watchdog)
+            } else {
+                period(watchdog).min(Duration::from_millis(200))
+            };
             tokio::select! {
-                _ = tokio::time::sleep(period(watchdog)) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.wait() => {}
             }
             if stop.requested() {

@@ -55,6 +55,19 @@ pub struct Reporter {
     timestamps: bool,
 }
 
+/// Whether text lines carry the time, for lines written outside a
+/// reporter (the request log).
+static STAMPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The time and a space when lines carry the time, else nothing.
+pub fn stamp() -> String {
+    if STAMPS.load(Ordering::Relaxed) {
+        format!("{} ", utc(std::time::SystemTime::now()))
+    } else {
+        String::new()
+    }
+}
+
 /// A counter's value now.
 pub fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
@@ -177,7 +190,7 @@ impl Reporter {
     /// With timestamps on: the time and a space.
     fn stamp(&self) -> String {
         if self.timestamps {
-            format!("{} ", utc(std::time::SystemTime::now()))
+            stamp()
         } else {
             String::new()
         }
@@ -201,9 +214,11 @@ impl Reporter {
         }
     }
 
-    /// Text lines start with the time from now on.
+    /// Text lines start with the time from now on (the request lines of
+    /// `-vv` too).
     pub fn with_timestamps(mut self, on: bool) -> Reporter {
         self.timestamps = on;
+        STAMPS.store(on, Ordering::Relaxed);
         self
     }
 

@@ -174,9 +174,11 @@ pub fn look(t: &Target) -> Result<Found> {
     let journal = count_rows(&db.with_extension("journal"), "dirty")?;
     let now = SystemTime::now();
     let age = |at: u64| now.duration_since(time_of(at)).unwrap_or_default();
-    let running = record
+    let alive = record.as_ref().is_some_and(|r| is_s3ma(r.pid));
+    let fresh = record
         .as_ref()
-        .is_some_and(|r| is_s3ma(r.pid) && (r.command != "watch" || age(r.updated) < STALE));
+        .is_some_and(|r| r.command != "watch" || age(r.updated) < STALE);
+    let running = alive && fresh;
     let mut problems = Vec::new();
     match &record {
         None => problems.push(format!(
@@ -186,7 +188,14 @@ pub fn look(t: &Target) -> Result<Found> {
             db.display()
         )),
         Some(r) => {
-            if r.command == "watch" && !running {
+            if r.command == "watch" && alive && !fresh {
+                problems.push(format!(
+                    "the watch daemon (pid {}) has not written its record for {} s: it may be \
+                     stuck (its record is written every 5 s)",
+                    r.pid,
+                    age(r.updated).as_secs()
+                ));
+            } else if r.command == "watch" && !running {
                 problems.push(format!(
                     "no watch daemon is running (the last one, pid {}, wrote at {})",
                     r.pid,
@@ -219,11 +228,15 @@ pub fn look(t: &Target) -> Result<Found> {
     })
 }
 
-/// Prints what was found, as text or one JSON object.
+/// Prints what was found, as text or one JSON object. A reader that
+/// stopped reading (`s3ma status | head -1`) is no error.
 pub fn print(t: &Target, f: &Found, json_out: bool) {
+    use std::io::Write;
     let r = f.record.clone().unwrap_or_default();
+    let mut stdout = std::io::stdout().lock();
     if json_out {
-        println!(
+        let _ = writeln!(
+            stdout,
             "{}",
             json!({
                 "dest": t.sync.dest.to_string(), "name": t.name, "dir": t.sync.dir,
@@ -300,5 +313,5 @@ pub fn print(t: &Target, f: &Found, json_out: bool) {
             out.push(format!("  needs attention: {p}"));
         }
     }
-    println!("{}", out.join("\n"));
+    let _ = writeln!(stdout, "{}", out.join("\n"));
 }

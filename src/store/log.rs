@@ -81,7 +81,8 @@ impl Intercept for RequestLog {
             .map_or("no answer".to_string(), |r| r.status().as_u16().to_string());
         let attempt = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
         eprintln!(
-            "debug: {} {status} {} ms (attempt {attempt})",
+            "{}debug: {} {status} {} ms (attempt {attempt})",
+            crate::report::stamp(),
             sent.what,
             sent.at.elapsed().as_millis()
         );

@@ -283,6 +283,8 @@ pub async fn run(
         }
     }
     let started = Instant::now();
+    rep.pulse
+        .set_status(format!("{}: initial reconcile under way", sync.dest));
     let result = d.reconcile("start").await;
     if let First::Primary(done) = &first {
         let _ = done.send(true);

@@ -80,8 +80,16 @@ fn status_beside_a_running_watch_and_after_it() {
         v["problems"].to_string().contains("held by --max-delete"),
         "{v}"
     );
-    // Text too.
+    // Text too; a reader that stops early is no failure.
     let tree = env.tree().display().to_string();
+    let mut cmd = env.command_for("bash");
+    cmd.arg("-c")
+        .arg(r#"set -o pipefail; "$@" | head -c 1 >/dev/null"#)
+        .arg("bash")
+        .arg(env!("CARGO_BIN_EXE_s3ma"))
+        .args(["status", &tree, &env.dest(), "--endpoint", &env.endpoint]);
+    let run = TestEnv::run_cmd(cmd);
+    assert!(!run.stderr.contains("panicked"), "{run}");
     let run = env.s3ma(&["status", &tree, &env.dest()]).code(1);
     assert!(run.stdout.contains("watch: running"), "{run}");
     assert!(run.stdout.contains("needs attention"), "{run}");
@@ -233,13 +241,18 @@ fn a_low_open_file_limit_lowers_the_concurrency_instead_of_failing_files() {
 
 /// `GET /metrics` over plain HTTP/1.1: the body.
 fn scrape(addr: &str) -> String {
+    scrape_as(addr, "*/*")
+}
+
+/// `GET /metrics` with this `Accept`: the body.
+fn scrape_as(addr: &str, accept: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     write!(
         s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
     )
     .expect("send");
     let mut out = String::new();
@@ -303,7 +316,13 @@ fn metrics_are_served_while_watch_runs_and_written_for_textfile() {
         Some(1.0),
         "{text}"
     );
-    assert!(text.contains("# TYPE s3ma_uploads counter"), "{text}");
+    // The classic text format (node_exporter, older scrapers) names a
+    // counter family as its samples; OpenMetrics to those that ask.
+    assert!(text.contains("# TYPE s3ma_uploads_total counter"), "{text}");
+    assert!(!text.contains("# EOF"), "{text}");
+    let open = scrape_as(&addr, "application/openmetrics-text;version=1.0.0");
+    assert!(open.contains("# TYPE s3ma_uploads counter"), "{open}");
+    assert!(open.ends_with("# EOF\n"), "{open}");
     assert!(text.contains("s3ma_inotify_max_user_watches "), "{text}");
     let class = format!(r#"s3ma_transfer_failures_total{{dest="{dest}",class="server"}} 0"#);
     assert!(text.contains(&class), "{text}");
@@ -322,7 +341,10 @@ fn metrics_are_served_while_watch_runs_and_written_for_textfile() {
         Some(3.0),
         "{written}"
     );
-    assert!(written.ends_with("# EOF\n"), "{written}");
+    assert!(
+        written.contains("# TYPE s3ma_uploads_total counter"),
+        "{written}"
+    );
 }
 
 #[test]
@@ -343,6 +365,13 @@ fn sync_writes_the_metrics_file_for_cron() {
         metric(&text, "s3ma_last_reconcile_timestamp_seconds", &dest).is_some_and(|t| t > 1.7e9),
         "{text}"
     );
+    // A file that cannot be written is an error, shown even with -q.
+    let dir = env.work().join("a-directory");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let run = env
+        .sync(&["-q", "--metrics-file", &dir.display().to_string()])
+        .code(1);
+    assert!(run.all().contains("cannot write the metrics file"), "{run}");
     // A port in use is a configuration error, before anything runs.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken = busy.local_addr().expect("addr").to_string();
@@ -369,6 +398,13 @@ fn bwlimit_holds_all_uploads_together_to_the_rate() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(3500), "{took:?}: {run}");
     env.converge(Duration::ZERO, &|| run.to_string());
+    // A low rate over a body larger than one read: bytes keep flowing (the
+    // SDK takes a body silent for 5 s for a stalled one).
+    env.write("slow/one.bin", vec![7u8; 300_000]);
+    let started = Instant::now();
+    let run = env.sync(&["--bwlimit", "48K", "--retries", "1"]).ok();
+    assert!(started.elapsed() >= Duration::from_secs(5), "{run}");
+    assert_eq!(run.summary()["uploaded"], 1, "{run}");
     // A bad rate is a usage error.
     let run = env.sync(&["--bwlimit", "fast"]).code(2);
     assert!(run.stderr.contains("--bwlimit"), "{run}");
