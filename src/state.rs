@@ -536,20 +536,15 @@ pub fn each_record(
     .with_context(|| format!("cannot open {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     let mut st = conn.prepare(
-        "SELECT key, size, etag FROM objects WHERE key > ?1 AND key < ?2 ORDER BY key LIMIT ?3",
+        "SELECT key, size, etag FROM objects WHERE key >= ?1 AND key < ?2 AND key > ?3 \
+         ORDER BY key LIMIT ?4",
     )?;
-    // Keys are never empty; "" sorts before every key under any prefix.
-    let mut after = String::new();
-    if !prefix.is_empty() {
-        // The byte before the prefix's first key is the prefix itself
-        // shortened by nothing: start just before it.
-        after = prefix.to_string();
-        after.pop();
-    }
     let end = key_end(prefix);
+    // No key is empty: "" is before the first.
+    let mut after = String::new();
     loop {
         let rows: Vec<(String, u64, Option<String>)> = st
-            .query_map(params![after, end, page as i64], |r| {
+            .query_map(params![prefix, end, after, page as i64], |r| {
                 Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64, r.get(2)?))
             })?
             .collect::<Result<_, _>>()?;
@@ -592,6 +587,52 @@ mod tests {
         let (mut s, _) = State::open(dir.path(), "x", "id").expect("reopen");
         assert_eq!(s.get("a/b.txt"), Some(rec(5)));
         assert_eq!(s.get("c"), None);
+    }
+
+    #[test]
+    fn records_are_read_in_key_order_page_by_page() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (mut s, _) = State::open(dir.path(), "x", "id").expect("open");
+        let rec = Record {
+            size: 3,
+            mtime_ns: 1,
+            md5: [0; 16],
+            etag: Some("e".into()),
+        };
+        for key in [
+            "site-x",
+            "site/b",
+            "site/a",
+            "site/",
+            "site0",
+            "site/日本",
+            "other",
+        ] {
+            s.put(key, &rec);
+        }
+        s.flush();
+        let mut seen = Vec::new();
+        each_record(s.path(), "site/", 2, |k, size, etag| {
+            assert_eq!((size, etag.as_deref()), (3, Some("e")));
+            seen.push(k);
+            true
+        })
+        .expect("read");
+        assert_eq!(seen, ["site/", "site/a", "site/b", "site/日本"]);
+        let mut all = 0;
+        each_record(s.path(), "", 3, |_, _, _| {
+            all += 1;
+            true
+        })
+        .expect("read");
+        assert_eq!(all, 7);
+        let mut first = Vec::new();
+        each_record(s.path(), "site/", 2, |k, _, _| {
+            first.push(k);
+            false
+        })
+        .expect("read");
+        assert_eq!(first, ["site/"]);
     }
 
     #[test]
