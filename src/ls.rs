@@ -5,18 +5,16 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use aws_smithy_types::date_time::Format;
 use aws_smithy_types::DateTime;
 use serde_json::json;
 
 use crate::keys::Location;
-use crate::report::printable;
+use crate::report::{printable, utc_secs};
 use crate::store::{ObjectInfo, Store};
 
 /// ISO 8601 in UTC, to the second: `2026-11-26T16:00:00Z`.
 fn iso(dt: Option<&DateTime>) -> String {
-    dt.and_then(|d| DateTime::from_secs(d.secs()).fmt(Format::DateTime).ok())
-        .unwrap_or_else(|| "-".into())
+    dt.map_or_else(|| "-".into(), |d| utc_secs(d.secs()))
 }
 
 /// `2026-11-26 16:00:00` (UTC), like `aws s3 ls`.

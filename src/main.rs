@@ -110,9 +110,6 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
     if let Some(t) = resolved.config.targets_mut() {
         resolved.warnings.extend(limits::fit_open_files(t));
     }
-    if rep.debugging() {
-        resolved.config.log_requests();
-    }
     for w in &resolved.warnings {
         rep.warn(w);
     }
@@ -209,9 +206,7 @@ async fn sync(all: config::Targets, metrics: &config::Metrics, rep: Arc<Reporter
         }));
     }
     if let Some(path) = &metrics.file {
-        if let Err(e) = metrics::write_file(path, &sources) {
-            // Shown even with -q: a stale textfile must not go unseen.
-            rep.failed(&path.display().to_string(), &format!("{e:#}"));
+        if !write_metrics(path, &sources, &rep) {
             exits.push(Exit::Partial);
         }
     }
@@ -361,11 +356,21 @@ async fn watch(
         exits.push(exit);
     }
     if let Some(path) = &metrics.file {
-        if let Err(e) = metrics::write_file(path, &sources) {
-            rep.warn(&format!("{e:#}"));
-        }
+        write_metrics(path, &sources, &rep);
     }
     worst(exits)
+}
+
+/// Writes the metrics file; a failure is an error, shown even with -q (a
+/// stale textfile must not go unseen). Returns whether it was written.
+fn write_metrics(path: &std::path::Path, sources: &[metrics::Source], rep: &Reporter) -> bool {
+    match metrics::write_file(path, sources) {
+        Ok(()) => true,
+        Err(e) => {
+            rep.failed(&path.display().to_string(), &format!("{e:#}"));
+            false
+        }
+    }
 }
 
 /// Writes the metrics file now and every 15 s while `watch` runs (once
@@ -379,12 +384,10 @@ fn spawn_metrics_file(
     tokio::spawn(async move {
         let mut said = false;
         loop {
-            match metrics::write_file(&path, &sources) {
-                Err(e) if !said => {
-                    said = true;
-                    rep.failed(&path.display().to_string(), &format!("{e:#}"));
-                }
-                _ => {}
+            if !said {
+                said = !write_metrics(&path, &sources, &rep);
+            } else {
+                let _ = metrics::write_file(&path, &sources);
             }
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}

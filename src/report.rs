@@ -114,10 +114,15 @@ pub fn human_duration(d: Duration) -> String {
 
 /// A time as ISO 8601 in UTC, to the second: `2026-12-01T10:41:49Z`.
 pub fn utc(t: std::time::SystemTime) -> String {
+    utc_secs(
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    )
+}
+
+/// Seconds since 1970 as [`utc`] writes them; `-` when out of range.
+pub fn utc_secs(secs: i64) -> String {
     use aws_smithy_types::date_time::{DateTime, Format};
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
     DateTime::from_secs(secs)
         .fmt(Format::DateTime)
         .unwrap_or_else(|_| "-".into())

@@ -441,35 +441,48 @@ impl State {
         }
     }
 
-    /// Keys on record under `prefix` that split them into `parts` ranges of
-    /// about equal size (at most `parts - 1` keys, in order).
-    pub fn boundaries(&mut self, prefix: &str, parts: usize) -> Vec<String> {
-        let n = self.count_under(prefix);
+    /// Keys on record under `prefix` that split its `n` keys (as
+    /// [`State::count_under`] gave them) into `parts` ranges of about equal
+    /// size: at most `parts - 1` keys, in order, found in one pass.
+    pub fn boundaries(&mut self, prefix: &str, parts: usize, n: u64) -> Vec<String> {
         let Some(conn) = self.conn.as_ref() else {
             return Vec::new();
         };
-        let mut out: Vec<String> = Vec::with_capacity(parts.saturating_sub(1));
-        for k in 1..parts as u64 {
-            let offset = (k * n / parts as u64) as i64;
-            let key: Result<Option<String>, _> = conn
-                .prepare_cached(
-                    "SELECT key FROM objects WHERE key >= ?1 AND key < ?2 ORDER BY key \
-                     LIMIT 1 OFFSET ?3",
-                )
-                .and_then(|mut st| {
-                    st.query_row(params![prefix, key_end(prefix), offset], |r| r.get(0))
-                        .optional()
-                });
-            match key {
-                Ok(Some(k)) if out.last().is_none_or(|l| *l < k) => out.push(k),
-                Ok(_) => {}
-                Err(e) => {
-                    self.fail("read", e);
-                    return Vec::new();
+        let parts = parts.max(1) as u64;
+        // The key at index k·n/parts, for k = 1 … parts-1.
+        let at = |k: u64| k * n / parts;
+        let mut out: Vec<String> = Vec::with_capacity(parts as usize - 1);
+        let res = conn
+            .prepare_cached("SELECT key FROM objects WHERE key >= ?1 AND key < ?2 ORDER BY key")
+            .and_then(|mut st| {
+                let mut rows = st.query(params![prefix, key_end(prefix)])?;
+                let mut index = 0u64;
+                let mut k = 1u64;
+                while k < parts {
+                    let Some(row) = rows.next()? else {
+                        break;
+                    };
+                    if index == at(k) {
+                        let key: String = row.get(0)?;
+                        if out.last().is_none_or(|l| *l < key) {
+                            out.push(key);
+                        }
+                        // Several k may fall on one index when n < parts.
+                        while k < parts && at(k) <= index {
+                            k += 1;
+                        }
+                    }
+                    index += 1;
                 }
+                Ok(())
+            });
+        match res {
+            Ok(()) => out,
+            Err(e) => {
+                self.fail("read", e);
+                Vec::new()
             }
         }
-        out
     }
 
     /// Keys on record under `dir/` (`dir` a key without the trailing `/`),
@@ -520,6 +533,19 @@ impl Drop for State {
     }
 }
 
+/// A read-only connection to a database (the state database or the
+/// journal) that a running sync or watch may be writing: beside it, without
+/// its lock.
+pub fn open_read_only(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
 /// Reads the records under `prefix` from the database at `path` (its own
 /// read-only connection, beside the run's), in key order, `page` at a time,
 /// giving each to `each` until it returns false.
@@ -529,12 +555,7 @@ pub fn each_record(
     page: usize,
     mut each: impl FnMut(String, u64, Option<String>) -> bool,
 ) -> Result<()> {
-    let conn = Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("cannot open {}", path.display()))?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let conn = open_read_only(path)?;
     let mut st = conn.prepare(
         "SELECT key, size, etag FROM objects WHERE key >= ?1 AND key < ?2 AND key > ?3 \
          ORDER BY key LIMIT ?4",
@@ -650,11 +671,11 @@ mod tests {
         }
         s.put("other/x", &rec);
         s.flush();
-        assert_eq!(s.boundaries("p/", 4), ["p/025", "p/050", "p/075"]);
         assert_eq!(s.count_under("p/"), 100);
-        assert!(s.boundaries("q/", 4).is_empty());
+        assert_eq!(s.boundaries("p/", 4, 100), ["p/025", "p/050", "p/075"]);
+        assert!(s.boundaries("q/", 4, 0).is_empty());
         // "other/x" sorts first of the 101.
-        assert_eq!(s.boundaries("", 2), ["p/049"]);
+        assert_eq!(s.boundaries("", 2, 101), ["p/049"]);
     }
 
     #[test]

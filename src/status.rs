@@ -140,28 +140,18 @@ fn count_rows(path: &Path, table: &str) -> Result<u64> {
     if !path.exists() {
         return Ok(0);
     }
-    let conn = open_read_only(path)?;
+    let conn = crate::state::open_read_only(path)?;
     let n: i64 = conn
         .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
         .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(n.max(0) as u64)
 }
 
-fn open_read_only(path: &Path) -> Result<rusqlite::Connection> {
-    let conn = rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("cannot open {}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    Ok(conn)
-}
-
 /// Reads one destination's record and judges it.
 pub fn look(t: &Target) -> Result<Found> {
     let db = crate::sync::state_path(&t.sync, &t.conn);
     let record: Option<Record> = if db.exists() {
-        let conn = open_read_only(&db)?;
+        let conn = crate::state::open_read_only(&db)?;
         let text: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE name = ?1", [META], |r| {
                 r.get(0)

@@ -821,7 +821,7 @@ pub fn listing_boundaries(state: &mut State, cfg: &SyncConfig) -> Vec<String> {
         return Vec::new();
     }
     let parts = (n / KEYS_PER_PARTITION).clamp(2, PARTITIONS) as usize;
-    state.boundaries(&cfg.dest.prefix, parts)
+    state.boundaries(&cfg.dest.prefix, parts, n)
 }
 
 /// Lists the destination in key order. With `boundaries` (keys in order),

@@ -305,7 +305,14 @@ pub(super) fn check_profile(profile: &str, from: &str, env: &Env) -> Result<()> 
 
 /// The connection of the primary destination: flags, then the
 /// environment, then the config file.
-pub fn resolve(args: &ConnectionArgs, loaded: &Loaded, env: &Env) -> Result<Connection> {
+/// `log_requests`: `-vv`, one line per request (connections derived from
+/// this one, the further destinations', inherit it).
+pub fn resolve(
+    args: &ConnectionArgs,
+    loaded: &Loaded,
+    env: &Env,
+    log_requests: bool,
+) -> Result<Connection> {
     let file = &loaded.file;
     let ssl = file.ssl_enabled.unwrap_or(true);
     let endpoint = match args
@@ -401,7 +408,7 @@ pub fn resolve(args: &ConnectionArgs, loaded: &Loaded, env: &Env) -> Result<Conn
         max_attempts,
         credentials,
         keys_from,
-        log_requests: false,
+        log_requests,
     })
 }
 

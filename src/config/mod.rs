@@ -136,19 +136,6 @@ impl Config {
         }
     }
 
-    /// `-vv`: every connection logs its requests.
-    pub fn log_requests(&mut self) {
-        if let Config::Ls(ls) = self {
-            ls.conn.log_requests = true;
-        }
-        for t in self.targets_mut().into_iter().flatten() {
-            t.conn.log_requests = true;
-            if let Some((_, primary)) = &mut t.sync.copy_from {
-                primary.log_requests = true;
-            }
-        }
-    }
-
     /// Resolves a parsed command line. Errors are usage errors (exit 2).
     pub fn from_cli(cli: &Cli, env: &Env) -> Result<Resolved> {
         if let Command::Completions { shell } = &cli.command {
@@ -160,6 +147,8 @@ impl Config {
         }
         let loaded = file::load(cli.global.config.as_deref())?;
         let mut warnings = loaded.warnings.clone();
+        // `-vv` (and not `-q`): every connection logs its requests.
+        let log = !cli.global.quiet && cli.global.verbose >= 2;
         let config = match &cli.command {
             Command::Sync(a) => {
                 let m = &a.mirror;
@@ -170,6 +159,7 @@ impl Config {
                     m.primary_only,
                     &loaded,
                     env,
+                    log,
                     &mut warnings,
                 )?)
             }
@@ -184,6 +174,7 @@ impl Config {
                         m.primary_only,
                         &loaded,
                         env,
+                        log,
                         &mut warnings,
                     )?,
                 }
@@ -201,6 +192,7 @@ impl Config {
                         a.primary_only,
                         &loaded,
                         env,
+                        log,
                         &mut warnings,
                     )?,
                     download: a.download,
@@ -219,10 +211,11 @@ impl Config {
                     a.primary_only,
                     &loaded,
                     env,
+                    log,
                     &mut warnings,
                 )?)
             }
-            Command::Ls(a) => Config::Ls(Box::new(ls(a, &loaded, env)?)),
+            Command::Ls(a) => Config::Ls(Box::new(ls(a, &loaded, env, log)?)),
             Command::Completions { shell } => Config::Completions(*shell),
         };
         Ok(Resolved {
@@ -244,10 +237,11 @@ fn targets(
     primary_only: bool,
     loaded: &Loaded,
     env: &Env,
+    log_requests: bool,
     warnings: &mut Vec<String>,
 ) -> Result<Targets> {
     let file = &loaded.file;
-    let conn = connection::resolve(conn_args, loaded, env)?;
+    let conn = connection::resolve(conn_args, loaded, env, log_requests)?;
     let sync = mirror::resolve_sync(choices, loaded, env)?;
     check_bucket(&sync.dest, &conn)?;
     check_storage_class(sync.transfer.storage_class.as_deref(), &conn)?;
@@ -360,9 +354,9 @@ fn check_storage_class(class: Option<&str>, conn: &Connection) -> Result<()> {
 /// What `s3ma ls` lists, and through which connection: a configured
 /// destination's own when `--destination` names it or the target is in its
 /// bucket.
-fn ls(args: &LsArgs, loaded: &Loaded, env: &Env) -> Result<Ls> {
+fn ls(args: &LsArgs, loaded: &Loaded, env: &Env, log_requests: bool) -> Result<Ls> {
     let file = &loaded.file;
-    let conn = connection::resolve(&args.conn, loaded, env)?;
+    let conn = connection::resolve(&args.conn, loaded, env, log_requests)?;
     let loc = args.target.as_deref().map(Location::parse).transpose()?;
     let primary = mirror::primary_of(file)?.unwrap_or_default();
     let elsewhere = loc.as_ref().is_some_and(|l| l.bucket != primary.bucket);

@@ -47,6 +47,7 @@ fn resolve_warned(
         false,
         &loaded(text),
         env,
+        false,
         warnings,
     )
 }

@@ -489,6 +489,11 @@ impl Daemon<'_> {
         }
     }
 
+    /// Deletions held back: by the daemon's cap, or refused by a reconcile.
+    fn held(&self) -> u64 {
+        self.budget.held().max(self.held_by_reconcile)
+    }
+
     /// Writes the record `s3ma status` reads.
     fn save_status(&mut self) {
         self.status_saved = Some(Instant::now());
@@ -507,7 +512,7 @@ impl Daemon<'_> {
             });
         record.pending = self.inbox.pending.len() as u64;
         record.in_flight = self.tasks.len() as u64;
-        record.held = self.budget.held().max(self.held_by_reconcile);
+        record.held = self.held();
         record.watched_dirs = self.watched_dirs;
         record.save(&mut self.session.state, self.rep);
     }
@@ -532,7 +537,7 @@ impl Daemon<'_> {
             self.sync.dest,
             self.inbox.pending.len(),
             self.tasks.len(),
-            self.budget.held().max(self.held_by_reconcile),
+            self.held(),
         )
     }
 

@@ -190,7 +190,7 @@ impl Daemon<'_> {
     /// one line once their number has settled (nothing in flight, nothing
     /// due at once), and again when it changes.
     pub(super) fn say_held(&mut self) {
-        let held = self.budget.held().max(self.held_by_reconcile);
+        let held = self.held();
         if held == self.held_said {
             return;
         }

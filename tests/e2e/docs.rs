@@ -842,9 +842,9 @@ fn run_doc(file: &'static str) {
 
 /// A self-signed certificate in PEM form.
 fn make_pem(dir: &Path) -> PathBuf {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args([
+    openssl(
+        dir,
+        &[
             "req",
             "-x509",
             "-newkey",
@@ -858,13 +858,7 @@ fn make_pem(dir: &Path) -> PathBuf {
             "2",
             "-subj",
             "/CN=s3ma docs test CA",
-        ])
-        .output()
-        .expect("openssl (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     dir.join("ca.pem")
 }

@@ -163,19 +163,6 @@ fn no_credentials_anywhere_says_where_to_put_them() {
     assert!(!run.stderr.contains("cannot reach"), "{run}");
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A private CA and a certificate for 127.0.0.1 signed by it.
 fn private_ca(dir: &std::path::Path) {
     openssl(
