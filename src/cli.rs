@@ -201,6 +201,11 @@ pub struct FilterArgs {
     /// /proc and /sys under /), like rsync -x.
     #[arg(short = 'x', long, help_heading = "Filters")]
     pub one_file_system: bool,
+
+    /// Threads that read directories and their files' sizes and times;
+    /// more help on network file systems [default: one per core, up to 8].
+    #[arg(long, value_name = "N", help_heading = "Filters")]
+    pub walk_threads: Option<usize>,
 }
 
 #[derive(Debug, Args, Default)]

@@ -79,6 +79,17 @@ fn fitted(wanted: usize, destinations: usize, limit: u64) -> Option<usize> {
 /// it still cannot fit (said once, in the returned warning).
 pub fn fit_open_files(targets: &mut Targets) -> Option<String> {
     let limit = raise_open_files()?;
+    // An adapting concurrency must fit at its cap; the cap is lowered
+    // quietly (nobody asked for that many).
+    let n = targets.len();
+    for t in targets.iter_mut() {
+        let transfer = &mut t.sync.transfer;
+        if let Some(cap) = transfer.concurrency_cap {
+            let cap = fitted(cap, n, limit).unwrap_or(cap);
+            transfer.concurrency_cap = Some(cap);
+            transfer.concurrency = transfer.concurrency.min(cap);
+        }
+    }
     let wanted = targets.iter().map(|t| t.sync.transfer.concurrency).max()?;
     let fit = fitted(wanted, targets.len(), limit)?;
     for t in targets.iter_mut() {

@@ -5,6 +5,7 @@
 //! exit 2), run the command, and map the outcome to a documented exit
 //! code. The whole error chain is printed once.
 
+mod batch;
 mod bwlimit;
 mod cli;
 mod config;
@@ -13,6 +14,7 @@ mod limits;
 mod ls;
 mod metrics;
 mod mime;
+mod pace;
 mod plan;
 mod pulse;
 mod report;

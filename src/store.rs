@@ -220,6 +220,8 @@ pub struct Store {
     /// The server refused a listing page size above its default: ask for
     /// none from now on.
     default_pages: Arc<AtomicBool>,
+    /// Answers and throttles of every attempt, for `pace`.
+    signals: Arc<crate::pace::Signals>,
 }
 
 impl Store {
@@ -289,6 +291,8 @@ impl Store {
         if conn.log_requests {
             builder = builder.interceptor(log::RequestLog);
         }
+        let signals = Arc::new(crate::pace::Signals::default());
+        builder = builder.interceptor(crate::pace::Counting(signals.clone()));
         Ok(Store {
             client: Client::from_conf(builder.build()),
             endpoint: conn.describe(),
@@ -296,7 +300,13 @@ impl Store {
             connect_timeout: conn.connect_timeout,
             read_timeout: conn.read_timeout,
             default_pages: Arc::default(),
+            signals,
         })
+    }
+
+    /// What the server's answers have been, for `pace`.
+    pub fn signals(&self) -> Arc<crate::pace::Signals> {
+        self.signals.clone()
     }
 
     /// The read timeout covers sending the body too (the response comes

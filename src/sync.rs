@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::sync::{mpsc, Semaphore};
+
+use crate::batch::Batches;
 use tokio::task::JoinSet;
 
 use crate::config::{Connection, SyncConfig};
@@ -337,6 +339,9 @@ pub struct Session {
     /// some uploads failed, or the server refused (`watch` deletes them one
     /// by one, with its own guards).
     pub deletes_left: Vec<String>,
+    /// Follows the server with the number of requests in flight, unless
+    /// `--concurrency` fixed it.
+    _pace: Option<crate::pace::Governor>,
     _lock: RunLock,
 }
 
@@ -384,6 +389,26 @@ pub async fn open(cfg: &SyncConfig, conn: &Connection, rep: &Reporter) -> Result
         state.path().display()
     ));
     let requests = Arc::new(Semaphore::new(cfg.transfer.concurrency));
+    let pace = cfg.transfer.concurrency_cap.map(|cap| {
+        let debug = rep.debugging();
+        let dest = cfg.dest.to_string();
+        crate::pace::Governor::start(
+            requests.clone(),
+            store.signals(),
+            crate::pace::Pace::new(cfg.transfer.concurrency, cap),
+            move |c| {
+                if debug {
+                    eprintln!(
+                        "{}debug: {dest}: requests in flight {} -> {}: {}",
+                        crate::report::stamp(),
+                        c.from,
+                        c.to,
+                        c.why
+                    );
+                }
+            },
+        )
+    });
     let mut uploader = Uploader::new(
         store.clone(),
         &cfg.dest.bucket,
@@ -410,6 +435,7 @@ pub async fn open(cfg: &SyncConfig, conn: &Connection, rep: &Reporter) -> Result
         failed_rels: Vec::new(),
         unconfirmed: Vec::new(),
         deletes_left: Vec::new(),
+        _pace: pace,
         _lock: lock,
     })))
 }
@@ -739,19 +765,21 @@ pub async fn reconcile(
 pub fn spawn_walk(
     cfg: &SyncConfig,
     filter: &Filter,
-) -> (tokio::task::JoinHandle<()>, mpsc::Receiver<ScanItem>) {
-    let (tx, rx) = mpsc::channel::<ScanItem>(1024);
+) -> (tokio::task::JoinHandle<()>, Batches<ScanItem>) {
+    let (tx, rx) = crate::batch::channel::<ScanItem>(8);
     let dir = cfg.dir.clone();
     let prefix = cfg.dest.prefix.clone();
     let filter = filter.clone();
     let follow = cfg.filter.follow_symlinks;
+    let threads = cfg.filter.walk_threads;
     let walker = tokio::task::spawn_blocking(move || {
-        scan::walk(&dir, &prefix, &filter, follow, |item| {
-            tx.blocking_send(item).is_ok()
-        })
+        tx.feed_blocking(|push| scan::walk(&dir, &prefix, &filter, follow, threads, push))
     });
     (walker, rx)
 }
+
+/// One object of a listing, or why the listing stopped.
+pub type Listed = Result<ObjectInfo, StoreError>;
 
 /// The meta key of the time of the last full listing that a reconcile
 /// completed with (Unix seconds).
@@ -781,26 +809,25 @@ fn trusted_since(
 fn spawn_state_listing(
     db: PathBuf,
     prefix: String,
-) -> (
-    tokio::task::JoinHandle<()>,
-    mpsc::Receiver<Result<ObjectInfo, StoreError>>,
-) {
-    let (tx, rx) = mpsc::channel::<Result<ObjectInfo, StoreError>>(2048);
+) -> (tokio::task::JoinHandle<()>, Batches<Listed>) {
+    let (tx, rx) = crate::batch::channel::<Listed>(8);
     let task = tokio::task::spawn_blocking(move || {
-        let read = state::each_record(&db, &prefix, 5000, |key, size, etag| {
-            let o = ObjectInfo {
-                key,
-                size,
-                etag,
-                last_modified: None,
-            };
-            tx.blocking_send(Ok(o)).is_ok()
-        });
-        if let Err(e) = read {
-            let _ = tx.blocking_send(Err(StoreError::Other(format!(
-                "cannot read the state database for --trust-state: {e:#}"
-            ))));
-        }
+        tx.feed_blocking(|push| {
+            let read = state::each_record(&db, &prefix, 5000, |key, size, etag| {
+                let o = ObjectInfo {
+                    key,
+                    size,
+                    etag,
+                    last_modified: None,
+                };
+                push(Ok(o))
+            });
+            if let Err(e) = read {
+                push(Err(StoreError::Other(format!(
+                    "cannot read the state database for --trust-state: {e:#}"
+                ))));
+            }
+        })
     });
     (task, rx)
 }
@@ -835,11 +862,8 @@ pub fn spawn_listing(
     store: &Store,
     cfg: &SyncConfig,
     boundaries: Vec<String>,
-) -> (
-    tokio::task::JoinHandle<()>,
-    mpsc::Receiver<Result<ObjectInfo, StoreError>>,
-) {
-    let (tx, rx) = mpsc::channel::<Result<ObjectInfo, StoreError>>(2048);
+) -> (tokio::task::JoinHandle<()>, Batches<Listed>) {
+    let (tx, rx) = crate::batch::channel::<Listed>(8);
     let mut lows: Vec<Option<String>> = vec![None];
     lows.extend(boundaries.iter().cloned().map(Some));
     let mut highs: Vec<Option<String>> = boundaries.into_iter().map(Some).collect();
@@ -855,15 +879,20 @@ pub fn spawn_listing(
         ranges.push((tokio::spawn(list_range(lister, high, rtx)), rrx));
     }
     let task = tokio::spawn(async move {
-        for (range, mut rrx) in ranges {
+        let mut buf = Vec::new();
+        'ranges: for (range, mut rrx) in ranges {
             while let Some(item) = rrx.recv().await {
                 let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
+                if !tx.push(&mut buf, item).await {
                     return;
+                }
+                if failed {
+                    break 'ranges;
                 }
             }
             let _ = range.await;
         }
+        tx.flush(buf).await;
     });
     (task, rx)
 }
@@ -1048,8 +1077,8 @@ impl Merge {
     /// The next step of the merge; `None` when both streams are done.
     pub async fn next_pair(
         &mut self,
-        lrx: &mut mpsc::Receiver<ScanItem>,
-        rrx: &mut mpsc::Receiver<Result<ObjectInfo, StoreError>>,
+        lrx: &mut Batches<ScanItem>,
+        rrx: &mut Batches<Listed>,
         cfg: &SyncConfig,
         rep: &Reporter,
         filter: &Filter,
@@ -1092,7 +1121,7 @@ impl Merge {
     /// The next file from the walk, reporting skips and problems on the way.
     async fn next_local(
         &mut self,
-        rx: &mut mpsc::Receiver<ScanItem>,
+        rx: &mut Batches<ScanItem>,
         cfg: &SyncConfig,
         rep: &Reporter,
     ) -> Result<Option<(String, LocalFile)>> {
@@ -1162,7 +1191,7 @@ impl Merge {
     /// relies on.
     async fn next_remote(
         &mut self,
-        rx: &mut mpsc::Receiver<Result<ObjectInfo, StoreError>>,
+        rx: &mut Batches<Listed>,
         cfg: &SyncConfig,
     ) -> Result<Option<ObjectInfo>> {
         loop {

@@ -65,13 +65,19 @@ pub struct FilterConfig {
     /// Stay on the root's file system (`/proc`, `/sys` and other mounts
     /// below it are left out).
     pub one_file_system: bool,
+    /// Threads that read the tree (1: the walk's own thread only).
+    pub walk_threads: usize,
 }
 
 /// How objects are written.
 #[derive(Debug, Clone)]
 pub struct TransferConfig {
-    /// Concurrent requests (uploads, parts, HEADs).
+    /// Concurrent requests (uploads, parts, HEADs); where they start when
+    /// they adapt.
     pub concurrency: usize,
+    /// Without `--concurrency`, the requests in flight follow the link and
+    /// the server (see `pace`), up to this many.
+    pub concurrency_cap: Option<usize>,
     /// Files at least this large go multipart.
     pub multipart_threshold: u64,
     /// Preferred part size; grows so no upload exceeds 10,000 parts.
@@ -214,21 +220,33 @@ pub fn primary_of(file: &FileConfig) -> Result<Option<Location>> {
         .transpose()
 }
 
-fn filter(args: &FilterArgs, file: &FileConfig) -> FilterConfig {
+fn filter(args: &FilterArgs, file: &FileConfig) -> Result<FilterConfig> {
     let mut exclude = file.exclude.clone().unwrap_or_default();
     exclude.extend(args.exclude.iter().cloned());
-    FilterConfig {
+    // One per core, up to 8: on a local disk the walk is bound by the
+    // merge behind it, and more threads only contend for the cores.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let walk_threads = args
+        .walk_threads
+        .or(file.walk_threads)
+        .unwrap_or(cores.min(8));
+    if !(1..=256).contains(&walk_threads) {
+        bail!("walk threads must be between 1 and 256, not {walk_threads}");
+    }
+    Ok(FilterConfig {
         exclude,
         include_hidden: args.include_hidden || file.include_hidden.unwrap_or(false),
         follow_symlinks: args.follow_symlinks || file.follow_symlinks.unwrap_or(false),
         include_temp_files: args.include_temp_files || file.include_temp_files.unwrap_or(false),
         one_file_system: args.one_file_system || file.one_file_system.unwrap_or(false),
-    }
+        walk_threads,
+    })
 }
 
 fn transfer(args: &TransferArgs, loaded: &Loaded) -> Result<TransferConfig> {
     let file = &loaded.file;
-    let concurrency = args.concurrency.or(file.concurrency).unwrap_or(32);
+    let chosen = args.concurrency.or(file.concurrency);
+    let concurrency = chosen.unwrap_or(32);
     if concurrency == 0 || concurrency > 1024 {
         bail!("concurrency must be between 1 and 1024, not {concurrency}");
     }
@@ -271,6 +289,7 @@ fn transfer(args: &TransferArgs, loaded: &Loaded) -> Result<TransferConfig> {
     };
     Ok(TransferConfig {
         concurrency,
+        concurrency_cap: chosen.is_none().then_some(256),
         multipart_threshold: multipart_threshold.max(1),
         chunk_size,
         storage_class: args
@@ -351,7 +370,7 @@ pub fn resolve_sync(c: &Choices, loaded: &Loaded, env: &Env) -> Result<SyncConfi
         dry_run: c.dry_run,
         checksum: c.checksum,
         trust_state: trust_state(c, file)?,
-        filter: filter(c.filter, file),
+        filter: filter(c.filter, file)?,
         transfer: transfer(c.transfer, loaded)?,
         state_dir,
         copy_from: None,

@@ -370,6 +370,7 @@ impl Daemon<'_> {
             &self.sync.dest.prefix,
             &self.session.filter,
             self.sync.filter.follow_symlinks,
+            self.sync.filter.walk_threads,
             |item| {
                 match item {
                     ScanItem::File(f) => found.push(f),

@@ -62,6 +62,12 @@ impl FaultProxy {
     /// Forwards to `upstream` (`http://host:port`); `percent` of the
     /// connections get a fault.
     pub fn start(upstream: &str, seed: u64, percent: u64) -> FaultProxy {
+        Self::with(upstream, seed, percent, &FAULTS)
+    }
+
+    /// Like [`FaultProxy::start`], with the faults drawn from `faults`.
+    fn with(upstream: &str, seed: u64, percent: u64, faults: &'static [Fault]) -> FaultProxy {
+        let kinds = faults;
         let target = upstream.trim_start_matches("http://").to_string();
         let connections = Arc::new(AtomicU64::new(0));
         let faults = Arc::new(AtomicU64::new(0));
@@ -70,7 +76,7 @@ impl FaultProxy {
             let roll = mix(seed, c.fetch_add(1, Ordering::SeqCst));
             let fault = if roll % 100 < percent {
                 f.fetch_add(1, Ordering::SeqCst);
-                FAULTS[((roll >> 8) % FAULTS.len() as u64) as usize]
+                kinds[((roll >> 8) % kinds.len() as u64) as usize]
             } else {
                 Fault::Pass
             };
@@ -640,5 +646,73 @@ fn a_kill_before_the_answer_to_an_upload_leaves_no_old_record_to_trust() {
         stop.store(true, Ordering::SeqCst);
         assert!(run.actions("upload").is_empty(), "sent again: {run}");
         env.assert_mirrors(&["page.html"]);
+    }
+}
+
+/// `-vv` lines of the requests in flight changing, as (from, to, why).
+fn pace_changes(run: &Run) -> Vec<(usize, usize, String)> {
+    run.stderr
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("requests in flight ")?;
+            let (from, rest) = rest.split_once(" -> ")?;
+            let (to, why) = rest.split_once(": ")?;
+            Some((from.parse().ok()?, to.parse().ok()?, why.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn slow_down_answers_halve_the_requests_in_flight_and_the_sync_converges() {
+    for kind in KINDS {
+        let seed = 0x5100_d000 + kind as u64;
+        let env = TestEnv::new(kind);
+        for i in 0..300 {
+            env.write(&format!("f{i:03}.txt"), vec![b'x'; 4096]);
+        }
+        let proxy = FaultProxy::with(&env.endpoint, seed, 30, &[Fault::SlowDown]);
+        let tree = env.tree().display().to_string();
+        let dest = env.dest();
+        let run_with = |extra: &[&str]| {
+            let mut c = env.command();
+            c.args(["sync", &tree, &dest, "--json", "-vv", "--endpoint"])
+                .arg(proxy.endpoint())
+                // Long enough for the governor to look, whatever the
+                // machine's speed: 1.2 MB at 400 KB/s.
+                .args(["--bwlimit", "400K"])
+                .args(extra);
+            TestEnv::run_cmd(c)
+        };
+        let mut runs = vec![run_with(&[])];
+        while runs.last().is_some_and(|r| r.code != 0) && runs.len() < 4 {
+            runs.push(run_with(&[]));
+        }
+        let log = || {
+            runs.iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(runs.last().map(|r| r.code), Some(0), "{kind:?}: {}", log());
+        let changes = pace_changes(&runs[0]);
+        let slowed: Vec<_> = changes
+            .iter()
+            .filter(|c| c.2 == "the server asked to slow down")
+            .collect();
+        assert!(
+            !slowed.is_empty(),
+            "{kind:?}: no slow-down in {changes:?}\n{}",
+            log()
+        );
+        for (from, to, _) in slowed {
+            assert_eq!(*to, (from / 2).max(4), "{kind:?}: {changes:?}");
+        }
+        env.converge(Duration::ZERO, &log);
+        // A fixed --concurrency stays as given (through as long a run).
+        for i in 0..300 {
+            env.write(&format!("f{i:03}.txt"), vec![b'y'; 4096]);
+        }
+        let fixed = run_with(&["--concurrency", "8"]);
+        assert!(pace_changes(&fixed).is_empty(), "{kind:?}: {fixed}");
     }
 }

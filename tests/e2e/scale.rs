@@ -117,3 +117,74 @@ fn trust_state_skips_the_listing_until_a_full_check_is_due() {
         assert_eq!(env.listing(), env.expected(), "{kind:?}");
     }
 }
+
+/// The `--json` lines of a run as action and key (or path): what the walk
+/// reported, in its order, then the uploads sorted (they are printed as
+/// they finish; their order in the walk is checked by the merge, which
+/// stops on a file out of key order).
+fn stream(run: &Run) -> Vec<String> {
+    let (mut uploads, mut told) = (Vec::new(), Vec::new());
+    for v in run
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["action"] != "summary")
+    {
+        let at = v.get("key").or_else(|| v.get("path"));
+        let line = format!("{} {}", v["action"], at.unwrap_or(&serde_json::Value::Null));
+        if v["action"] == "upload" {
+            uploads.push(line);
+        } else {
+            told.push(line);
+        }
+    }
+    uploads.sort();
+    told.extend(uploads);
+    told
+}
+
+#[test]
+fn the_parallel_walk_gives_the_serial_walks_stream_and_a_clean_mirror() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        // Siblings that sort around '/', wider and deeper than what is
+        // read ahead, with a link loop and a link to a directory.
+        for top in ["a", "a-b", "a.b", "a0", "a b", "日本", "Z"] {
+            env.write(&format!("{top}.txt"), top);
+            for d in 0..30 {
+                env.write(&format!("{top}/d{d}/f.txt"), "f");
+                env.write(&format!("{top}/d{d}/d/g{}", d % 4), "g");
+            }
+        }
+        let mut deep = String::from("deep");
+        for i in 0..40 {
+            deep.push_str(&format!("/{i}"));
+            env.write(&format!("{deep}/f"), "deep");
+        }
+        env.write(".hidden/x", "hidden");
+        let tree = env.tree();
+        std::os::unix::fs::symlink(tree.join("a"), tree.join("a/d3/up")).expect("loop");
+        std::os::unix::fs::symlink("a0", tree.join("a0-link")).expect("link");
+        let dry = ["--dry-run", "-L", "--walk-threads"];
+        let serial = env.sync(&[&dry[..], &["1"]].concat()).code(1);
+        let parallel = env.sync(&[&dry[..], &["8"]].concat()).code(1);
+        assert!(serial.all().contains("symlink loop"), "{kind:?}: {serial}");
+        assert_eq!(stream(&serial), stream(&parallel), "{kind:?}");
+        assert!(stream(&serial).len() > 400, "{kind:?}: {serial}");
+        // Exit 1 for the loop; everything else is mirrored.
+        env.sync(&["-L", "--delete"]).code(1);
+        let again = env.sync(&["-L", "--delete"]).code(1);
+        assert_eq!(again.summary()["uploaded"], 0, "{kind:?}: {again}");
+        assert_eq!(again.summary()["deleted"], 0, "{kind:?}: {again}");
+        let listing = env.listing();
+        let p = &env.prefix;
+        assert!(
+            listing.contains_key(&format!("{p}a0-link/d7/f.txt")),
+            "{kind:?}"
+        );
+        assert!(listing.contains_key(&format!("{p}{deep}/f")), "{kind:?}");
+        assert!(!listing.keys().any(|k| k.contains(".hidden")), "{kind:?}");
+        let files = listing.keys().filter(|k| !k.contains("a0-link/")).count();
+        assert_eq!(files, env.expected().len(), "{kind:?}");
+    }
+}

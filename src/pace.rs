@@ -1,0 +1,277 @@
+//! How many requests are in flight, when `--concurrency` is not given: it
+//! starts at 32 and follows what the link and the server give.
+//!
+//! Each second the governor looks at how many request attempts were
+//! answered and whether every permit was in use. While the limit is what
+//! holds the run back (every permit taken), it tries a quarter more; a try
+//! that does not raise the rate of answers by a tenth is taken back, and
+//! the next is not made for half a minute. A 503 or a SlowDown halves the
+//! limit at once (not below 4), and no try is made for ten seconds after.
+//! The limit never exceeds what the open-file limit allows.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use tokio::sync::Semaphore;
+
+/// Counts of request attempts, kept by [`Counting`] for one connection.
+#[derive(Debug, Default)]
+pub struct Signals {
+    answered: AtomicU64,
+    throttled: AtomicU64,
+}
+
+impl Signals {
+    fn take(&self) -> (u64, u64) {
+        (
+            self.answered.swap(0, Ordering::Relaxed),
+            self.throttled.swap(0, Ordering::Relaxed),
+        )
+    }
+}
+
+/// The interceptor that counts every attempt's answer.
+#[derive(Debug)]
+pub struct Counting(pub Arc<Signals>);
+
+impl Intercept for Counting {
+    fn name(&self) -> &'static str {
+        "s3ma-pace"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(r) = context.response() {
+            // S3 says SlowDown with a 503; some providers use 429.
+            let status = r.status().as_u16();
+            if status == 503 || status == 429 {
+                self.0.throttled.fetch_add(1, Ordering::Relaxed);
+            }
+            self.0.answered.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// One second's worth of what the governor saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Attempts answered (any status).
+    pub answered: u64,
+    /// Of them, 503 or 429.
+    pub throttled: u64,
+    /// Every permit was taken for most of the second.
+    pub saturated: bool,
+    pub secs: f64,
+}
+
+/// The decisions, without clocks or semaphores.
+#[derive(Debug)]
+pub struct Pace {
+    limit: usize,
+    min: usize,
+    max: usize,
+    /// A try under way: the limit and rate before it.
+    trying: Option<(usize, f64)>,
+    /// Seconds before the next try may be made.
+    wait: u32,
+}
+
+/// What changed, and why, for `-v`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Change {
+    pub from: usize,
+    pub to: usize,
+    pub why: &'static str,
+}
+
+impl Pace {
+    pub fn new(start: usize, max: usize) -> Pace {
+        let max = max.max(1);
+        Pace {
+            limit: start.clamp(1, max),
+            min: 4.min(max),
+            max,
+            trying: None,
+            wait: 0,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn set(&mut self, to: usize, why: &'static str) -> Option<Change> {
+        let to = to.clamp(self.min, self.max);
+        let from = std::mem::replace(&mut self.limit, to);
+        (from != to).then_some(Change { from, to, why })
+    }
+
+    /// The limit for the next second.
+    pub fn next(&mut self, s: Sample) -> Option<Change> {
+        if s.throttled > 0 {
+            self.trying = None;
+            self.wait = 10;
+            return self.set(self.limit / 2, "the server asked to slow down");
+        }
+        let rate = s.answered as f64 / s.secs.max(0.001);
+        if let Some((before, then)) = self.trying.take() {
+            if rate >= then * 1.1 {
+                // It paid: the next try may follow at once.
+            } else {
+                self.wait = 30;
+                return self.set(before, "more requests at once did not answer faster");
+            }
+        }
+        if self.wait > 0 {
+            self.wait -= 1;
+            return None;
+        }
+        if !s.saturated || self.limit >= self.max || s.answered == 0 {
+            return None;
+        }
+        self.trying = Some((self.limit, rate));
+        let to = (self.limit + self.limit / 4).max(self.limit + 1);
+        self.set(to, "every request slot was busy")
+    }
+}
+
+/// Follows [`Pace`] on `requests` until dropped: grows it with new
+/// permits, and shrinks it by taking permits back as they come free.
+pub struct Governor {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Governor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Governor {
+    /// `say` gets each change, for `-v`.
+    pub fn start(
+        requests: Arc<Semaphore>,
+        signals: Arc<Signals>,
+        mut pace: Pace,
+        say: impl Fn(&Change) + Send + 'static,
+    ) -> Governor {
+        let task = tokio::spawn(async move {
+            const TICK: Duration = Duration::from_millis(100);
+            const TICKS: u32 = 10;
+            // Permits still to be taken back after a shrink.
+            let mut owed = 0usize;
+            let _ = signals.take();
+            loop {
+                let mut busy = 0;
+                let start = tokio::time::Instant::now();
+                for _ in 0..TICKS {
+                    tokio::time::sleep(TICK).await;
+                    if owed > 0 {
+                        owed -= requests.forget_permits(owed);
+                    }
+                    if requests.available_permits() == 0 {
+                        busy += 1;
+                    }
+                }
+                let (answered, throttled) = signals.take();
+                let sample = Sample {
+                    answered,
+                    throttled,
+                    saturated: busy * 2 > TICKS,
+                    secs: start.elapsed().as_secs_f64(),
+                };
+                if let Some(change) = pace.next(sample) {
+                    if change.to > change.from {
+                        // What is still owed is forgiven first.
+                        let mut more = change.to - change.from;
+                        let forgiven = more.min(owed);
+                        owed -= forgiven;
+                        more -= forgiven;
+                        requests.add_permits(more);
+                    } else {
+                        owed += change.from - change.to;
+                        owed -= requests.forget_permits(owed);
+                    }
+                    say(&change);
+                }
+            }
+        });
+        Governor { task }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn busy(answered: u64) -> Sample {
+        Sample {
+            answered,
+            throttled: 0,
+            saturated: true,
+            secs: 1.0,
+        }
+    }
+
+    #[test]
+    fn grows_while_answers_come_faster_and_takes_back_a_try_that_does_not() {
+        let mut p = Pace::new(32, 256);
+        assert_eq!(p.next(busy(100)).map(|c| c.to), Some(40));
+        // 40 in flight answered 130 a second: worth it, try again.
+        assert_eq!(p.next(busy(130)).map(|c| c.to), Some(50));
+        // No faster at 50: back to 40, and no try for 30 seconds.
+        assert_eq!(p.next(busy(131)).map(|c| c.to), Some(40));
+        for _ in 0..30 {
+            assert_eq!(p.next(busy(131)), None);
+        }
+        assert_eq!(p.next(busy(131)).map(|c| c.to), Some(50));
+    }
+
+    #[test]
+    fn an_idle_limit_is_not_raised() {
+        let mut p = Pace::new(32, 256);
+        let idle = Sample {
+            saturated: false,
+            ..busy(500)
+        };
+        for _ in 0..100 {
+            assert_eq!(p.next(idle), None);
+        }
+        assert_eq!(p.limit(), 32);
+    }
+
+    #[test]
+    fn slow_down_halves_and_the_bounds_hold() {
+        let mut p = Pace::new(32, 40);
+        let slow = Sample {
+            throttled: 3,
+            ..busy(50)
+        };
+        assert_eq!(p.next(slow).map(|c| c.to), Some(16));
+        assert_eq!(p.next(slow).map(|c| c.to), Some(8));
+        assert_eq!(p.next(slow).map(|c| c.to), Some(4));
+        assert_eq!(p.next(slow), None, "never below 4");
+        // Ten quiet seconds, then tries again, up to the cap.
+        for _ in 0..10 {
+            assert_eq!(p.next(busy(10)), None);
+        }
+        let mut rate = 10;
+        while p.next(busy(rate)).is_some() {
+            rate *= 2;
+        }
+        assert_eq!(p.limit(), 40, "the cap");
+        assert_eq!(Pace::new(32, 2).limit(), 2);
+    }
+}
