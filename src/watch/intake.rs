@@ -107,10 +107,10 @@ pub fn watch_limit_message(dir: &Path, every: std::time::Duration) -> String {
          directories under {} are not seen as they happen. Raise it with \
          `sudo sysctl fs.inotify.max_user_watches=1048576`, and keep it with \
          `echo fs.inotify.max_user_watches=1048576 | sudo tee /etc/sysctl.d/90-s3ma.conf`, then \
-         restart s3ma. Until then the whole tree is reconciled every {} minutes",
+         restart s3ma. Until then the whole tree is reconciled every {}",
         sysctl("max_user_watches"),
         dir.display(),
-        every.as_secs() / 60
+        crate::report::human_duration(every)
     )
 }
 
@@ -167,9 +167,9 @@ pub fn start(
         }
         Err(e) => Some(format!(
             "cannot watch all of {}: {e}; changes there are found by a full reconcile every {} \
-             minutes instead",
+             instead",
             dir.display(),
-            limited_every.as_secs() / 60
+            crate::report::human_duration(limited_every)
         )),
     };
     let warning = link_parent(dir).and_then(|parent| {

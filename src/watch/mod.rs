@@ -49,7 +49,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::config::{Connection, SyncConfig, WatchConfig};
+use crate::config::{Connection, SyncConfig, WatchConfig, WatchTiming};
 use crate::report::{get, Reporter};
 use crate::scan;
 use crate::store::{Blame, StoreError};
@@ -69,6 +69,14 @@ use self::root::{Health, Root, Seen};
 const ROOT_POLL: Duration = Duration::from_secs(2);
 /// Full reconciles this often while the inotify watch limit is hit.
 const LIMITED_RESCAN: Duration = Duration::from_secs(300);
+
+/// How often the whole tree is reconciled while part of it is not
+/// watched: the rescan interval, or more often.
+fn limited_rescan(timing: &WatchTiming) -> Duration {
+    timing
+        .rescan_interval
+        .map_or(LIMITED_RESCAN, |i| i.min(LIMITED_RESCAN))
+}
 /// How long in-flight work may take to finish after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 /// The loop wakes at least this often, and says it is alive (systemd's
@@ -225,7 +233,7 @@ pub async fn run(
         sync.filter.follow_symlinks,
         tx.clone(),
         flags.clone(),
-        LIMITED_RESCAN,
+        limited_rescan(&cfg.timing),
     )?;
     if let Some(w) = warning {
         rep.warn(&w);
@@ -465,7 +473,7 @@ impl Daemon<'_> {
             self.limited = true;
             self.rep.failed(
                 &self.sync.dir.display().to_string(),
-                &intake::watch_limit_message(&self.sync.dir, LIMITED_RESCAN),
+                &intake::watch_limit_message(&self.sync.dir, limited_rescan(&self.cfg.timing)),
             );
             self.schedule_rescan();
         }
@@ -542,10 +550,10 @@ impl Daemon<'_> {
     }
 
     fn schedule_rescan(&mut self) {
-        let every = match (self.cfg.timing.rescan_interval, self.limited) {
-            (Some(i), true) => Some(i.min(LIMITED_RESCAN)),
-            (None, true) => Some(LIMITED_RESCAN),
-            (i, false) => i,
+        let every = if self.limited {
+            Some(limited_rescan(&self.cfg.timing))
+        } else {
+            self.cfg.timing.rescan_interval
         };
         self.next_rescan = every.map(|i| (Instant::now() + i, "periodic"));
     }
@@ -639,7 +647,7 @@ impl Daemon<'_> {
                     self.sync.filter.follow_symlinks,
                     self.tx.clone(),
                     self.flags.clone(),
-                    LIMITED_RESCAN,
+                    limited_rescan(&self.cfg.timing),
                 ) {
                     Ok(started) => {
                         self.watcher = Some(started.watcher);

@@ -11,6 +11,7 @@ mod docs;
 mod errors;
 mod faults;
 mod health;
+mod inotify;
 mod ls;
 mod mistakes;
 mod model;
