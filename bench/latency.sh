@@ -4,6 +4,7 @@
 # Europe to AWS Tokyo) to every exchange, once with --concurrency 32 fixed
 # and once adapting. Needs s3s-fs on PATH.
 #   bench/latency.sh            # uses target/release/s3ma
+#   EXTRA=-vv SHOW='^[|]|in flight' bench/latency.sh   # how the limit moved
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RTT_MS=${RTT_MS:-35}
@@ -50,7 +51,7 @@ for mode in fixed32 adaptive; do
     state="$work/state-$mode"
     /usr/bin/time -f "| $mode, $FILES × 4 KiB, +${RTT_MS} ms RTT | %e s | %U+%S s | %M KiB |" \
         "$BIN" sync "$work/tree" "s3://bench/$mode/" --endpoint "http://127.0.0.1:$((PORT + 1))" \
-        --state-dir "$state" -q "${args[@]}" 2>&1 | grep '^|' || true
+        --state-dir "$state" "${args[@]}" ${EXTRA:--q} 2>&1 | grep -E "${SHOW:-^[|]}" || true
     n=$(find "$work/fs/bench/$mode" -type f | wc -l)
     [ "$n" -eq "$FILES" ] || { echo "only $n of $FILES objects on the server" >&2; exit 1; }
 done

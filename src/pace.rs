@@ -1,11 +1,12 @@
 //! How many requests are in flight, when `--concurrency` is not given: it
 //! starts at 32 and follows what the link and the server give.
 //!
-//! Each second the governor looks at how many request attempts were
+//! Four times a second the governor looks at how many request attempts were
 //! answered and whether every permit was in use. While the limit is what
-//! holds the run back (every permit taken), it tries a quarter more; a try
-//! that does not raise the rate of answers by a tenth is taken back, and
-//! the next is not made for half a minute. A 503 or a SlowDown halves the
+//! holds the run back (every permit taken), it tries more: twice as many
+//! until a try first fails to pay, a quarter more after that. A try that
+//! does not raise the rate of answers by a tenth is taken back, and the
+//! next is not made for half a minute. A 503 or a SlowDown halves the
 //! limit at once (not below 4), and no try is made for ten seconds after.
 //! The limit never exceeds what the open-file limit allows.
 
@@ -63,14 +64,22 @@ impl Intercept for Counting {
     }
 }
 
-/// One second's worth of what the governor saw.
+/// How long the governor looks before it decides.
+pub const WINDOW: Duration = Duration::from_millis(250);
+
+/// Windows in `secs` seconds.
+const fn windows(secs: u32) -> u32 {
+    secs * 1000 / WINDOW.as_millis() as u32
+}
+
+/// One window's worth of what the governor saw.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
     /// Attempts answered (any status).
     pub answered: u64,
     /// Of them, 503 or 429.
     pub throttled: u64,
-    /// Every permit was taken for most of the second.
+    /// Every permit was taken for most of the window.
     pub saturated: bool,
     pub secs: f64,
 }
@@ -83,8 +92,10 @@ pub struct Pace {
     max: usize,
     /// A try under way: the limit and rate before it.
     trying: Option<(usize, f64)>,
-    /// Seconds before the next try may be made.
+    /// Windows before the next try may be made.
     wait: u32,
+    /// No try has failed yet, nor the server slowed us: tries double.
+    doubling: bool,
 }
 
 /// What changed, and why, for `-v`.
@@ -104,6 +115,7 @@ impl Pace {
             max,
             trying: None,
             wait: 0,
+            doubling: true,
         }
     }
 
@@ -118,11 +130,12 @@ impl Pace {
         (from != to).then_some(Change { from, to, why })
     }
 
-    /// The limit for the next second.
+    /// The limit for the next window.
     pub fn next(&mut self, s: Sample) -> Option<Change> {
         if s.throttled > 0 {
             self.trying = None;
-            self.wait = 10;
+            self.doubling = false;
+            self.wait = windows(10);
             return self.set(self.limit / 2, "the server asked to slow down");
         }
         let rate = s.answered as f64 / s.secs.max(0.001);
@@ -130,7 +143,8 @@ impl Pace {
             if rate >= then * 1.1 {
                 // It paid: the next try may follow at once.
             } else {
-                self.wait = 30;
+                self.wait = windows(30);
+                self.doubling = false;
                 return self.set(before, "more requests at once did not answer faster");
             }
         }
@@ -142,7 +156,12 @@ impl Pace {
             return None;
         }
         self.trying = Some((self.limit, rate));
-        let to = (self.limit + self.limit / 4).max(self.limit + 1);
+        let step = if self.doubling {
+            self.limit
+        } else {
+            self.limit / 4
+        };
+        let to = (self.limit + step).max(self.limit + 1);
         self.set(to, "every request slot was busy")
     }
 }
@@ -168,8 +187,8 @@ impl Governor {
         say: impl Fn(&Change) + Send + 'static,
     ) -> Governor {
         let task = tokio::spawn(async move {
-            const TICK: Duration = Duration::from_millis(100);
-            const TICKS: u32 = 10;
+            const TICKS: u32 = 5;
+            const TICK: Duration = Duration::from_millis(WINDOW.as_millis() as u64 / TICKS as u64);
             // Permits still to be taken back after a shrink.
             let mut owed = 0usize;
             let _ = signals.take();
@@ -221,22 +240,24 @@ mod tests {
             answered,
             throttled: 0,
             saturated: true,
-            secs: 1.0,
+            secs: WINDOW.as_secs_f64(),
         }
     }
 
     #[test]
     fn grows_while_answers_come_faster_and_takes_back_a_try_that_does_not() {
         let mut p = Pace::new(32, 256);
-        assert_eq!(p.next(busy(100)).map(|c| c.to), Some(40));
-        // 40 in flight answered 130 a second: worth it, try again.
-        assert_eq!(p.next(busy(130)).map(|c| c.to), Some(50));
-        // No faster at 50: back to 40, and no try for 30 seconds.
-        assert_eq!(p.next(busy(131)).map(|c| c.to), Some(40));
-        for _ in 0..30 {
+        assert_eq!(p.next(busy(100)).map(|c| c.to), Some(64));
+        // 64 in flight answered 130 a window: worth it, try again.
+        assert_eq!(p.next(busy(130)).map(|c| c.to), Some(128));
+        // No faster at 128: back to 64, and no try for 30 seconds.
+        assert_eq!(p.next(busy(131)).map(|c| c.to), Some(64));
+        for _ in 0..windows(30) {
             assert_eq!(p.next(busy(131)), None);
         }
-        assert_eq!(p.next(busy(131)).map(|c| c.to), Some(50));
+        // From now on a quarter more at a time.
+        assert_eq!(p.next(busy(131)).map(|c| c.to), Some(80));
+        assert_eq!(p.next(busy(150)).map(|c| c.to), Some(100));
     }
 
     #[test]
@@ -264,13 +285,17 @@ mod tests {
         assert_eq!(p.next(slow).map(|c| c.to), Some(4));
         assert_eq!(p.next(slow), None, "never below 4");
         // Ten quiet seconds, then tries again, up to the cap.
-        for _ in 0..10 {
+        for _ in 0..windows(10) {
             assert_eq!(p.next(busy(10)), None);
         }
         let mut rate = 10;
-        while p.next(busy(rate)).is_some() {
+        let mut steps = Vec::new();
+        while let Some(c) = p.next(busy(rate)) {
+            steps.push(c.to);
             rate *= 2;
         }
+        // After a slow-down, never doubling again.
+        assert_eq!(steps, [5, 6, 7, 8, 10, 12, 15, 18, 22, 27, 33, 40]);
         assert_eq!(p.limit(), 40, "the cap");
         assert_eq!(Pace::new(32, 2).limit(), 2);
     }
