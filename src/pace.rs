@@ -192,11 +192,13 @@ impl Governor {
             // Permits still to be taken back after a shrink.
             let mut owed = 0usize;
             let _ = signals.take();
+            // An idle daemon is looked at once a second, not twenty times.
+            let mut tick = TICK;
             loop {
                 let mut busy = 0;
                 let start = tokio::time::Instant::now();
                 for _ in 0..TICKS {
-                    tokio::time::sleep(TICK).await;
+                    tokio::time::sleep(tick).await;
                     if owed > 0 {
                         owed -= requests.forget_permits(owed);
                     }
@@ -205,6 +207,11 @@ impl Governor {
                     }
                 }
                 let (answered, throttled) = signals.take();
+                if answered == 0 && busy == 0 {
+                    tick = Duration::from_secs(1).max(TICK);
+                    continue;
+                }
+                tick = TICK;
                 let sample = Sample {
                     answered,
                     throttled,
