@@ -838,6 +838,10 @@ const PARTITION_MIN_KEYS: u64 = 4_000;
 const PARTITIONS: u64 = 32;
 /// About this many keys per range (two pages of AWS's 1,000).
 const KEYS_PER_PARTITION: u64 = 2_000;
+/// Ranges listed at the same time; the next starts as the first is done.
+/// A server that walks its store for each listing request (as s3s-fs
+/// does) would otherwise get too many such requests at once, and time out.
+const RANGES_AT_ONCE: usize = 8;
 
 /// Where to split the listing of `cfg.dest`: keys the state database holds
 /// there, so that each range has about as many keys. None for a small
@@ -852,7 +856,8 @@ pub fn listing_boundaries(state: &mut State, cfg: &SyncConfig) -> Vec<String> {
 }
 
 /// Lists the destination in key order. With `boundaries` (keys in order),
-/// the key space is cut at them and the ranges are listed concurrently,
+/// the key space is cut at them and the ranges are listed concurrently
+/// ([`RANGES_AT_ONCE`] at a time),
 /// each from `StartAfter` its lower boundary up to its upper one, and
 /// handed on in order: a long listing costs about one range's chain of
 /// round trips instead of all of them. The ranges cover every key
@@ -868,19 +873,27 @@ pub fn spawn_listing(
     lows.extend(boundaries.iter().cloned().map(Some));
     let mut highs: Vec<Option<String>> = boundaries.into_iter().map(Some).collect();
     highs.push(None);
-    let mut ranges = Vec::with_capacity(lows.len());
-    for (low, high) in lows.into_iter().zip(highs) {
-        let lister = store
-            .lister(&cfg.dest.bucket, &cfg.dest.prefix, None)
-            .page_size(LIST_PAGE)
-            .start_after(low);
+    let mut waiting: std::collections::VecDeque<_> = lows
+        .into_iter()
+        .zip(highs)
+        .map(|(low, high)| {
+            let lister = store
+                .lister(&cfg.dest.bucket, &cfg.dest.prefix, None)
+                .page_size(LIST_PAGE)
+                .start_after(low);
+            (lister, high)
+        })
+        .collect();
+    let start = |(lister, high)| {
         // Two pages ahead per range: memory stays bounded.
         let (rtx, rrx) = mpsc::channel(2 * LIST_PAGE as usize);
-        ranges.push((tokio::spawn(list_range(lister, high, rtx)), rrx));
-    }
+        (tokio::spawn(list_range(lister, high, rtx)), rrx)
+    };
+    let first = waiting.len().min(RANGES_AT_ONCE);
+    let mut listing: std::collections::VecDeque<_> = waiting.drain(..first).map(start).collect();
     let task = tokio::spawn(async move {
         let mut buf = Vec::new();
-        'ranges: for (range, mut rrx) in ranges {
+        'ranges: while let Some((range, mut rrx)) = listing.pop_front() {
             while let Some(item) = rrx.recv().await {
                 let failed = item.is_err();
                 if !tx.push(&mut buf, item).await {
@@ -891,6 +904,9 @@ pub fn spawn_listing(
                 }
             }
             let _ = range.await;
+            if let Some(next) = waiting.pop_front() {
+                listing.push_back(start(next));
+            }
         }
         tx.flush(buf).await;
     });
