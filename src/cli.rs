@@ -232,6 +232,12 @@ pub struct TransferArgs {
     #[arg(long, value_name = "CLASS", help_heading = "Transfer")]
     pub storage_class: Option<String>,
 
+    /// A header for the files a gitignore-style pattern matches, like
+    /// '*.html=Cache-Control: no-cache' (repeatable; before the config's
+    /// `headers` rules; the first matching rule wins).
+    #[arg(long, value_name = "PATTERN=NAME: VALUE", help_heading = "Transfer")]
+    pub header: Vec<String>,
+
     /// Where the state database lives
     /// [default: $XDG_STATE_HOME/s3ma or ~/.local/state/s3ma].
     #[arg(

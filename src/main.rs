@@ -9,6 +9,7 @@ mod batch;
 mod bwlimit;
 mod cli;
 mod config;
+mod headers;
 mod keys;
 mod limits;
 mod ls;

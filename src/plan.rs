@@ -32,6 +32,9 @@ pub enum Decision {
     /// the server tells it (listing ETag or HEAD), trusting neither the
     /// state nor the object's mtime metadata.
     Checksum,
+    /// Unchanged, but the header rules for it changed: the object gets
+    /// the new headers by a copy onto itself.
+    Restyle,
 }
 
 /// What the first pass decides for one local file.

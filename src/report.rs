@@ -309,6 +309,20 @@ impl Reporter {
         if self.level == Level::Quiet {
             return;
         }
+        // Onto itself: the object got new headers.
+        if key == from {
+            if self.json {
+                self.json_line(json!({"action": "headers", "key": key, "size": size,
+                                      "ms": elapsed.as_millis() as u64}));
+            } else {
+                self.out(&format!(
+                    "headers {} (copied onto itself, {} ms)",
+                    printable(key),
+                    elapsed.as_millis()
+                ));
+            }
+            return;
+        }
         if self.json {
             self.json_line(
                 json!({"action": "copy", "key": key, "from": from, "size": size,

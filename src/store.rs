@@ -185,6 +185,9 @@ pub struct PutMeta {
     pub content_type: String,
     pub metadata: Vec<(&'static str, String)>,
     pub storage_class: Option<String>,
+    /// What a header rule sets (its Content-Type and storage class are
+    /// already in the fields above).
+    pub headers: crate::headers::HeaderSet,
 }
 
 impl PutMeta {
@@ -197,6 +200,10 @@ impl PutMeta {
 
     fn class(&self) -> Option<aws_sdk_s3::types::StorageClass> {
         self.storage_class.as_deref().map(Into::into)
+    }
+
+    fn acl(&self) -> Option<aws_sdk_s3::types::ObjectCannedAcl> {
+        self.headers.acl.as_deref().map(Into::into)
     }
 }
 
@@ -453,7 +460,12 @@ impl Store {
             .content_md5(b64(md5))
             .content_type(&meta.content_type)
             .set_metadata(Some(meta.user_metadata()))
-            .set_storage_class(meta.class());
+            .set_storage_class(meta.class())
+            .set_cache_control(meta.headers.cache_control.clone())
+            .set_content_encoding(meta.headers.content_encoding.clone())
+            .set_content_disposition(meta.headers.content_disposition.clone())
+            .set_content_language(meta.headers.content_language.clone())
+            .set_acl(meta.acl());
         let resp = req
             .customize()
             .config_override(self.upload_timeouts(len))
@@ -476,7 +488,12 @@ impl Store {
             .key(key)
             .content_type(&meta.content_type)
             .set_metadata(Some(meta.user_metadata()))
-            .set_storage_class(meta.class());
+            .set_storage_class(meta.class())
+            .set_cache_control(meta.headers.cache_control.clone())
+            .set_content_encoding(meta.headers.content_encoding.clone())
+            .set_content_disposition(meta.headers.content_disposition.clone())
+            .set_content_language(meta.headers.content_language.clone())
+            .set_acl(meta.acl());
         let resp = req
             .send()
             .await
@@ -577,6 +594,11 @@ impl Store {
             .content_type(&meta.content_type)
             .set_metadata(Some(meta.user_metadata()))
             .set_storage_class(meta.class())
+            .set_cache_control(meta.headers.cache_control.clone())
+            .set_content_encoding(meta.headers.content_encoding.clone())
+            .set_content_disposition(meta.headers.content_disposition.clone())
+            .set_content_language(meta.headers.content_language.clone())
+            .set_acl(meta.acl())
             .send()
             .await
             .map_err(|e| self.classify(e, Some(bucket)))?;

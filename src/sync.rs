@@ -411,7 +411,7 @@ pub async fn open(cfg: &SyncConfig, conn: &Connection, rep: &Reporter) -> Result
     });
     let mut uploader = Uploader::new(
         store.clone(),
-        &cfg.dest.bucket,
+        &cfg.dest,
         cfg.transfer.clone(),
         requests.clone(),
     );
@@ -557,6 +557,11 @@ pub async fn reconcile(
 
     let (walker, mut lrx) = spawn_walk(cfg, filter);
     let trusted = trusted_since(state, cfg, recheck);
+    // The header rules the objects were last written with, when they are
+    // not this run's: each object they change for gets the new headers.
+    let old_rules = crate::headers::Rules::from_json(state.meta(HEADER_RULES).as_deref());
+    let rules = cfg.transfer.headers.to_json();
+    let restyling = old_rules.to_json() != rules;
     let (lister, mut rrx) = match trusted {
         Some(at) => {
             rep.verbose_status(
@@ -621,6 +626,17 @@ pub async fn reconcile(
             let mut decision = plan::decide(&file, matched.as_ref(), record.as_ref());
             if decision == Decision::Skip && recheck.wants(&file.rel) {
                 decision = Decision::Hash;
+            }
+            // New header rules for an object that stays: a copy onto
+            // itself when nothing else is to be done, else the upload
+            // (which writes the new headers) when the content may differ.
+            if restyling && old_rules.for_rel(&file.rel) != cfg.transfer.headers.for_rel(&file.rel)
+            {
+                decision = match decision {
+                    Decision::Skip if record.is_some() && !cfg.checksum => Decision::Restyle,
+                    Decision::Upload(r) => Decision::Upload(r),
+                    _ => Decision::Upload("headers changed"),
+                };
             }
             if cfg.checksum && !matches!(decision, Decision::Upload(_)) {
                 decision = Decision::Checksum;
@@ -758,8 +774,14 @@ pub async fn reconcile(
         let now = crate::status::secs(std::time::SystemTime::now());
         state.set_meta(FULL_LISTING, &now.to_string());
     }
+    if restyling && matches!(status, Status::Done) && !cfg.dry_run {
+        state.set_meta(HEADER_RULES, &rules);
+    }
     Ok(status)
 }
+
+/// The meta key of the header rules every object was last written with.
+const HEADER_RULES: &str = "header_rules";
 
 /// The local walk, on a blocking thread, in key order.
 pub fn spawn_walk(

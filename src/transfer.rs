@@ -132,10 +132,14 @@ enum NoCopy {
 }
 
 /// Uploads files to one bucket.
+/// Why an unchanged file's object is written: new header rules.
+pub const RESTYLED: &str = "headers changed";
+
 #[derive(Clone)]
 pub struct Uploader {
     store: Store,
     bucket: String,
+    prefix: String,
     cfg: Arc<TransferConfig>,
     requests: Arc<Semaphore>,
     /// The primary destination, on the same service and readable with the
@@ -423,10 +427,18 @@ impl http_body::Body for CheckedBody {
 }
 
 impl Uploader {
-    pub fn new(store: Store, bucket: &str, cfg: TransferConfig, requests: Arc<Semaphore>) -> Self {
+    /// Writes under `dest`'s bucket; its prefix is what header rules'
+    /// patterns are relative to.
+    pub fn new(
+        store: Store,
+        dest: &Location,
+        cfg: TransferConfig,
+        requests: Arc<Semaphore>,
+    ) -> Self {
         Uploader {
             store,
-            bucket: bucket.to_string(),
+            bucket: dest.bucket.clone(),
+            prefix: dest.prefix.clone(),
             cfg: Arc::new(cfg),
             requests,
             primary: None,
@@ -452,16 +464,35 @@ impl Uploader {
         if self.cfg.mtime_metadata {
             metadata.push((plan::META_MTIME, plan::format_mtime(mtime_ns)));
         }
+        let rel = key.strip_prefix(self.prefix.as_str()).unwrap_or(key);
+        let mut headers = self.cfg.headers.for_rel(rel);
         PutMeta {
-            content_type: self.cfg.mime.content_type(key),
+            content_type: headers
+                .content_type
+                .take()
+                .unwrap_or_else(|| self.cfg.mime.content_type(key)),
             metadata,
-            storage_class: self.cfg.storage_class.clone(),
+            storage_class: headers
+                .storage_class
+                .take()
+                .or_else(|| self.cfg.storage_class.clone()),
+            headers,
         }
     }
 
     /// Runs one job to its outcome. The caller holds a request permit.
     pub async fn run(&self, job: Job, dry_run: bool) -> Outcome {
         let start = Instant::now();
+        if let (Decision::Restyle, Some(record)) = (&job.decision, &job.state) {
+            if dry_run {
+                return Outcome::WouldUpload {
+                    reason: RESTYLED,
+                    from: Some(format!("s3://{}/{}", self.bucket, job.key)),
+                };
+            }
+            let (key, record) = (job.key.clone(), record.clone());
+            return Box::pin(self.copy_or_upload(job, key, record)).await;
+        }
         let verify_head = match (&job.decision, &job.state) {
             (Decision::Skip, Some(record)) => {
                 return Outcome::Unchanged {
@@ -475,6 +506,8 @@ impl Uploader {
             (Decision::Hash, record) => Some(record.is_none()),
             (Decision::Checksum, _) => Some(true),
             (Decision::Upload(_), _) => None,
+            // Nothing on record to copy: look first.
+            (Decision::Restyle, _) => Some(true),
         };
         let reason = match (verify_head, &job.decision) {
             (None, Decision::Upload(reason)) => *reason,
@@ -564,8 +597,9 @@ impl Uploader {
             Err(e) if e.blame() != Blame::Request => return Outcome::Failed(e.into()),
             Err(_) => {}
         }
+        let reason = if from == job.key { RESTYLED } else { "renamed" };
         let job = Job {
-            decision: Decision::Upload("renamed"),
+            decision: Decision::Upload(reason),
             ..job
         };
         self.run(job, false).await

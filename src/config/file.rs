@@ -37,6 +37,7 @@ const KNOWN_KEYS: &[&str] = &[
     "includeHidden",
     "followSymlinks",
     "oneFileSystem",
+    "headers",
     "walkThreads",
     "delete",
     "maxDelete",
@@ -81,6 +82,7 @@ pub struct FileConfig {
     #[serde(rename = "mtimeToMetaData")]
     pub mtime_to_meta_data: Option<bool>,
     pub mime_config: Option<PathBuf>,
+    pub headers: Option<Vec<crate::headers::RuleSpec>>,
     pub syslog_facility: Option<serde_json::Value>,
     #[serde(rename = "s3ForcePathStyle")]
     pub s3_force_path_style: Option<bool>,

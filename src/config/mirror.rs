@@ -83,6 +83,8 @@ pub struct TransferConfig {
     /// Preferred part size; grows so no upload exceeds 10,000 parts.
     pub chunk_size: u64,
     pub storage_class: Option<String>,
+    /// Headers, storage class and ACL by pattern.
+    pub headers: crate::headers::Rules,
     /// Write the `mtime` user metadata (node-s3ma's `mtimeToMetaData`).
     pub mtime_metadata: bool,
     pub mime: MimeTable,
@@ -287,7 +289,12 @@ fn transfer(args: &TransferArgs, loaded: &Loaded) -> Result<TransferConfig> {
             }
         }
     };
+    let mut rules = crate::headers::from_flags(&args.header)?;
+    rules.extend(file.headers.clone().unwrap_or_default());
+    let headers =
+        crate::headers::Rules::new(rules).context("in --header or the config's \"headers\"")?;
     Ok(TransferConfig {
+        headers,
         concurrency,
         concurrency_cap: chosen.is_none().then_some(256),
         multipart_threshold: multipart_threshold.max(1),

@@ -10,6 +10,7 @@ mod destinations;
 mod docs;
 mod errors;
 mod faults;
+mod headers;
 mod health;
 mod inotify;
 mod ls;
