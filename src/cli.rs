@@ -270,6 +270,11 @@ pub struct VerifyArgs {
     #[arg(short = 'j', long, value_name = "N", help_heading = "Verify")]
     pub concurrency: Option<usize>,
 
+    /// A header rule, as given to sync ('*.html=Cache-Control: no-cache');
+    /// with any rule, each object's headers are checked against the rules.
+    #[arg(long, value_name = "PATTERN=NAME: VALUE", help_heading = "Verify")]
+    pub header: Vec<String>,
+
     #[command(flatten)]
     pub filter: FilterArgs,
 

@@ -123,7 +123,6 @@ impl Rules {
         Ok(Rules { specs, matchers })
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.specs.is_empty()
     }
@@ -151,6 +150,54 @@ impl Rules {
             .and_then(|specs| Rules::new(specs).ok())
             .unwrap_or_default()
     }
+}
+
+/// How an object's headers (`got`, from a HEAD) differ from `want`, what
+/// the rules and defaults give it (its Content-Type filled in): one phrase
+/// per header. The storage class counts only when a rule sets it (servers
+/// leave out STANDARD), the ACL not at all (HEAD does not show it).
+pub fn differences(want: &HeaderSet, got: &HeaderSet) -> Vec<String> {
+    let shown = |v: &Option<String>| {
+        v.as_deref()
+            .map_or("none".to_string(), |s| format!("'{s}'"))
+    };
+    let mut out = Vec::new();
+    for (name, w, g) in [
+        ("Cache-Control", &want.cache_control, &got.cache_control),
+        ("Content-Type", &want.content_type, &got.content_type),
+        (
+            "Content-Encoding",
+            &want.content_encoding,
+            &got.content_encoding,
+        ),
+        (
+            "Content-Disposition",
+            &want.content_disposition,
+            &got.content_disposition,
+        ),
+        (
+            "Content-Language",
+            &want.content_language,
+            &got.content_language,
+        ),
+    ] {
+        if w != g {
+            out.push(format!(
+                "{name} {} in the bucket, {} by the rules",
+                shown(g),
+                shown(w)
+            ));
+        }
+    }
+    if let Some(w) = &want.storage_class {
+        let g = got.storage_class.as_deref().unwrap_or("STANDARD");
+        if w != g {
+            out.push(format!(
+                "storage class '{g}' in the bucket, '{w}' by the rules"
+            ));
+        }
+    }
+    out
 }
 
 /// A rule's values must be sendable as headers, and its ACL one S3 knows.

@@ -177,6 +177,8 @@ pub struct HeadInfo {
     pub size: u64,
     pub etag: Option<String>,
     pub metadata: HashMap<String, String>,
+    /// The headers a rule may set, as the server gives them.
+    pub headers: crate::headers::HeaderSet,
 }
 
 /// Everything written with an object besides its bytes.
@@ -401,10 +403,20 @@ impl Store {
             .send()
             .await
             .map_err(|e| self.classify(e, Some(bucket)))?;
+        let text = |s: Option<&str>| s.map(str::to_string);
         Ok(HeadInfo {
             size: resp.content_length().unwrap_or(0).max(0) as u64,
             etag: resp.e_tag().map(unquote),
             metadata: resp.metadata().cloned().unwrap_or_default(),
+            headers: crate::headers::HeaderSet {
+                cache_control: text(resp.cache_control()),
+                content_type: text(resp.content_type()),
+                content_encoding: text(resp.content_encoding()),
+                content_disposition: text(resp.content_disposition()),
+                content_language: text(resp.content_language()),
+                storage_class: resp.storage_class().map(|c| c.as_str().to_string()),
+                acl: None,
+            },
         })
     }
 

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::{Connection, SyncConfig};
+use crate::headers::HeaderSet;
 use crate::plan::RemoteFacts;
 use crate::report::{human_size, Reporter};
 use crate::scan::{self, LocalFile};
@@ -75,6 +76,32 @@ async fn check(
     file: LocalFile,
     object: ObjectInfo,
     download: bool,
+    want: Option<HeaderSet>,
+) -> Check {
+    let content = check_content(&store, &bucket, &file, &object, download).await;
+    let Some(want) = want.filter(|_| matches!(content, Check::Match | Check::Unverified)) else {
+        return content;
+    };
+    match store.head(&bucket, &object.key).await {
+        Ok(h) => {
+            let differ = crate::headers::differences(&want, &h.headers);
+            if differ.is_empty() {
+                content
+            } else {
+                Check::Differ(format!("headers: {}", differ.join("; ")))
+            }
+        }
+        Err(e) => failed("cannot read its headers", e),
+    }
+}
+
+/// The object's bytes against the file's.
+async fn check_content(
+    store: &Store,
+    bucket: &str,
+    file: &LocalFile,
+    object: &ObjectInfo,
+    download: bool,
 ) -> Check {
     let (path, size) = (file.path.clone(), file.size);
     let local = match blocking(move || hash_file(&path, size)).await {
@@ -85,7 +112,7 @@ async fn check(
         Err(e) => return Check::Error(format!("cannot read {}: {e}", file.path.display())),
     };
     let remote = if download {
-        match store.get_md5(&bucket, &object.key).await {
+        match store.get_md5(bucket, &object.key).await {
             Ok((n, _)) if n != file.size => {
                 return Check::Differ(format!(
                     "{} here, {} downloaded",
@@ -102,7 +129,7 @@ async fn check(
             Some(md5) if md5 == local => Some(md5),
             // No plain-MD5 ETag, or one that disagrees: ask for the
             // md5chksum metadata.
-            _ => match store.head(&bucket, &object.key).await {
+            _ => match store.head(bucket, &object.key).await {
                 Ok(h) => match (
                     listed,
                     RemoteFacts::from_head(h.etag.as_deref(), &h.metadata).md5,
@@ -149,6 +176,7 @@ pub async fn run(
     let (walker, mut lrx) = sync::spawn_walk(cfg, &filter);
     let (lister, mut rrx) = sync::spawn_listing(&store, cfg, Vec::new());
     let requests = Arc::new(Semaphore::new(cfg.transfer.concurrency));
+    let rules = &cfg.transfer.headers;
     let mut merge = Merge::default();
     let mut found = Found::default();
     let mut tasks: JoinSet<(String, Check)> = JoinSet::new();
@@ -211,8 +239,15 @@ pub async fn run(
                 .await
                 .context("the request limiter closed")?;
             let (store, bucket) = (store.clone(), cfg.dest.bucket.clone());
+            // With header rules, what the object should be served with.
+            let want = (!rules.is_empty()).then(|| {
+                let mut want = rules.for_rel(&file.rel);
+                want.content_type
+                    .get_or_insert_with(|| cfg.transfer.mime.content_type(&key));
+                want
+            });
             tasks.spawn(async move {
-                let result = check(store, bucket, file, object, download).await;
+                let result = check(store, bucket, file, object, download, want).await;
                 drop(permit);
                 (key, result)
             });

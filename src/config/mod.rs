@@ -182,6 +182,7 @@ impl Config {
             Command::Verify(a) => {
                 let transfer = crate::cli::TransferArgs {
                     concurrency: a.concurrency,
+                    header: a.header.clone(),
                     ..Default::default()
                 };
                 let choices = Choices::reading(&a.paths, &a.filter, &transfer);

@@ -92,8 +92,32 @@ fn header_rules_set_headers_and_a_changed_rule_is_a_copy_not_an_upload() {
         assert_eq!((cc, ct), (None, some("text/html")), "{kind:?}");
         env.converge(std::time::Duration::ZERO, &|| changed.to_string());
         env.assert_md5chksum(&env.tree(), &|| changed.to_string());
+        // verify checks the headers against the rules it is given.
         let tree = env.tree().display().to_string();
-        env.s3ma(&["verify", &tree, &env.dest()]).ok();
+        let dest = env.dest();
+        env.s3ma(&["verify", &tree, &dest, "--config", &config])
+            .ok();
+        let off = ["--header", "*.html=Cache-Control: private"];
+        let run = env.s3ma(
+            &[
+                &["verify", &tree, &dest, "--config", &config, "--json"][..],
+                &off,
+            ]
+            .concat(),
+        );
+        assert_eq!(run.code, 1, "{kind:?}: {run}");
+        let mut differ = run.actions("differ");
+        differ.sort();
+        assert_eq!(
+            differ,
+            [format!("{p}about/index.html"), format!("{p}index.html")],
+            "{kind:?}: {run}"
+        );
+        assert!(
+            run.stdout
+                .contains("headers: Cache-Control none in the bucket, 'private' by the rules"),
+            "{kind:?}: {run}"
+        );
     }
 }
 
