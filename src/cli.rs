@@ -232,6 +232,16 @@ pub struct TransferArgs {
     #[arg(long, value_name = "CLASS", help_heading = "Transfer")]
     pub storage_class: Option<String>,
 
+    /// Before an object is deleted or overwritten, copy it on the server to
+    /// this location under its key (a trash can; on the same service).
+    #[arg(long, value_name = "s3://BUCKET/PREFIX", help_heading = "Transfer")]
+    pub backup_prefix: Option<String>,
+
+    /// With --backup-prefix, add the time to each kept key
+    /// (KEY.20261201T145000Z), so every version is kept, not only the last.
+    #[arg(long, help_heading = "Transfer")]
+    pub backup_timestamp: bool,
+
     /// A header for the files a gitignore-style pattern matches, like
     /// '*.html=Cache-Control: no-cache' (repeatable; before the config's
     /// `headers` rules; the first matching rule wins).

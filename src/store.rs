@@ -620,6 +620,29 @@ impl Store {
             .map(unquote))
     }
 
+    /// A server-side copy of `from` to `to` in `bucket` as it is, metadata
+    /// and headers included. False when there is nothing at `from`.
+    pub async fn copy_as_is(
+        &self,
+        from: (&str, &str),
+        bucket: &str,
+        to: &str,
+    ) -> Result<bool, StoreError> {
+        let sent = self
+            .client
+            .copy_object()
+            .bucket(bucket)
+            .key(to)
+            .copy_source(copy_source(from.0, from.1))
+            .send()
+            .await;
+        match sent.map_err(|e| self.classify(e, Some(bucket))) {
+            Ok(_) => Ok(true),
+            Err(StoreError::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// One part of a multipart copy: bytes `range` (inclusive) of `from`.
     #[allow(clippy::too_many_arguments)]
     pub async fn upload_part_copy(

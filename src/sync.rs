@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::batch::Batches;
 use tokio::task::JoinSet;
 
-use crate::config::{Connection, SyncConfig};
+use crate::config::{Backup, Connection, SyncConfig};
+use crate::keys::Location;
 use crate::plan::{self, Decision};
 use crate::report::Reporter;
 use crate::scan::{self, Filter, LocalFile, ScanItem};
@@ -987,7 +988,7 @@ async fn delete_all(
         // A crash before the answer must not leave records of objects
         // that are gone.
         state.mark_unsure_all(batch.iter().map(|(k, _)| k.as_str()));
-        let done = delete_keys(store, &cfg.dest.bucket, batch).await;
+        let done = delete_keys(store, &cfg.dest, batch, cfg.transfer.backup.as_ref()).await;
         match &done.error {
             Some(e) if e.is_fatal() => {
                 return Err(anyhow!(e.clone()))
@@ -1050,10 +1051,35 @@ impl Deleted {
 }
 
 /// Deletes `keys` (with their sizes, for the report) in batches.
-pub async fn delete_keys(store: &Store, bucket: &str, keys: &[(String, u64)]) -> Deleted {
+pub async fn delete_keys(
+    store: &Store,
+    dest: &Location,
+    keys: &[(String, u64)],
+    backup: Option<&Backup>,
+) -> Deleted {
     let started = std::time::Instant::now();
+    let bucket = dest.bucket.as_str();
     let mut out = Deleted::default();
     for (i, batch) in keys.chunks(DELETE_BATCH).enumerate() {
+        // With --backup-prefix, only what is kept there is deleted.
+        let kept;
+        let batch = match backup {
+            None => batch,
+            Some(b) => match keep(store, dest, b, batch, &mut out.refused).await {
+                Ok(k) => {
+                    kept = k;
+                    &kept[..]
+                }
+                Err(e) => {
+                    out.untried = keys[i * DELETE_BATCH..].to_vec();
+                    out.error = Some(e);
+                    break;
+                }
+            },
+        };
+        if batch.is_empty() {
+            continue;
+        }
         let names: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
         match store.delete_batch(bucket, &names).await {
             Ok(failed) => {
@@ -1076,6 +1102,56 @@ pub async fn delete_keys(store: &Store, bucket: &str, keys: &[(String, u64)]) ->
     out.elapsed = started.elapsed();
     out
 }
+
+/// Copies each of `batch` to the backup location, some at once; returns
+/// those kept (or gone already), and puts the others in `refused`. An error
+/// of the server's stops it.
+async fn keep(
+    store: &Store,
+    dest: &Location,
+    backup: &Backup,
+    batch: &[(String, u64)],
+    refused: &mut Vec<(String, String)>,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let now = std::time::SystemTime::now();
+    let mut kept = Vec::with_capacity(batch.len());
+    for some in batch.chunks(KEEP_AT_ONCE) {
+        let mut copies = tokio::task::JoinSet::new();
+        for (i, (key, _)) in some.iter().enumerate() {
+            let rel = dest.rel_of(key).unwrap_or(key);
+            let to = backup.key_for(rel, now);
+            let (store, from, bucket) = (
+                store.clone(),
+                (dest.bucket.clone(), key.clone()),
+                backup.at.bucket.clone(),
+            );
+            copies.spawn(async move {
+                let done = store.copy_as_is((&from.0, &from.1), &bucket, &to).await;
+                (i, done)
+            });
+        }
+        let mut results = Vec::with_capacity(some.len());
+        while let Some(r) = copies.join_next().await {
+            results.push(r.map_err(|e| StoreError::Other(format!("a backup copy failed: {e}")))?);
+        }
+        results.sort_by_key(|(i, _)| *i);
+        for (i, done) in results {
+            let (key, size) = &some[i];
+            match done {
+                Ok(_) => kept.push((key.clone(), *size)),
+                Err(e) if e.blame() == Blame::Request => refused.push((
+                    key.clone(),
+                    format!("not deleted: it could not be kept in {}: {e}", backup.at),
+                )),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(kept)
+}
+
+/// Backup copies made at once before a batch of deletions.
+const KEEP_AT_ONCE: usize = 16;
 
 /// One step of the merge of the walk with the listing, in key order.
 pub enum Pair {

@@ -529,6 +529,12 @@ impl Uploader {
             });
             return Outcome::WouldUpload { reason, from };
         }
+        // --backup-prefix: what is there now is kept before it is replaced.
+        if job.remote.is_some() || job.state.is_some() {
+            if let Err(e) = self.keep(&job).await {
+                return Outcome::Failed(e);
+            }
+        }
         if let Some(primary) = self.primary.clone() {
             match self
                 .copy_from_primary(&job, &primary.0, &primary.1, start)
@@ -553,6 +559,28 @@ impl Uploader {
                 Err(UploadError::Vanished) => return Outcome::Vanished,
                 Err(e) => return Outcome::Failed(e),
             }
+        }
+    }
+
+    /// With `--backup-prefix`, copies the object at the job's key to the
+    /// backup location (nothing there is no error). A copy the server
+    /// refuses stops the upload, so nothing is overwritten unkept.
+    async fn keep(&self, job: &Job) -> Result<(), UploadError> {
+        let Some(backup) = &self.cfg.backup else {
+            return Ok(());
+        };
+        let to = backup.key_for(&job.file.rel, std::time::SystemTime::now());
+        match self
+            .store
+            .copy_as_is((&self.bucket, &job.key), &backup.at.bucket, &to)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.blame() == Blame::Request => Err(UploadError::Io(format!(
+                "not overwritten: the object {} could not be kept in {}: {e}",
+                job.key, backup.at
+            ))),
+            Err(e) => Err(e.into()),
         }
     }
 

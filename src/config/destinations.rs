@@ -22,6 +22,8 @@ pub struct Destination {
     pub storage_class: Option<String>,
     /// Its own upload limit (else it shares the run's).
     pub bwlimit: Option<std::sync::Arc<crate::bwlimit::Throttle>>,
+    /// Its own `backupPrefix`, on its service.
+    pub backup: Option<super::mirror::Backup>,
     /// Same service and credentials as the primary: objects are copied
     /// from the primary on the server instead of uploaded again.
     pub copy_from_primary: bool,
@@ -55,11 +57,13 @@ pub fn resolve(
             conn: c,
             storage_class: None,
             bwlimit: None,
+            backup: None,
         });
     }
     for (i, d) in file.destinations.iter().flatten().enumerate() {
         let at = || format!("in destinations[{i}] of the config file");
-        out.push(entry(conn, primary, d, ssl, env).with_context(at)?);
+        let timestamp = file.backup_timestamp.unwrap_or(false);
+        out.push(entry(conn, primary, d, ssl, timestamp, env).with_context(at)?);
     }
     check_apart(conn, primary, &out)?;
     Ok(out)
@@ -71,6 +75,7 @@ fn entry(
     primary: &Location,
     d: &super::file::DestinationFile,
     ssl: bool,
+    timestamp: bool,
     env: &Env,
 ) -> Result<Destination> {
     let mut c = conn.clone();
@@ -131,6 +136,11 @@ fn entry(
             .transpose()
             .context("in its key \"bwlimit\"")?
             .flatten(),
+        backup: d
+            .backup_prefix
+            .as_deref()
+            .map(|url| super::mirror::Backup::parse(url, timestamp, "its key \"backupPrefix\""))
+            .transpose()?,
     })
 }
 

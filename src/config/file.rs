@@ -38,6 +38,8 @@ const KNOWN_KEYS: &[&str] = &[
     "followSymlinks",
     "oneFileSystem",
     "headers",
+    "backupPrefix",
+    "backupTimestamp",
     "walkThreads",
     "delete",
     "maxDelete",
@@ -83,6 +85,8 @@ pub struct FileConfig {
     pub mtime_to_meta_data: Option<bool>,
     pub mime_config: Option<PathBuf>,
     pub headers: Option<Vec<crate::headers::RuleSpec>>,
+    pub backup_prefix: Option<String>,
+    pub backup_timestamp: Option<bool>,
     pub syslog_facility: Option<serde_json::Value>,
     #[serde(rename = "s3ForcePathStyle")]
     pub s3_force_path_style: Option<bool>,
@@ -146,6 +150,8 @@ pub struct DestinationFile {
     pub storage_class: Option<String>,
     /// This destination's own `--bwlimit`.
     pub bwlimit: Option<String>,
+    /// This destination's own `--backup-prefix` (on its service).
+    pub backup_prefix: Option<String>,
 }
 
 /// A loaded config file and what it said that deserves a warning.

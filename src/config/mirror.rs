@@ -85,11 +85,62 @@ pub struct TransferConfig {
     pub storage_class: Option<String>,
     /// Headers, storage class and ACL by pattern.
     pub headers: crate::headers::Rules,
+    /// `--backup-prefix`: where an object goes before it is deleted or
+    /// overwritten.
+    pub backup: Option<Backup>,
     /// Write the `mtime` user metadata (node-s3ma's `mtimeToMetaData`).
     pub mtime_metadata: bool,
     pub mime: MimeTable,
     /// `--bwlimit`: one bucket for every upload that shares it.
     pub bwlimit: Option<std::sync::Arc<crate::bwlimit::Throttle>>,
+}
+
+/// Where objects are kept before they are deleted or overwritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    pub at: Location,
+    /// Each kept key ends with the time (`.20261201T145000Z`).
+    pub timestamp: bool,
+}
+
+impl Backup {
+    /// Parses `s3://BUCKET/PREFIX`, named by `what` in messages.
+    pub fn parse(url: &str, timestamp: bool, what: &str) -> Result<Backup> {
+        let at = Location::parse(url).with_context(|| format!("in {what}"))?;
+        Ok(Backup { at, timestamp })
+    }
+
+    /// The backup must not lie under the mirrored prefix (its copies would
+    /// be deleted as extras), nor the prefix under it.
+    pub fn check_apart(&self, dest: &Location) -> Result<()> {
+        let (a, b) = (&self.at.prefix, &dest.prefix);
+        if self.at.bucket == dest.bucket && (a.starts_with(b.as_str()) || b.starts_with(a.as_str()))
+        {
+            let instead = if b.is_empty() {
+                "another bucket, as the mirror takes all of this one".to_string()
+            } else {
+                format!("a prefix beside it, such as s3://{}/backup/", dest.bucket)
+            };
+            bail!(
+                "the backup location {} overlaps the mirror {}: its copies would count as \
+                 objects with no file, or the mirror as backups; give {instead}",
+                self.at,
+                dest
+            );
+        }
+        Ok(())
+    }
+
+    /// Where the object of the file at `rel` is kept, at time `now`.
+    pub fn key_for(&self, rel: &str, now: std::time::SystemTime) -> String {
+        let mut out = self.at.key_for(rel);
+        if self.timestamp {
+            let stamp = crate::report::utc(now).replace(['-', ':'], "");
+            out.push('.');
+            out.push_str(&stamp);
+        }
+        out
+    }
 }
 
 /// S3's minimum part size (except the last part).
@@ -293,7 +344,21 @@ fn transfer(args: &TransferArgs, loaded: &Loaded) -> Result<TransferConfig> {
     rules.extend(file.headers.clone().unwrap_or_default());
     let headers =
         crate::headers::Rules::new(rules).context("in --header or the config's \"headers\"")?;
+    let timestamp = args.backup_timestamp || file.backup_timestamp.unwrap_or(false);
+    let backup = match (&args.backup_prefix, &file.backup_prefix) {
+        (Some(url), _) => Some(Backup::parse(url, timestamp, "--backup-prefix")?),
+        (None, Some(url)) => Some(Backup::parse(
+            url,
+            timestamp,
+            "the config key \"backupPrefix\"",
+        )?),
+        (None, None) if timestamp => {
+            bail!("--backup-timestamp (backupTimestamp) needs --backup-prefix (backupPrefix)")
+        }
+        (None, None) => None,
+    };
     Ok(TransferConfig {
+        backup,
         headers,
         concurrency,
         concurrency_cap: chosen.is_none().then_some(256),

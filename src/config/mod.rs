@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 
 pub use connection::Connection;
 pub use env::Env;
-pub use mirror::{FilterConfig, SyncConfig, TransferConfig, WatchConfig, WatchTiming};
+pub use mirror::{Backup, FilterConfig, SyncConfig, TransferConfig, WatchConfig, WatchTiming};
 pub use units::parse_size;
 
 use crate::cli::{Cli, Command, ConnectionArgs, LsArgs};
@@ -246,6 +246,10 @@ fn targets(
     let sync = mirror::resolve_sync(choices, loaded, env)?;
     check_bucket(&sync.dest, &conn)?;
     check_storage_class(sync.transfer.storage_class.as_deref(), &conn)?;
+    if let Some(b) = &sync.transfer.backup {
+        check_bucket(&b.at, &conn)?;
+        b.check_apart(&sync.dest)?;
+    }
     let configured = file.bucket_sync.is_some() || file.destinations.is_some();
     let elsewhere = match mirror::primary_of(file)? {
         Some(own) => sync.dest != own,
@@ -277,6 +281,14 @@ fn targets(
         }
         if d.bwlimit.is_some() {
             cfg.transfer.bwlimit = d.bwlimit.clone();
+        }
+        // The primary's backup is on the primary's service: a destination
+        // keeps its objects only where it says.
+        cfg.transfer.backup = d.backup.clone();
+        if let Some(b) = &cfg.transfer.backup {
+            check_bucket(&b.at, &d.conn)
+                .and_then(|()| b.check_apart(&d.dest))
+                .with_context(|| format!("in destination \"{}\"", d.name))?;
         }
         cfg.copy_from = d
             .copy_from_primary

@@ -558,10 +558,11 @@ impl Daemon<'_> {
         };
         let claim = claim_of(&batch.keys);
         let store = self.session.store.clone();
-        let bucket = self.sync.dest.bucket.clone();
+        let dest = self.sync.dest.clone();
+        let backup = self.sync.transfer.backup.clone();
         let rels = batch.rels();
         self.tasks.spawn(rels, claim, async move {
-            let done = sync::delete_keys(&store, &bucket, &batch.keys).await;
+            let done = sync::delete_keys(&store, &dest, &batch.keys, backup.as_ref()).await;
             drop(permit);
             Finished::Deleted { batch, done }
         });

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod backup;
 mod config;
 mod crash;
 mod daemon;
