@@ -232,6 +232,20 @@ pub struct TransferArgs {
     #[arg(long, value_name = "CLASS", help_heading = "Transfer")]
     pub storage_class: Option<String>,
 
+    /// Encrypt what is written on the server: AES256 (keys the provider
+    /// manages) or aws:kms.
+    #[arg(long, value_name = "AES256|aws:kms", help_heading = "Transfer")]
+    pub sse: Option<String>,
+
+    /// With --sse aws:kms, the KMS key to use [default: the account's].
+    #[arg(long, value_name = "ID", help_heading = "Transfer")]
+    pub sse_kms_key_id: Option<String>,
+
+    /// Encrypt with your own 256-bit key (SSE-C), read from this file (32
+    /// bytes, or their base64); it is needed to read the objects back.
+    #[arg(long, value_name = "FILE", help_heading = "Transfer")]
+    pub sse_c_key_file: Option<PathBuf>,
+
     /// Before an object is deleted or overwritten, copy it on the server to
     /// this location under its key (a trash can; on the same service).
     #[arg(long, value_name = "s3://BUCKET/PREFIX", help_heading = "Transfer")]
@@ -279,6 +293,15 @@ pub struct VerifyArgs {
     /// Concurrent requests and file hashes [default: 32].
     #[arg(short = 'j', long, value_name = "N", help_heading = "Verify")]
     pub concurrency: Option<usize>,
+
+    /// The encryption the objects were written with (AES256, aws:kms), so
+    /// that their ETags are not taken for MD5s.
+    #[arg(long, value_name = "AES256|aws:kms", help_heading = "Verify")]
+    pub sse: Option<String>,
+
+    /// The SSE-C key the objects were written with.
+    #[arg(long, value_name = "FILE", help_heading = "Verify")]
+    pub sse_c_key_file: Option<PathBuf>,
 
     /// A header rule, as given to sync ('*.html=Cache-Control: no-cache');
     /// with any rule, each object's headers are checked against the rules.

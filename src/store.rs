@@ -96,6 +96,9 @@ pub enum StoreError {
     /// trouble on its side, not with this request.
     #[error("{0}")]
     ServerError(String),
+    /// The encryption asked for was ignored or refused.
+    #[error("{0}")]
+    Unencrypted(String),
     #[error("{0}")]
     Other(String),
 }
@@ -123,6 +126,7 @@ impl StoreError {
             | StoreError::BadCredentials { .. }
             | StoreError::InvalidBucketName { .. }
             | StoreError::InvalidStorageClass(_)
+            | StoreError::Unencrypted(_)
             | StoreError::NoCredentials { .. }
             | StoreError::WrongRegion(_)
             | StoreError::ClockSkew(_) => Blame::Fatal,
@@ -143,7 +147,9 @@ impl StoreError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            StoreError::InvalidBucketName { .. } | StoreError::InvalidStorageClass(_)
+            StoreError::InvalidBucketName { .. }
+                | StoreError::InvalidStorageClass(_)
+                | StoreError::Unencrypted(_)
         )
     }
 
@@ -179,6 +185,99 @@ pub struct HeadInfo {
     pub metadata: HashMap<String, String>,
     /// The headers a rule may set, as the server gives them.
     pub headers: crate::headers::HeaderSet,
+}
+
+/// Server-side encryption of what s3ma writes.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Sse {
+    /// `--sse AES256`: keys the provider manages (SSE-S3).
+    S3,
+    /// `--sse aws:kms`, with a key id or the account's default key.
+    Kms(Option<String>),
+    /// SSE-C: a 256-bit key of the user's, sent with every request that
+    /// reads or writes the object (`key` and its MD5, base64).
+    Customer { key: String, md5: String },
+}
+
+/// Never shows an SSE-C key.
+impl std::fmt::Debug for Sse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sse::S3 => f.write_str("S3"),
+            Sse::Kms(id) => write!(f, "Kms({id:?})"),
+            Sse::Customer { .. } => f.write_str("Customer(***)"),
+        }
+    }
+}
+
+impl Sse {
+    fn algorithm(&self) -> Option<aws_sdk_s3::types::ServerSideEncryption> {
+        use aws_sdk_s3::types::ServerSideEncryption as E;
+        match self {
+            Sse::S3 => Some(E::Aes256),
+            Sse::Kms(_) => Some(E::AwsKms),
+            Sse::Customer { .. } => None,
+        }
+    }
+
+    fn kms_key(&self) -> Option<String> {
+        match self {
+            Sse::Kms(id) => id.clone(),
+            _ => None,
+        }
+    }
+
+    /// SSE-C's algorithm, key and key MD5, when it is SSE-C.
+    fn customer(&self) -> (Option<String>, Option<String>, Option<String>) {
+        match self {
+            Sse::Customer { key, md5 } => {
+                (Some("AES256".into()), Some(key.clone()), Some(md5.clone()))
+            }
+            _ => (None, None, None),
+        }
+    }
+
+    /// How it is named on the command line, for messages.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Sse::S3 => "--sse AES256",
+            Sse::Kms(_) => "--sse aws:kms",
+            Sse::Customer { .. } => "--sse-c-key-file",
+        }
+    }
+}
+
+/// Adds the encryption of `sse` to a request that writes an object.
+macro_rules! encrypted {
+    ($req:expr, $sse:expr) => {{
+        let sse: Option<&Sse> = $sse;
+        let (alg, key, md5) = sse.map(Sse::customer).unwrap_or_default();
+        $req.set_server_side_encryption(sse.and_then(Sse::algorithm))
+            .set_ssekms_key_id(sse.and_then(Sse::kms_key))
+            .set_sse_customer_algorithm(alg)
+            .set_sse_customer_key(key)
+            .set_sse_customer_key_md5(md5)
+    }};
+}
+
+/// Adds an SSE-C key to a request that reads an object or writes a part.
+macro_rules! with_key {
+    ($req:expr, $sse:expr) => {{
+        let (alg, key, md5) = $sse.map(Sse::customer).unwrap_or_default();
+        $req.set_sse_customer_algorithm(alg)
+            .set_sse_customer_key(key)
+            .set_sse_customer_key_md5(md5)
+    }};
+}
+
+/// Adds the SSE-C key of a copy's source.
+macro_rules! source_key {
+    ($req:expr, $sse:expr) => {{
+        let (alg, key, md5) = $sse.map(Sse::customer).unwrap_or_default();
+        $req.set_copy_source_sse_customer_algorithm(alg)
+            .set_copy_source_sse_customer_key(key)
+            .set_copy_source_sse_customer_key_md5(md5)
+    }};
 }
 
 /// Everything written with an object besides its bytes.
@@ -231,6 +330,8 @@ pub struct Store {
     default_pages: Arc<AtomicBool>,
     /// Answers and throttles of every attempt, for `pace`.
     signals: Arc<crate::pace::Signals>,
+    /// How written objects are encrypted.
+    sse: Option<Arc<Sse>>,
 }
 
 impl Store {
@@ -310,7 +411,72 @@ impl Store {
             read_timeout: conn.read_timeout,
             default_pages: Arc::default(),
             signals,
+            sse: None,
         })
+    }
+
+    /// Encrypts what it writes with `sse` (and reads with its SSE-C key).
+    pub fn with_sse(mut self, sse: Option<Sse>) -> Store {
+        self.sse = sse.map(Arc::new);
+        self
+    }
+
+    fn sse(&self) -> Option<&Sse> {
+        self.sse.as_deref()
+    }
+
+    /// The MD5 an ETag stands for, when it stands for one: not under
+    /// SSE-KMS or SSE-C, where the ETag is no MD5 of the bytes.
+    pub fn etag_md5(&self, etag: &str) -> Option<[u8; 16]> {
+        match self.sse() {
+            Some(Sse::Kms(_) | Sse::Customer { .. }) => None,
+            _ => etag_md5(etag),
+        }
+    }
+
+    /// Was what was just written encrypted as asked? When not, the
+    /// provider ignores the headers: the object (or the multipart upload,
+    /// `upload_id`) is removed again at once, and the run stops.
+    async fn check_encrypted(
+        &self,
+        written: (&str, &str, Option<&str>),
+        algorithm: Option<&str>,
+        customer: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let Some(sse) = self.sse() else {
+            return Ok(());
+        };
+        let applied = match sse {
+            Sse::Customer { .. } => customer.is_some(),
+            _ => algorithm.is_some(),
+        };
+        if applied {
+            return Ok(());
+        }
+        let (bucket, key, upload_id) = written;
+        let undone = match upload_id {
+            Some(id) => self.abort_multipart(bucket, key, id).await,
+            None => self
+                .client
+                .delete_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.classify(e, Some(bucket))),
+        };
+        let after = match undone {
+            Ok(()) => "it was removed again".to_string(),
+            Err(e) => format!("removing it again failed ({e}): delete s3://{bucket}/{key} by hand"),
+        };
+        Err(StoreError::Unencrypted(format!(
+            "{} stored s3://{bucket}/{key} without the encryption {} asks for, and {after}; \
+             this provider does not support that encryption (or ignores it): leave the option \
+             out, or use a provider that has it",
+            self.endpoint,
+            sse.flag()
+        )))
     }
 
     /// What the server's answers have been, for `pace`.
@@ -395,9 +561,8 @@ impl Store {
     }
 
     pub async fn head(&self, bucket: &str, key: &str) -> Result<HeadInfo, StoreError> {
-        let resp = self
-            .client
-            .head_object()
+        let req = self.client.head_object();
+        let resp = with_key!(req, self.sse())
             .bucket(bucket)
             .key(key)
             .send()
@@ -423,9 +588,8 @@ impl Store {
     /// Downloads an object and returns its size and the MD5 of its bytes
     /// (nothing is kept in memory but one chunk).
     pub async fn get_md5(&self, bucket: &str, key: &str) -> Result<(u64, [u8; 16]), StoreError> {
-        let resp = self
-            .client
-            .get_object()
+        let req = self.client.get_object();
+        let resp = with_key!(req, self.sse())
             .bucket(bucket)
             .key(key)
             .send()
@@ -462,9 +626,8 @@ impl Store {
         md5: &[u8; 16],
         meta: &PutMeta,
     ) -> Result<Option<String>, StoreError> {
-        let req = self
-            .client
-            .put_object()
+        let req = self.client.put_object();
+        let req = encrypted!(req, self.sse())
             .bucket(bucket)
             .key(key)
             .body(body)
@@ -484,6 +647,12 @@ impl Store {
             .send()
             .await
             .map_err(|e| self.classify(e, Some(bucket)))?;
+        self.check_encrypted(
+            (bucket, key, None),
+            resp.server_side_encryption().map(|a| a.as_str()),
+            resp.sse_customer_algorithm(),
+        )
+        .await?;
         Ok(resp.e_tag().map(unquote))
     }
 
@@ -493,9 +662,8 @@ impl Store {
         key: &str,
         meta: &PutMeta,
     ) -> Result<String, StoreError> {
-        let req = self
-            .client
-            .create_multipart_upload()
+        let req = self.client.create_multipart_upload();
+        let req = encrypted!(req, self.sse())
             .bucket(bucket)
             .key(key)
             .content_type(&meta.content_type)
@@ -510,6 +678,12 @@ impl Store {
             .send()
             .await
             .map_err(|e| self.classify(e, Some(bucket)))?;
+        self.check_encrypted(
+            (bucket, key, resp.upload_id()),
+            resp.server_side_encryption().map(|a| a.as_str()),
+            resp.sse_customer_algorithm(),
+        )
+        .await?;
         resp.upload_id()
             .map(str::to_string)
             .ok_or_else(|| StoreError::Other("the server returned no upload id".into()))
@@ -527,9 +701,8 @@ impl Store {
         len: u64,
         md5: &[u8; 16],
     ) -> Result<CompletedPart, StoreError> {
-        let resp = self
-            .client
-            .upload_part()
+        let req = self.client.upload_part();
+        let resp = with_key!(req, self.sse())
             .bucket(bucket)
             .key(key)
             .upload_id(upload_id)
@@ -595,9 +768,9 @@ impl Store {
         if_match: Option<&str>,
         meta: &PutMeta,
     ) -> Result<Option<String>, StoreError> {
-        let resp = self
-            .client
-            .copy_object()
+        let req = self.client.copy_object();
+        let req = source_key!(encrypted!(req, self.sse()), self.sse());
+        let resp = req
             .bucket(bucket)
             .key(to)
             .copy_source(copy_source(from.0, from.1))
@@ -614,6 +787,12 @@ impl Store {
             .send()
             .await
             .map_err(|e| self.classify(e, Some(bucket)))?;
+        self.check_encrypted(
+            (bucket, to, None),
+            resp.server_side_encryption().map(|a| a.as_str()),
+            resp.sse_customer_algorithm(),
+        )
+        .await?;
         Ok(resp
             .copy_object_result()
             .and_then(|r| r.e_tag())
@@ -628,9 +807,8 @@ impl Store {
         bucket: &str,
         to: &str,
     ) -> Result<bool, StoreError> {
-        let sent = self
-            .client
-            .copy_object()
+        let req = self.client.copy_object();
+        let sent = source_key!(encrypted!(req, self.sse()), self.sse())
             .bucket(bucket)
             .key(to)
             .copy_source(copy_source(from.0, from.1))
@@ -655,9 +833,8 @@ impl Store {
         range: (u64, u64),
         if_match: Option<&str>,
     ) -> Result<CompletedPart, StoreError> {
-        let resp = self
-            .client
-            .upload_part_copy()
+        let req = self.client.upload_part_copy();
+        let resp = source_key!(with_key!(req, self.sse()), self.sse())
             .bucket(bucket)
             .key(key)
             .upload_id(upload_id)

@@ -381,7 +381,9 @@ pub async fn open(cfg: &SyncConfig, conn: &Connection, rep: &Reporter) -> Result
         }
         s
     };
-    let store = Store::connect(conn).await?;
+    let store = Store::connect(conn)
+        .await?
+        .with_sse(cfg.transfer.sse.clone());
     rep.debug(&format!(
         "{} -> {} via {}; state {}",
         cfg.dir.display(),
@@ -424,7 +426,9 @@ pub async fn open(cfg: &SyncConfig, conn: &Connection, rep: &Reporter) -> Result
     if let Some((primary, primary_conn)) = &cfg.copy_from {
         // The primary's objects are looked at through its own client (its
         // region); the copies are made through this destination's.
-        let primary_store = Store::connect(primary_conn).await?;
+        let primary_store = Store::connect(primary_conn)
+            .await?
+            .with_sse(cfg.transfer.sse.clone());
         uploader = uploader.copying_from(primary.clone(), primary_store);
     }
     Ok(Opened::Ready(Box::new(Session {

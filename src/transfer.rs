@@ -32,7 +32,7 @@ use crate::keys::Location;
 use crate::plan::{self, Decision, RemoteFacts};
 use crate::scan::LocalFile;
 use crate::state::Record;
-use crate::store::{etag_md5, Blame, ObjectInfo, PutMeta, Store, StoreError};
+use crate::store::{Blame, ObjectInfo, PutMeta, Store, StoreError};
 
 /// Files up to this size are read into memory once (hash and body).
 pub const SMALL_BODY: u64 = 256 << 10;
@@ -605,7 +605,11 @@ impl Uploader {
         match copied {
             // A copy answered with a plain MD5 that is not the source's
             // did not copy what the record describes: upload instead.
-            Ok(Some(etag)) if etag_md5(&etag).is_some_and(|md5| md5 != source.md5) => {}
+            Ok(Some(etag))
+                if self
+                    .store
+                    .etag_md5(&etag)
+                    .is_some_and(|md5| md5 != source.md5) => {}
             Ok(etag) => {
                 let still = stat(&job.file.path);
                 if still.as_ref().ok() == Some(&(job.file.size, job.file.mtime_ns)) {
@@ -655,7 +659,11 @@ impl Uploader {
         if head.size != job.file.size {
             return Err(NoCopy::Behind);
         }
-        let facts = RemoteFacts::from_head(head.etag.as_deref(), &head.metadata);
+        let etag = head.etag.as_deref();
+        let facts = RemoteFacts::from_head(
+            etag.filter(|e| primary_store.etag_md5(e).is_some()),
+            &head.metadata,
+        );
         // No MD5 to vouch for the content: upload.
         let md5 = facts.md5.ok_or(NoCopy::Refused)?;
         if !facts.same_mtime(job.file.mtime_ns) {
@@ -743,7 +751,7 @@ impl Uploader {
                     .remote
                     .as_ref()
                     .and_then(|r| r.etag.as_deref())
-                    .and_then(etag_md5);
+                    .and_then(|e| self.store.etag_md5(e));
                 let listed = || RemoteFacts {
                     md5: listed_md5,
                     mtime: None,
@@ -756,7 +764,12 @@ impl Uploader {
                     _ => match self.store.head(&self.bucket, &job.key).await {
                         Ok(h) if h.size != local.size => return Ok(None),
                         Ok(h) => (
-                            RemoteFacts::from_head(h.etag.as_deref(), &h.metadata),
+                            RemoteFacts::from_head(
+                                h.etag
+                                    .as_deref()
+                                    .filter(|e| self.store.etag_md5(e).is_some()),
+                                &h.metadata,
+                            ),
                             h.etag,
                         ),
                         // Credentials that may list and write but not read:

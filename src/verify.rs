@@ -21,7 +21,7 @@ use crate::headers::HeaderSet;
 use crate::plan::RemoteFacts;
 use crate::report::{human_size, Reporter};
 use crate::scan::{self, LocalFile};
-use crate::store::{etag_md5, Blame, ObjectInfo, Store, StoreError};
+use crate::store::{Blame, ObjectInfo, Store, StoreError};
 use crate::sync::{self, Merge, Pair, Stop};
 use crate::transfer::{blocking, hash_file, UploadError};
 
@@ -124,7 +124,7 @@ async fn check_content(
             Err(e) => return failed("cannot download it", e),
         }
     } else {
-        let listed = object.etag.as_deref().and_then(etag_md5);
+        let listed = object.etag.as_deref().and_then(|e| store.etag_md5(e));
         match listed {
             Some(md5) if md5 == local => Some(md5),
             // No plain-MD5 ETag, or one that disagrees: ask for the
@@ -132,7 +132,11 @@ async fn check_content(
             _ => match store.head(bucket, &object.key).await {
                 Ok(h) => match (
                     listed,
-                    RemoteFacts::from_head(h.etag.as_deref(), &h.metadata).md5,
+                    RemoteFacts::from_head(
+                        h.etag.as_deref().filter(|e| store.etag_md5(e).is_some()),
+                        &h.metadata,
+                    )
+                    .md5,
                 ) {
                     // The ETag says otherwise, the metadata agrees: an
                     // encrypted object's ETag is no MD5, so only the bytes
@@ -171,7 +175,9 @@ pub async fn run(
 ) -> Result<Found> {
     scan::check_root(&cfg.dir)?;
     let filter = cfg.filter()?;
-    let store = Store::connect(conn).await?;
+    let store = Store::connect(conn)
+        .await?
+        .with_sse(cfg.transfer.sse.clone());
     let started = Instant::now();
     let (walker, mut lrx) = sync::spawn_walk(cfg, &filter);
     let (lister, mut rrx) = sync::spawn_listing(&store, cfg, Vec::new());

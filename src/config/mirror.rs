@@ -88,6 +88,8 @@ pub struct TransferConfig {
     /// `--backup-prefix`: where an object goes before it is deleted or
     /// overwritten.
     pub backup: Option<Backup>,
+    /// Server-side encryption.
+    pub sse: Option<crate::store::Sse>,
     /// Write the `mtime` user metadata (node-s3ma's `mtimeToMetaData`).
     pub mtime_metadata: bool,
     pub mime: MimeTable,
@@ -357,7 +359,9 @@ fn transfer(args: &TransferArgs, loaded: &Loaded) -> Result<TransferConfig> {
         }
         (None, None) => None,
     };
+    let sse = sse(args, file)?;
     Ok(TransferConfig {
+        sse,
         backup,
         headers,
         concurrency,
@@ -378,6 +382,78 @@ fn transfer(args: &TransferArgs, loaded: &Loaded) -> Result<TransferConfig> {
             (None, None) => None,
         },
     })
+}
+
+/// `--sse`, `--sse-kms-key-id`, `--sse-c-key-file` (or their config keys).
+fn sse(args: &TransferArgs, file: &FileConfig) -> Result<Option<crate::store::Sse>> {
+    use crate::store::Sse;
+    let (mode, mode_from) = match (&args.sse, &file.sse) {
+        (Some(m), _) => (Some(m.as_str()), "--sse"),
+        (None, Some(m)) => (Some(m.as_str()), "the config key \"sse\""),
+        (None, None) => (None, ""),
+    };
+    let kms_key = args
+        .sse_kms_key_id
+        .clone()
+        .or_else(|| file.sse_kms_key_id.clone());
+    let key_file = args
+        .sse_c_key_file
+        .clone()
+        .or_else(|| file.sse_c_key_file.clone());
+    if let (Some(_), Some(_)) = (mode, &key_file) {
+        bail!(
+            "{mode_from} and --sse-c-key-file (sseCKeyFile) are two kinds of encryption; give \
+             one of them"
+        );
+    }
+    if let Some(path) = key_file {
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "cannot read the SSE-C key file {} (--sse-c-key-file)",
+                path.display()
+            )
+        })?;
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let key = if bytes.len() == 32 {
+            bytes
+        } else {
+            let text = String::from_utf8_lossy(&bytes);
+            match b64.decode(text.trim()) {
+                Ok(k) if k.len() == 32 => k,
+                _ => bail!(
+                    "the SSE-C key file {} holds {} bytes: it must hold a 256-bit key, as 32 \
+                     bytes or their base64 (make one with head -c 32 /dev/urandom > FILE, and \
+                     keep it: without it the objects cannot be read)",
+                    path.display(),
+                    bytes.len()
+                ),
+            }
+        };
+        let md5 = {
+            use md5::Digest as _;
+            md5::Md5::digest(&key)
+        };
+        return Ok(Some(Sse::Customer {
+            key: b64.encode(&key),
+            md5: b64.encode(md5),
+        }));
+    }
+    match mode {
+        None if kms_key.is_some() => {
+            bail!("--sse-kms-key-id (sseKmsKeyId) needs --sse aws:kms (sse)")
+        }
+        None => Ok(None),
+        Some("AES256") if kms_key.is_some() => {
+            bail!("--sse-kms-key-id (sseKmsKeyId) goes with --sse aws:kms, not AES256")
+        }
+        Some("AES256") => Ok(Some(Sse::S3)),
+        Some("aws:kms") => Ok(Some(Sse::Kms(kms_key))),
+        Some(other) => bail!(
+            "{mode_from} is '{other}': give AES256 (keys the provider manages) or aws:kms; \
+             for your own key, --sse-c-key-file"
+        ),
+    }
 }
 
 /// The state directory must be one, or be creatable as one: a file in

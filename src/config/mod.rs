@@ -183,6 +183,8 @@ impl Config {
                 let transfer = crate::cli::TransferArgs {
                     concurrency: a.concurrency,
                     header: a.header.clone(),
+                    sse: a.sse.clone(),
+                    sse_c_key_file: a.sse_c_key_file.clone(),
                     ..Default::default()
                 };
                 let choices = Choices::reading(&a.paths, &a.filter, &transfer);

@@ -184,10 +184,12 @@ fn sigkill_during_watch_bursts_at_seeded_moments_loses_nothing() {
         for (key, bytes) in env.objects() {
             let rel = &key[env.prefix.len()..];
             if let Ok(local) = std::fs::read(env.tree().join(rel)) {
-                let text = String::from_utf8_lossy(&bytes);
                 assert!(
-                    bytes == local || text.starts_with("round "),
-                    "round {round} (seed {seed:#x}, killed after {after} ms): {key} is torn"
+                    bytes == local || bytes.starts_with(b"round "),
+                    "round {round} (seed {seed:#x}, killed after {after} ms): {key} is torn: \
+                     {:?} in the bucket, {:?} here",
+                    String::from_utf8_lossy(&bytes),
+                    String::from_utf8_lossy(&local)
                 );
             }
         }

@@ -310,11 +310,15 @@ fn a_full_event_queue_becomes_a_reconcile_not_a_lost_change() {
     let mut w = env.watch(&["--delete", "--event-queue", "16", "--rescan-interval", "0"]);
     w.ready();
     env.converge(WITHIN, &|| w.logs());
-    // Far more events than 16 at once.
+    // Far more events than 16 at once: the daemon is stopped while they
+    // are made, so the kernel hands them over in one go, however fast the
+    // daemon would have taken them one by one.
+    w.signal("STOP");
     for i in 0..400 {
         env.write(&format!("many/{}/{i}.txt", i % 8), format!("file {i}"));
     }
     std::fs::remove_file(env.tree().join("first.txt")).expect("rm");
+    w.signal("CONT");
     let reconcile = w.wait_for("reconcile", WITHIN);
     assert!(
         reconcile["reason"]

@@ -19,6 +19,7 @@ mod mistakes;
 mod model;
 mod names;
 mod scale;
+mod sse;
 mod sync;
 mod verify;
 mod watch;
