@@ -311,8 +311,12 @@ fn a_full_event_queue_becomes_a_reconcile_not_a_lost_change() {
     w.ready();
     env.converge(WITHIN, &|| w.logs());
     // Far more events than 16 at once: the daemon is stopped while they
-    // are made, so the kernel hands them over in one go, however fast the
-    // daemon would have taken them one by one.
+    // are made in directories it watches, so the kernel hands them over in
+    // one go, however fast the daemon would have taken them one by one.
+    for d in 0..8 {
+        env.write(&format!("many/{d}/seen.txt"), "the directory is watched");
+    }
+    env.converge(WITHIN, &|| w.logs());
     w.signal("STOP");
     for i in 0..400 {
         env.write(&format!("many/{}/{i}.txt", i % 8), format!("file {i}"));
