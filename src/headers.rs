@@ -25,6 +25,22 @@ pub struct HeaderSet {
     pub acl: Option<String>,
 }
 
+impl HeaderSet {
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut String> {
+        [
+            &mut self.cache_control,
+            &mut self.content_type,
+            &mut self.content_encoding,
+            &mut self.content_disposition,
+            &mut self.content_language,
+            &mut self.storage_class,
+            &mut self.acl,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// One rule as written in the config file (`headers`), and as kept in the
 /// state database: `{"match": PATTERN, …what it sets}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,9 +127,22 @@ pub struct Rules {
 }
 
 impl Rules {
-    pub fn new(specs: Vec<RuleSpec>) -> Result<Rules> {
+    pub fn new(mut specs: Vec<RuleSpec>) -> Result<Rules> {
         let mut matchers = Vec::with_capacity(specs.len());
-        for spec in &specs {
+        for spec in &mut specs {
+            let p = spec.pattern.trim();
+            if p.is_empty() || p.starts_with('#') || p.starts_with('!') {
+                bail!(
+                    "the header pattern '{}' can match no file: a pattern is a path or glob \
+                     such as *.html or /assets/ (no comments, and no '!': put a rule for the \
+                     exceptions before the general one, as the first match wins)",
+                    spec.pattern
+                );
+            }
+            spec.pattern = p.to_string();
+            for value in spec.set.values_mut() {
+                *value = value.trim().to_string();
+            }
             let mut b = GitignoreBuilder::new("");
             b.add_line(None, &spec.pattern)
                 .with_context(|| format!("invalid header pattern '{}'", spec.pattern))?;
@@ -125,6 +154,13 @@ impl Rules {
 
     pub fn is_empty(&self) -> bool {
         self.specs.is_empty()
+    }
+
+    /// The storage classes the rules give, with their patterns.
+    pub fn storage_classes(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.specs
+            .iter()
+            .filter_map(|s| Some((s.pattern.as_str(), s.set.storage_class.as_deref()?)))
     }
 
     /// What the first rule matching `rel` (a `/` path relative to the
@@ -213,12 +249,23 @@ fn check(spec: &RuleSpec) -> Result<()> {
         ("acl", &s.acl),
     ] {
         if let Some(v) = value {
-            if v.is_empty() || v.chars().any(|c| c.is_control() || !c.is_ascii()) {
+            if v.is_empty() {
                 bail!(
-                    "the header rule for '{}' gives {name} '{}': a header value must be \
-                     printable ASCII and not empty",
-                    spec.pattern,
-                    v.escape_default()
+                    "the header rule for '{}' gives {name} an empty value; give one or leave \
+                     the key out",
+                    spec.pattern
+                );
+            }
+            if let Some(c) = v.chars().find(|c| c.is_control() || !c.is_ascii()) {
+                let what = if c.is_control() {
+                    format!("a control character (U+{:04X})", c as u32)
+                } else {
+                    format!("'{c}' (U+{:04X}), which is not ASCII", c as u32)
+                };
+                bail!(
+                    "the header rule for '{}' gives {name} a value that holds {what}: a \
+                     header value must be printable ASCII",
+                    spec.pattern
                 );
             }
         }
@@ -282,6 +329,12 @@ pub fn from_flags(flags: &[String]) -> Result<Vec<RuleSpec>> {
                  Content-Language, x-amz-storage-class and x-amz-acl"
             ),
         };
+        if let Some(before) = slot {
+            bail!(
+                "--header gives {} twice for '{pattern}' ('{before}', then '{value}'); keep one",
+                name.trim()
+            );
+        }
         *slot = Some(value);
         match specs.last_mut() {
             Some(last) if last.pattern == pattern => last.set = set,
@@ -368,7 +421,25 @@ mod tests {
         let empty = rules_err(r#"[{"match": "*"}]"#);
         assert!(empty.contains("sets nothing"), "{empty}");
         let ctl = rules_err(r#"[{"match": "*", "cacheControl": "a\nb"}]"#);
-        assert!(ctl.contains("printable ASCII"), "{ctl}");
+        assert!(ctl.contains("a control character (U+000A)"), "{ctl}");
+        let accent = rules_err(r#"[{"match": "*", "contentLanguage": "fr-\u00e9"}]"#);
+        assert!(
+            accent.contains("'é' (U+00E9), which is not ASCII"),
+            "{accent}"
+        );
+        for never in ["", "  ", "#x", "!*.keep"] {
+            let json = format!(r#"[{{"match": "{never}", "cacheControl": "x"}}]"#);
+            assert!(rules_err(&json).contains("can match no file"), "{never}");
+        }
+        let trimmed = rules(r#"[{"match": " *.html ", "cacheControl": " no-cache "}]"#);
+        assert_eq!(
+            trimmed.for_rel("a.html").cache_control.as_deref(),
+            Some("no-cache")
+        );
+        let twice = from_flags(&["*.h=Cache-Control: x".into(), "*.h=cache-control: y".into()])
+            .expect_err("twice")
+            .to_string();
+        assert!(twice.contains("twice"), "{twice}");
     }
 
     fn rules_err(json: &str) -> String {

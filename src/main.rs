@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            report::say(&format!("error: cannot start the async runtime: {e}"));
             return Exit::Fatal.into();
         }
     };
@@ -424,7 +424,7 @@ fn spawn_signal_handler(stop: Arc<sync::Stop>, rep: Arc<Reporter>) {
                 _ = int.recv() => {}
             }
             if stop.requested() {
-                eprintln!("interrupted again: exiting now");
+                report::say("interrupted again: exiting now");
                 std::process::exit(Exit::Interrupted as i32);
             }
             rep.warn("interrupted: finishing uploads in flight and saving state (interrupt again to exit now)");

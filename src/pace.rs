@@ -96,6 +96,10 @@ pub struct Pace {
     wait: u32,
     /// No try has failed yet, nor the server slowed us: tries double.
     doubling: bool,
+    /// Windows since the last slow-down: the requests in flight take a
+    /// while to fall to a new limit, and the 503s of that while are no
+    /// news.
+    since_slow: u32,
 }
 
 /// What changed, and why, for `-v`.
@@ -116,10 +120,10 @@ impl Pace {
             trying: None,
             wait: 0,
             doubling: true,
+            since_slow: u32::MAX,
         }
     }
 
-    #[cfg(test)]
     pub fn limit(&self) -> usize {
         self.limit
     }
@@ -132,7 +136,12 @@ impl Pace {
 
     /// The limit for the next window.
     pub fn next(&mut self, s: Sample) -> Option<Change> {
+        self.since_slow = self.since_slow.saturating_add(1);
+        if s.throttled > 0 && self.since_slow <= windows(1) {
+            return None;
+        }
         if s.throttled > 0 {
+            self.since_slow = 0;
             self.trying = None;
             self.doubling = false;
             self.wait = windows(10);
@@ -166,6 +175,15 @@ impl Pace {
     }
 }
 
+/// Permits being taken back from the run.
+type Shrink = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>,
+            > + Send,
+    >,
+>;
+
 /// Follows [`Pace`] on `requests` until dropped: grows it with new
 /// permits, and shrinks it by taking permits back as they come free.
 pub struct Governor {
@@ -189,8 +207,13 @@ impl Governor {
         let task = tokio::spawn(async move {
             const TICKS: u32 = 5;
             const TICK: Duration = Duration::from_millis(WINDOW.as_millis() as u64 / TICKS as u64);
-            // Permits still to be taken back after a shrink.
-            let mut owed = 0usize;
+            // The permits that exist, taken or not.
+            let mut issued = pace.limit();
+            // Taking back permits after a shrink: a request for them that
+            // waits in line with the run's own, and so gets each permit as
+            // it is given back until it has them all. The requests in
+            // flight fall to the new limit as they finish.
+            let mut shrink: Option<(usize, Shrink)> = None;
             let _ = signals.take();
             // An idle daemon is looked at once a second, not twenty times.
             let mut tick = TICK;
@@ -198,9 +221,22 @@ impl Governor {
                 let mut busy = 0;
                 let start = tokio::time::Instant::now();
                 for _ in 0..TICKS {
-                    tokio::time::sleep(tick).await;
-                    if owed > 0 {
-                        owed -= requests.forget_permits(owed);
+                    let sleep = tokio::time::sleep(tick);
+                    let got = match &mut shrink {
+                        Some((_, taking)) => tokio::select! {
+                            _ = sleep => None,
+                            got = taking => Some(got),
+                        },
+                        None => {
+                            sleep.await;
+                            None
+                        }
+                    };
+                    if let Some(got) = got {
+                        if let (Some((n, _)), Ok(permits)) = (shrink.take(), got) {
+                            permits.forget();
+                            issued -= n;
+                        }
                     }
                     if requests.available_permits() == 0 {
                         busy += 1;
@@ -218,20 +254,21 @@ impl Governor {
                     saturated: busy * 2 > TICKS,
                     secs: start.elapsed().as_secs_f64(),
                 };
-                if let Some(change) = pace.next(sample) {
-                    if change.to > change.from {
-                        // What is still owed is forgiven first.
-                        let mut more = change.to - change.from;
-                        let forgiven = more.min(owed);
-                        owed -= forgiven;
-                        more -= forgiven;
-                        requests.add_permits(more);
-                    } else {
-                        owed += change.from - change.to;
-                        owed -= requests.forget_permits(owed);
-                    }
-                    say(&change);
+                let Some(change) = pace.next(sample) else {
+                    continue;
+                };
+                // A shrink under way gives back what it took so far.
+                shrink = None;
+                let to = change.to;
+                if to > issued {
+                    requests.add_permits(to - issued);
+                    issued = to;
+                } else if to < issued {
+                    let n = issued - to;
+                    let taking = requests.clone().acquire_many_owned(n as u32);
+                    shrink = Some((n, Box::pin(taking)));
                 }
+                say(&change);
             }
         });
         Governor { task }
@@ -288,8 +325,18 @@ mod tests {
             ..busy(50)
         };
         assert_eq!(p.next(slow).map(|c| c.to), Some(16));
+        // The 503s of the next second are the same burst's.
+        for _ in 0..windows(1) {
+            assert_eq!(p.next(slow), None);
+        }
         assert_eq!(p.next(slow).map(|c| c.to), Some(8));
+        for _ in 0..windows(1) {
+            assert_eq!(p.next(slow), None);
+        }
         assert_eq!(p.next(slow).map(|c| c.to), Some(4));
+        for _ in 0..windows(1) {
+            assert_eq!(p.next(slow), None);
+        }
         assert_eq!(p.next(slow), None, "never below 4");
         // Ten quiet seconds, then tries again, up to the cap.
         for _ in 0..windows(10) {

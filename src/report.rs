@@ -59,6 +59,17 @@ pub struct Reporter {
 /// reporter (the request log).
 static STAMPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Writes one line to stderr in one write, so that it is never broken up
+/// by another writer of the same stream (stdout sent to the same file,
+/// the journal).
+pub fn say(line: &str) {
+    use std::io::Write as _;
+    let mut text = String::with_capacity(line.len() + 1);
+    text.push_str(line);
+    text.push('\n');
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 /// The time and a space when lines carry the time, else nothing.
 pub fn stamp() -> String {
     if STAMPS.load(Ordering::Relaxed) {
@@ -214,8 +225,8 @@ impl Reporter {
     fn err(&self, line: &str) {
         self.clear_progress();
         match &self.label {
-            Some(label) => eprintln!("{}[{label}] {line}", self.stamp()),
-            None => eprintln!("{}{line}", self.stamp()),
+            Some(label) => say(&format!("{}[{label}] {line}", self.stamp())),
+            None => say(&format!("{}{line}", self.stamp())),
         }
     }
 
@@ -343,6 +354,16 @@ impl Reporter {
     pub fn would_copy(&self, key: &str, from: &str, size: u64, reason: &str) {
         add(&self.counts.copied, 1);
         if self.level == Level::Quiet {
+            return;
+        }
+        // Onto itself: it would get new headers.
+        if reason == crate::transfer::RESTYLED {
+            if self.json {
+                self.json_line(json!({"action": "headers", "key": key, "size": size,
+                                      "dry_run": true}));
+            } else {
+                self.out(&format!("would set the headers of {}", printable(key)));
+            }
             return;
         }
         if self.json {
@@ -504,7 +525,7 @@ impl Reporter {
         }
         *last = Instant::now();
         let c = &self.counts;
-        eprint!(
+        let line = format!(
             "\r\x1b[Kscanned {}, uploaded {} ({}), deleted {}, failed {}",
             c.scanned.load(Ordering::Relaxed),
             c.uploaded.load(Ordering::Relaxed),
@@ -512,6 +533,8 @@ impl Reporter {
             c.deleted.load(Ordering::Relaxed),
             c.failed.load(Ordering::Relaxed),
         );
+        use std::io::Write as _;
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
     pub fn failures(&self) -> u64 {

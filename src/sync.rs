@@ -401,13 +401,13 @@ pub async fn open(cfg: &SyncConfig, conn: &Connection, rep: &Reporter) -> Result
             crate::pace::Pace::new(cfg.transfer.concurrency, cap),
             move |c| {
                 if debug {
-                    eprintln!(
+                    crate::report::say(&format!(
                         "{}debug: {dest}: requests in flight {} -> {}: {}",
                         crate::report::stamp(),
                         c.from,
                         c.to,
                         c.why
-                    );
+                    ));
                 }
             },
         )
@@ -562,11 +562,30 @@ pub async fn reconcile(
 
     let (walker, mut lrx) = spawn_walk(cfg, filter);
     let trusted = trusted_since(state, cfg, recheck);
-    // The header rules the objects were last written with, when they are
-    // not this run's: each object they change for gets the new headers.
-    let old_rules = crate::headers::Rules::from_json(state.meta(HEADER_RULES).as_deref());
+    // The header rules objects may have been written with: those of the
+    // last complete run, and of any run since that did not complete. Each
+    // object one of them gives other headers than this run's gets these.
     let rules = cfg.transfer.headers.to_json();
-    let restyling = old_rules.to_json() != rules;
+    let mut old_rules = vec![crate::headers::Rules::from_json(
+        state.meta(HEADER_RULES).as_deref(),
+    )];
+    let mut pending: Vec<String> = state
+        .meta(HEADER_RULES_PENDING)
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    old_rules.extend(
+        pending
+            .iter()
+            .map(|r| crate::headers::Rules::from_json(Some(r))),
+    );
+    let restyling = old_rules.iter().any(|r| r.to_json() != rules);
+    if restyling && !cfg.dry_run && !pending.contains(&rules) {
+        pending.push(rules.clone());
+        state.set_meta(
+            HEADER_RULES_PENDING,
+            &serde_json::to_string(&pending).unwrap_or_default(),
+        );
+    }
     let (lister, mut rrx) = match trusted {
         Some(at) => {
             rep.verbose_status(
@@ -632,19 +651,16 @@ pub async fn reconcile(
             if decision == Decision::Skip && recheck.wants(&file.rel) {
                 decision = Decision::Hash;
             }
-            // New header rules for an object that stays: a copy onto
-            // itself when nothing else is to be done, else the upload
-            // (which writes the new headers) when the content may differ.
-            if restyling && old_rules.for_rel(&file.rel) != cfg.transfer.headers.for_rel(&file.rel)
-            {
-                decision = match decision {
-                    Decision::Skip if record.is_some() && !cfg.checksum => Decision::Restyle,
-                    Decision::Upload(r) => Decision::Upload(r),
-                    _ => Decision::Upload("headers changed"),
-                };
-            }
             if cfg.checksum && !matches!(decision, Decision::Upload(_)) {
                 decision = Decision::Checksum;
+            }
+            // New header rules for an object that stays: a copy onto
+            // itself, at once when nothing else is to be done, else once
+            // the content is found the same (an upload writes them anyway).
+            let wants = cfg.transfer.headers.for_rel(&file.rel);
+            let restyle = restyling && old_rules.iter().any(|r| r.for_rel(&file.rel) != wants);
+            if restyle && decision == Decision::Skip && record.is_some() {
+                decision = Decision::Restyle;
             }
             if decision == Decision::Skip {
                 rep.skipped(&key, "unchanged");
@@ -665,6 +681,7 @@ pub async fn reconcile(
                 remote: matched,
                 state: record,
                 wait_for_primary: false,
+                restyle,
             };
             let up = uploader.clone();
             let dry_run = cfg.dry_run;
@@ -781,12 +798,16 @@ pub async fn reconcile(
     }
     if restyling && matches!(status, Status::Done) && !cfg.dry_run {
         state.set_meta(HEADER_RULES, &rules);
+        state.set_meta(HEADER_RULES_PENDING, "[]");
     }
     Ok(status)
 }
 
 /// The meta key of the header rules every object was last written with.
 const HEADER_RULES: &str = "header_rules";
+/// The meta key of the header rules of runs since that did not complete
+/// (a JSON list of rule sets): some objects may have theirs.
+const HEADER_RULES_PENDING: &str = "header_rules_pending";
 
 /// The local walk, on a blocking thread, in key order.
 pub fn spawn_walk(

@@ -89,6 +89,9 @@ pub struct Job {
     /// not hold the file as it is yet, answer [`Outcome::Behind`] instead
     /// of uploading (`watch`, where the primary's upload is under way).
     pub wait_for_primary: bool,
+    /// The header rules for it changed: when the content is found the
+    /// same, the object gets the new headers by a copy onto itself.
+    pub restyle: bool,
 }
 
 /// What became of a job.
@@ -513,6 +516,16 @@ impl Uploader {
             (None, Decision::Upload(reason)) => *reason,
             (None, _) => "new",
             (Some(head), _) => match self.verify(&job, head).await {
+                Ok(Some((record, _))) if job.restyle && !dry_run => {
+                    let key = job.key.clone();
+                    return Box::pin(self.copy_or_upload(job, key, record)).await;
+                }
+                Ok(Some(_)) if job.restyle => {
+                    return Outcome::WouldUpload {
+                        reason: RESTYLED,
+                        from: Some(format!("s3://{}/{}", self.bucket, job.key)),
+                    }
+                }
                 Ok(Some((record, why))) => return Outcome::Unchanged { record, why },
                 Ok(None) => "content changed",
                 Err(UploadError::Store(StoreError::NotFound)) => "new",

@@ -248,6 +248,10 @@ fn targets(
     let sync = mirror::resolve_sync(choices, loaded, env)?;
     check_bucket(&sync.dest, &conn)?;
     check_storage_class(sync.transfer.storage_class.as_deref(), &conn)?;
+    for (pattern, class) in sync.transfer.headers.storage_classes() {
+        check_storage_class(Some(class), &conn)
+            .with_context(|| format!("in the header rule for '{pattern}'"))?;
+    }
     if let Some(b) = &sync.transfer.backup {
         check_bucket(&b.at, &conn)?;
         b.check_apart(&sync.dest)?;

@@ -80,12 +80,12 @@ impl Intercept for RequestLog {
             .response()
             .map_or("no answer".to_string(), |r| r.status().as_u16().to_string());
         let attempt = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
-        eprintln!(
+        crate::report::say(&format!(
             "{}debug: {} {status} {} ms (attempt {attempt})",
             crate::report::stamp(),
             sent.what,
             sent.at.elapsed().as_millis()
-        );
+        ));
         Ok(())
     }
 }

@@ -304,6 +304,8 @@ impl Daemon<'_> {
             remote: None,
             state: record,
             wait_for_primary,
+            // New rules reach objects by the reconcile at start.
+            restyle: false,
         };
         let up = self.session.uploader.clone();
         let from = source.as_ref().and(copy_from);

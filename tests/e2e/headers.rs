@@ -160,3 +160,65 @@ fn watch_uploads_with_the_rules_headers() {
         assert_eq!(w.term(), 0, "{kind:?}: {}", w.logs());
     }
 }
+
+#[test]
+fn objects_written_by_a_run_that_did_not_complete_get_the_rules_again() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        for i in 0..5 {
+            env.write(&format!("p{i}.html"), format!("page {i}"));
+        }
+        let rule = |v: &str| format!("*.html=Cache-Control: {v}");
+        env.sync(&["--header", &rule("A")]).ok();
+        // A run with rule B that does not complete (a name too long for a
+        // key fails it), then rule A again: what B wrote goes back to A.
+        let long = ["n", "m", "o", "p", "q"].map(|c| c.repeat(250)).join("/");
+        env.write(&format!("{long}/x.html"), "no key can hold this");
+        let partial = env.sync(&["--header", &rule("B")]).code(1);
+        assert_eq!(partial.actions("headers").len(), 5, "{kind:?}: {partial}");
+        std::fs::remove_dir_all(env.tree().join("n".repeat(250))).expect("rm");
+        let back = env.sync(&["--header", &rule("A")]).ok();
+        assert_eq!(back.actions("headers").len(), 5, "{kind:?}: {back}");
+        let b = env.primary();
+        for i in 0..5 {
+            let (cc, _, _) = served(&b, &format!("{}p{i}.html", env.prefix));
+            assert_eq!(cc, some("A"), "{kind:?} p{i}");
+        }
+        // Complete again: the next run is a no-op.
+        let again = env.sync(&["--header", &rule("A")]).ok();
+        assert_eq!(again.summary()["copied"], 0, "{kind:?}: {again}");
+        // A dry run says what it would do, as the real run names it.
+        let dry = env.sync(&["--header", &rule("C"), "--dry-run"]).ok();
+        assert_eq!(dry.actions("headers").len(), 5, "{kind:?}: {dry}");
+        assert_eq!(dry.summary()["uploaded"], 0, "{kind:?}: {dry}");
+    }
+}
+
+#[test]
+fn a_new_state_database_copies_headers_instead_of_uploading_again() {
+    for kind in KINDS {
+        let env = TestEnv::new(kind);
+        env.write("index.html", "home");
+        env.write("big.bin", vec![3u8; 6 << 20]);
+        env.sync(&["--multipart-threshold", "5MiB"]).ok();
+        // The state database is lost; the rules are new.
+        std::fs::remove_dir_all(env.state_dir()).expect("rm state");
+        let rules = [
+            "--header",
+            "*=Cache-Control: max-age=60",
+            "--multipart-threshold",
+            "5MiB",
+        ];
+        let run = env.sync(&rules).ok();
+        assert_eq!(run.summary()["uploaded"], 0, "{kind:?}: {run}");
+        assert_eq!(run.actions("headers").len(), 2, "{kind:?}: {run}");
+        // --checksum hashes, then copies too.
+        let checked = env
+            .sync(&["--header", "*=Cache-Control: max-age=90", "--checksum"])
+            .ok();
+        assert_eq!(checked.summary()["uploaded"], 0, "{kind:?}: {checked}");
+        assert_eq!(checked.actions("headers").len(), 2, "{kind:?}: {checked}");
+        let (cc, _, _) = served(&env.primary(), &format!("{}big.bin", env.prefix));
+        assert_eq!(cc, some("max-age=90"), "{kind:?}");
+    }
+}
