@@ -359,6 +359,8 @@ impl Lister<'_> {
         let kind = match e.file_type() {
             Ok(ft) if self.follow && ft.is_symlink() => match std::fs::metadata(&path) {
                 Ok(m) => Kind::Followed(m),
+                // The link is there (or was): it points to nothing.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Kind::Dangling,
                 Err(err) => Kind::Broken(err),
             },
             Ok(ft) => Kind::Plain(ft),
@@ -375,6 +377,23 @@ impl Lister<'_> {
             Kind::Plain(ft) => *ft,
             Kind::Followed(m) => m.file_type(),
             Kind::Broken(err) => return emit(self.unreadable(&e.path, err, true)),
+            Kind::Dangling => {
+                let rel = e.path.strip_prefix(self.root).ok()?;
+                return emit(match keys::rel_key(rel, self.prefix) {
+                    Ok(rel) => ScanItem::Kept {
+                        rel,
+                        dir: false,
+                        message: "symlink to nothing (what it points to does not exist); \
+                                  skipped"
+                            .into(),
+                        problem: false,
+                    },
+                    Err(err) => ScanItem::Problem {
+                        path: e.path,
+                        message: err.to_string(),
+                    },
+                });
+            }
         };
         let rel_path = e.path.strip_prefix(self.root).ok()?;
         if let Some(why) = self
@@ -541,8 +560,10 @@ enum Kind {
     Plain(std::fs::FileType),
     /// A link followed to what it points to.
     Followed(std::fs::Metadata),
-    /// A link to nothing (when followed), or an entry gone before its
-    /// type was read.
+    /// A link followed to nothing.
+    Dangling,
+    /// An entry gone before its type was read, or a link whose target
+    /// cannot be read.
     Broken(std::io::Error),
 }
 
@@ -551,7 +572,7 @@ impl Entry {
         match &self.kind {
             Kind::Plain(ft) => ft.is_dir(),
             Kind::Followed(m) => m.is_dir(),
-            Kind::Broken(_) => false,
+            Kind::Broken(_) | Kind::Dangling => false,
         }
     }
 }
@@ -987,6 +1008,9 @@ mod tests {
             assert!(text.contains("after 2262"), "{text}");
             assert!(text.contains("a FIFO"), "{text}");
             assert!(text.contains("Problem"), "{text}");
+            if follow {
+                assert!(text.contains("symlink to nothing"), "{text}");
+            }
         }
     }
 

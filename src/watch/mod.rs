@@ -327,11 +327,12 @@ pub async fn run(
     rep.status(
         "ready",
         &format!(
-            "initial reconcile {} after {:.2} s (uploaded {}, deleted {}, failed {}); watching {} \
-             director{} under {} for changes to {}",
+            "initial reconcile {} after {:.2} s (uploaded {}, copied {}, deleted {}, failed {}); \
+             watching {} director{} under {} for changes to {}",
             outcome,
             started.elapsed().as_secs_f64(),
             get(&c.uploaded),
+            get(&c.copied),
             get(&c.deleted),
             get(&c.failed),
             dirs,
@@ -339,8 +340,9 @@ pub async fn run(
             sync.dir.display(),
             sync.dest
         ),
-        json!({"directories": dirs, "uploaded": get(&c.uploaded), "deleted": get(&c.deleted),
-               "failed": get(&c.failed), "seconds": started.elapsed().as_secs_f64()}),
+        json!({"directories": dirs, "uploaded": get(&c.uploaded), "copied": get(&c.copied),
+               "deleted": get(&c.deleted), "failed": get(&c.failed),
+               "seconds": started.elapsed().as_secs_f64()}),
     );
     rep.pulse.set_ready();
     d.rep.pulse.set_status(d.status_line());
