@@ -247,19 +247,6 @@ impl Sse {
     }
 }
 
-/// Adds the encryption of `sse` to a request that writes an object.
-macro_rules! encrypted {
-    ($req:expr, $sse:expr) => {{
-        let sse: Option<&Sse> = $sse;
-        let (alg, key, md5) = sse.map(Sse::customer).unwrap_or_default();
-        $req.set_server_side_encryption(sse.and_then(Sse::algorithm))
-            .set_ssekms_key_id(sse.and_then(Sse::kms_key))
-            .set_sse_customer_algorithm(alg)
-            .set_sse_customer_key(key)
-            .set_sse_customer_key_md5(md5)
-    }};
-}
-
 /// Adds an SSE-C key to a request that reads an object or writes a part.
 macro_rules! with_key {
     ($req:expr, $sse:expr) => {{
@@ -267,6 +254,17 @@ macro_rules! with_key {
         $req.set_sse_customer_algorithm(alg)
             .set_sse_customer_key(key)
             .set_sse_customer_key_md5(md5)
+    }};
+}
+
+/// Adds the encryption of `sse` to a request that writes an object.
+macro_rules! encrypted {
+    ($req:expr, $sse:expr) => {{
+        let sse: Option<&Sse> = $sse;
+        let req = $req
+            .set_server_side_encryption(sse.and_then(Sse::algorithm))
+            .set_ssekms_key_id(sse.and_then(Sse::kms_key));
+        with_key!(req, sse)
     }};
 }
 

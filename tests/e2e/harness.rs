@@ -720,6 +720,18 @@ impl Bucket {
         })
     }
 
+    /// Everything a HEAD of `key` answers.
+    pub fn head_all(&self, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
+        block_on(
+            self.client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("head {key}: {e:?}"))
+    }
+
     /// Every key in the bucket with its bytes.
     pub fn objects(&self) -> BTreeMap<String, Vec<u8>> {
         let keys = self.listing().into_keys().collect::<Vec<_>>();

@@ -6,21 +6,13 @@ use crate::harness::*;
 
 /// Cache-Control, Content-Type and Content-Encoding of an object.
 fn served(b: &Bucket, key: &str) -> (Option<String>, Option<String>, Option<String>) {
-    block_on(async {
-        let h = b
-            .client
-            .head_object()
-            .bucket(&b.bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("head {key}: {e:?}"));
-        (
-            h.cache_control().map(str::to_string),
-            h.content_type().map(str::to_string),
-            h.content_encoding().map(str::to_string),
-        )
-    })
+    let h = b.head_all(key);
+    let text = |s: Option<&str>| s.map(str::to_string);
+    (
+        text(h.cache_control()),
+        text(h.content_type()),
+        text(h.content_encoding()),
+    )
 }
 
 fn some(s: &str) -> Option<String> {

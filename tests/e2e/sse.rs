@@ -6,17 +6,8 @@ use crate::harness::*;
 
 /// The encryption a HEAD reports.
 fn encryption(b: &Bucket, key: &str) -> Option<String> {
-    block_on(async {
-        let h = b
-            .client
-            .head_object()
-            .bucket(&b.bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("head {key}: {e:?}"));
-        h.server_side_encryption().map(|s| s.as_str().to_string())
-    })
+    let h = b.head_all(key);
+    h.server_side_encryption().map(|s| s.as_str().to_string())
 }
 
 #[test]
