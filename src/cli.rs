@@ -232,6 +232,12 @@ pub struct TransferArgs {
     #[arg(long, value_name = "CLASS", help_heading = "Transfer")]
     pub storage_class: Option<String>,
 
+    /// Store each file's mode, owner, group, access and birth times with
+    /// its object (rclone's names), and mirror a chmod or chown by a
+    /// metadata replace.
+    #[arg(long, help_heading = "Transfer")]
+    pub metadata: bool,
+
     /// Encrypt what is written on the server: AES256 (keys the provider
     /// manages) or aws:kms.
     #[arg(long, value_name = "AES256|aws:kms", help_heading = "Transfer")]

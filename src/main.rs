@@ -5,6 +5,7 @@
 //! exit 2), run the command, and map the outcome to a documented exit
 //! code. The whole error chain is printed once.
 
+mod attrs;
 mod batch;
 mod bwlimit;
 mod cli;

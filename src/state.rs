@@ -172,7 +172,9 @@ impl State {
                  md5 BLOB NOT NULL,
                  etag TEXT
              ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS dirty (rel TEXT PRIMARY KEY) WITHOUT ROWID;",
+             CREATE TABLE IF NOT EXISTS dirty (rel TEXT PRIMARY KEY) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS attrs (key TEXT PRIMARY KEY, attrs TEXT NOT NULL)
+                 WITHOUT ROWID;",
         )?;
         // Databases of earlier versions lack the column that marks a record
         // unsure.
@@ -264,6 +266,40 @@ impl State {
         self.pending += 1;
         if self.pending >= BATCH {
             self.flush();
+        }
+    }
+
+    /// The file attributes (`--metadata`) the object at `key` was last
+    /// written with.
+    pub fn attrs(&mut self, key: &str) -> Option<String> {
+        let res = self.conn.as_ref().map(|c| {
+            c.prepare_cached("SELECT attrs FROM attrs WHERE key = ?1")
+                .and_then(|mut st| {
+                    st.query_row(params![key], |r| r.get::<_, String>(0))
+                        .optional()
+                })
+        })?;
+        match res {
+            Ok(v) => v,
+            Err(e) => {
+                self.fail("read", e);
+                None
+            }
+        }
+    }
+
+    pub fn set_attrs(&mut self, key: &str, attrs: &str) {
+        if !self.begin() {
+            return;
+        }
+        let res = self.conn.as_ref().map(|c| {
+            c.prepare_cached("INSERT OR REPLACE INTO attrs (key, attrs) VALUES (?1, ?2)")
+                .and_then(|mut st| st.execute(params![key, attrs]))
+        });
+        match res {
+            Some(Ok(_)) => self.wrote(),
+            Some(Err(e)) => self.fail("write", e),
+            None => {}
         }
     }
 

@@ -124,7 +124,8 @@ struct Run<'a> {
 impl Run<'_> {
     fn finish(&mut self, (key, file, outcome): Done) {
         let dry = self.cfg.dry_run;
-        let concluded = conclude(self.rep, self.state, &key, &file, outcome, dry);
+        let metadata = self.cfg.transfer.metadata;
+        let concluded = conclude(self.rep, self.state, &key, &file, outcome, dry, metadata);
         if matches!(concluded, Concluded::Vanished | Concluded::Failed { .. }) && !dry {
             self.unconfirmed.push(key.clone());
         }
@@ -216,7 +217,14 @@ pub fn conclude(
     file: &LocalFile,
     outcome: Outcome,
     dry_run: bool,
+    metadata: bool,
 ) -> Concluded {
+    // With --metadata: what the object was written with now.
+    let written = |state: &mut State| {
+        if let Some(a) = metadata.then(|| crate::attrs::of(&file.path)).flatten() {
+            state.set_attrs(key, &a.key());
+        }
+    };
     match outcome {
         Outcome::Uploaded {
             record,
@@ -232,6 +240,7 @@ pub fn conclude(
                 reason,
             );
             state.put(key, &record);
+            written(state);
         }
         Outcome::Copied {
             record,
@@ -240,6 +249,7 @@ pub fn conclude(
         } => {
             rep.copied(key, &from, record.size, elapsed);
             state.put(key, &record);
+            written(state);
         }
         Outcome::Unchanged { record, why } => {
             rep.skipped(key, why);
@@ -658,7 +668,12 @@ pub async fn reconcile(
             // itself, at once when nothing else is to be done, else once
             // the content is found the same (an upload writes them anyway).
             let wants = cfg.transfer.headers.for_rel(&file.rel);
-            let restyle = restyling && old_rules.iter().any(|r| r.for_rel(&file.rel) != wants);
+            let mut restyle = restyling && old_rules.iter().any(|r| r.for_rel(&file.rel) != wants);
+            // --metadata: a chmod or chown is mirrored the same way.
+            if cfg.transfer.metadata && !restyle {
+                let now = crate::attrs::of(&file.path).map(|a| a.key());
+                restyle = now.is_some() && now != run.state.attrs(&key);
+            }
             if restyle && decision == Decision::Skip && record.is_some() {
                 decision = Decision::Restyle;
             }

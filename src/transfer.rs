@@ -462,10 +462,13 @@ impl Uploader {
         self
     }
 
-    fn meta(&self, key: &str, mtime_ns: i64, md5: &[u8; 16]) -> PutMeta {
+    fn meta(&self, key: &str, path: &Path, mtime_ns: i64, md5: &[u8; 16]) -> PutMeta {
         let mut metadata = vec![(plan::META_MD5, crate::store::b64(md5))];
         if self.cfg.mtime_metadata {
             metadata.push((plan::META_MTIME, plan::format_mtime(mtime_ns)));
+        }
+        if self.cfg.metadata {
+            metadata.extend(crate::attrs::of(path).iter().flat_map(|a| a.metadata()));
         }
         let rel = key.strip_prefix(self.prefix.as_str()).unwrap_or(key);
         let mut headers = self.cfg.headers.for_rel(rel);
@@ -604,7 +607,7 @@ impl Uploader {
     /// meanwhile, uploads instead.
     pub async fn copy_or_upload(&self, job: Job, from: String, source: Record) -> Outcome {
         let start = Instant::now();
-        let meta = self.meta(&job.key, job.file.mtime_ns, &source.md5);
+        let meta = self.meta(&job.key, &job.file.path, job.file.mtime_ns, &source.md5);
         let copied = self
             .store
             .copy(
@@ -688,7 +691,7 @@ impl Uploader {
                 Err(e) => return Ok(Outcome::Failed(e)),
             }
         }
-        let meta = self.meta(&job.key, job.file.mtime_ns, &md5);
+        let meta = self.meta(&job.key, &job.file.path, job.file.mtime_ns, &md5);
         let if_match = head.etag.as_deref();
         let size = job.file.size;
         let copied = if size > MAX_COPY || size >= self.cfg.multipart_threshold {
@@ -822,7 +825,7 @@ impl Uploader {
             // The right bytes without the metadata that says so (a copy or
             // upload cut off between the two, or another tool's upload):
             // the metadata is put right on the server, the bytes stay.
-            let meta = self.meta(&job.key, local.mtime_ns, &md5);
+            let meta = self.meta(&job.key, &local.path, local.mtime_ns, &md5);
             let from = (self.bucket.as_str(), job.key.as_str());
             match self
                 .store
@@ -869,7 +872,7 @@ impl Uploader {
                 return Err(UploadError::Changed);
             }
             let md5: [u8; 16] = Md5::digest(&data).into();
-            let meta = self.meta(key, mtime_ns, &md5);
+            let meta = self.meta(key, path, mtime_ns, &md5);
             let etag = self
                 .store
                 .put(
@@ -886,7 +889,7 @@ impl Uploader {
         } else if size < self.cfg.multipart_threshold {
             let p = path.to_path_buf();
             let md5 = blocking(move || hash_prefix(&p, size)).await?;
-            let meta = self.meta(key, mtime_ns, &md5);
+            let meta = self.meta(key, path, mtime_ns, &md5);
             let body = limited(&self.cfg.bwlimit, file_body(path, 0, size, md5)?);
             let etag = self
                 .store
@@ -901,7 +904,7 @@ impl Uploader {
             // when the upload is created; each part's MD5 is computed by
             // the task that sends it, in parallel.
             let md5 = blocking(move || hash_prefix(&p, size)).await?;
-            let meta = self.meta(key, mtime_ns, &md5);
+            let meta = self.meta(key, path, mtime_ns, &md5);
             let source = Some((path, (size, mtime_ns), md5));
             let path = path.to_path_buf();
             let bwlimit = self.cfg.bwlimit.clone();

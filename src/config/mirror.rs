@@ -90,6 +90,8 @@ pub struct TransferConfig {
     pub backup: Option<Backup>,
     /// Server-side encryption.
     pub sse: Option<crate::store::Sse>,
+    /// `--metadata`: files' mode, owner and times go with their objects.
+    pub metadata: bool,
     /// Write the `mtime` user metadata (node-s3ma's `mtimeToMetaData`).
     pub mtime_metadata: bool,
     pub mime: MimeTable,
@@ -361,6 +363,7 @@ fn transfer(args: &TransferArgs, loaded: &Loaded) -> Result<TransferConfig> {
     };
     let sse = sse(args, file)?;
     Ok(TransferConfig {
+        metadata: args.metadata || file.metadata.unwrap_or(false),
         sse,
         backup,
         headers,

@@ -304,8 +304,12 @@ impl Daemon<'_> {
             remote: None,
             state: record,
             wait_for_primary,
-            // New rules reach objects by the reconcile at start.
-            restyle: false,
+            // New header rules reach objects by the reconcile at start; a
+            // chmod or chown (--metadata) by a metadata replace.
+            restyle: self.sync.transfer.metadata && {
+                let now = crate::attrs::of(&file.path).map(|a| a.key());
+                now.is_some() && now != self.session.state.attrs(&key)
+            },
         };
         let up = self.session.uploader.clone();
         let from = source.as_ref().and(copy_from);

@@ -189,6 +189,7 @@ impl Daemon<'_> {
             &file,
             outcome,
             false,
+            self.sync.transfer.metadata,
         );
         self.session.state.flush();
         let now = Instant::now();

@@ -15,6 +15,7 @@ mod headers;
 mod health;
 mod inotify;
 mod ls;
+mod metadata;
 mod mistakes;
 mod model;
 mod names;
