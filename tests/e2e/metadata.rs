@@ -44,7 +44,7 @@ fn file_attributes_go_with_the_objects_and_a_chmod_is_a_metadata_replace() {
         chmod(&a, 0o600);
         let run = env.sync(&["--metadata"]).ok();
         assert_eq!(run.summary()["uploaded"], 0, "{kind:?}: {run}");
-        assert_eq!(run.actions("headers"), [key.clone()], "{kind:?}: {run}");
+        assert_eq!(run.actions("headers"), vec![key.clone()], "{kind:?}: {run}");
         let (_, meta, _) = b.head(&key);
         assert_eq!(
             meta.get("mode").map(String::as_str),
