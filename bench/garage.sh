@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Large-tree cases against garage, which keeps an index of its keys (unlike
+# s3s-fs, which walks its directory for every listing):
+#   1. initial upload of FILES (default 100,000) files of 1 KiB, s3ma and
+#      rclone --transfers 32;
+#   2. the no-op sync of that tree through bench/latency-proxy.py (+RTT_MS,
+#      default 35 ms): s3ma, s3ma --trust-state, rclone --fast-list (which
+#      asks each object for its mtime), and aws s3 sync when installed.
+# PEERS="rclone aws" (the default) says which peers run.
+# garage is built with
+#   cargo install garage --no-default-features --features bundled-libs,sqlite --locked
+# (slow: about 40 minutes on 2 cores), and looked for as GARAGE or on PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FILES=${FILES:-100000}
+RTT_MS=${RTT_MS:-35}
+BIN=${S3MA:-target/release/s3ma}
+GARAGE=${GARAGE:-$(command -v garage || true)}
+[ -x "$GARAGE" ] || { echo "garage not found: set GARAGE=/path/to/garage" >&2; exit 1; }
+[ -x "$BIN" ] || cargo build --release --locked
+work=$(mktemp -d)
+cat >"$work/garage.toml" <<TOML
+metadata_dir = "$work/meta"
+data_dir = "$work/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:3911"
+rpc_public_addr = "127.0.0.1:3911"
+rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:3910"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:3913"
+TOML
+G=("$GARAGE" -c "$work/garage.toml")
+"${G[@]}" server >"$work/garage.log" 2>&1 &
+server=$!
+python3 bench/latency-proxy.py 3915 127.0.0.1:3910 "$RTT_MS" &
+proxy=$!
+trap 'kill $server $proxy 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 100); do "${G[@]}" status >/dev/null 2>&1 && break; sleep 0.2; done
+node=$("${G[@]}" node id -q | cut -d@ -f1)
+"${G[@]}" layout assign -z dc1 -c 10G "$node" >/dev/null
+"${G[@]}" layout apply --version 1 >/dev/null
+keys=$("${G[@]}" key create bench)
+export AWS_ACCESS_KEY_ID=$(echo "$keys" | awk '/Key ID/ {print $3}')
+export AWS_SECRET_ACCESS_KEY=$(echo "$keys" | awk '/Secret key/ {print $3}')
+export AWS_DEFAULT_REGION=garage
+# rclone's SDK cannot use a CA bundle with its own transport (and none is
+# needed over http).
+unset AWS_CA_BUNDLE
+for b in s3ma rclone aws; do
+    "${G[@]}" bucket create "$b" >/dev/null
+    "${G[@]}" bucket allow --read --write --owner "$b" --key bench >/dev/null
+done
+python3 - "$work/tree" "$FILES" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i // 1000:04}")
+    if i % 1000 == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:07}.txt"), "wb") as f:
+        f.write(os.urandom(1024))
+PY
+direct=http://127.0.0.1:3910
+slow=http://127.0.0.1:3915
+rc=(rclone --config /dev/null --s3-provider Other --s3-env-auth --s3-region garage --s3-force-path-style -q)
+row() { /usr/bin/time -f "| $1 | %e s | %U+%S s | %M KiB |" "${@:2}" 2>&1 >/dev/null | grep '^|'; }
+echo "| case | wall | CPU | peak RSS |"
+echo "|---|--:|--:|--:|"
+st="$work/state"
+row "initial, s3ma" "$BIN" sync "$work/tree" s3://s3ma/t/ --endpoint "$direct" --region garage --state-dir "$st" -q
+PEERS=${PEERS:-rclone aws}
+peer() { case " $PEERS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+peer rclone && row "initial, rclone --transfers 32" "${rc[@]}" --s3-endpoint "$direct" --transfers 32 --checkers 32 sync "$work/tree" :s3:rclone/t
+# The state database is per endpoint: the first run through the proxy
+# starts with none, and hashes each file against its listed ETag.
+row "first sync, empty state database, +${RTT_MS} ms, s3ma" "$BIN" sync "$work/tree" s3://s3ma/t/ --endpoint "$slow" --region garage --state-dir "$st" -q
+row "no-op +${RTT_MS} ms, s3ma" "$BIN" sync "$work/tree" s3://s3ma/t/ --endpoint "$slow" --region garage --state-dir "$st" -q
+row "no-op +${RTT_MS} ms, s3ma --trust-state" "$BIN" sync "$work/tree" s3://s3ma/t/ --endpoint "$slow" --region garage --state-dir "$st" -q --trust-state
+peer rclone && row "no-op +${RTT_MS} ms, rclone --fast-list" "${rc[@]}" --s3-endpoint "$slow" --fast-list --checkers 32 sync "$work/tree" :s3:rclone/t
+if peer aws && command -v aws >/dev/null && aws --version >/dev/null 2>&1; then
+    # Filled by s3ma (aws-cli would take many minutes): aws s3 sync
+    # compares sizes and times from the listing.
+    "$BIN" sync "$work/tree" s3://aws/t/ --endpoint "$direct" --region garage \
+        --state-dir "$work/state-aws" -q
+    row "no-op +${RTT_MS} ms, aws s3 sync" aws --endpoint-url "$slow" s3 sync --only-show-errors "$work/tree" s3://aws/t
+fi
