@@ -752,6 +752,10 @@ impl Uploader {
         head: bool,
     ) -> Result<Option<(Record, &'static str)>, UploadError> {
         let local = &job.file;
+        // The object's metadata was read (a HEAD): only then can it be
+        // found wanting and put right. The listing and the state database
+        // say nothing of it.
+        let mut looked = false;
         let (facts, etag) = match (&job.state, head) {
             (Some(s), false) => (
                 RemoteFacts {
@@ -779,15 +783,18 @@ impl Uploader {
                     Some(_) if local.size <= HASH_BEFORE_HEAD => (listed(), None),
                     _ => match self.store.head(&self.bucket, &job.key).await {
                         Ok(h) if h.size != local.size => return Ok(None),
-                        Ok(h) => (
-                            RemoteFacts::from_head(
-                                h.etag
-                                    .as_deref()
-                                    .filter(|e| self.store.etag_md5(e).is_some()),
-                                &h.metadata,
-                            ),
-                            h.etag,
-                        ),
+                        Ok(h) => {
+                            looked = true;
+                            (
+                                RemoteFacts::from_head(
+                                    h.etag
+                                        .as_deref()
+                                        .filter(|e| self.store.etag_md5(e).is_some()),
+                                    &h.metadata,
+                                ),
+                                h.etag,
+                            )
+                        }
                         // Credentials that may list and write but not read:
                         // the listing's ETag is all there is to compare.
                         Err(StoreError::AccessDenied(_)) => (listed(), None),
@@ -821,7 +828,7 @@ impl Uploader {
             return Ok(None);
         }
         let missing_mtime = self.cfg.mtime_metadata && facts.mtime.is_none();
-        if (!facts.metadata_whole || missing_mtime) && local.size <= MAX_COPY {
+        if looked && (!facts.metadata_whole || missing_mtime) && local.size <= MAX_COPY {
             // The right bytes without the metadata that says so (a copy or
             // upload cut off between the two, or another tool's upload):
             // the metadata is put right on the server, the bytes stay.
