@@ -65,6 +65,13 @@ impl Attrs {
     }
 }
 
+/// Did the mode, owner or group of the file at `path` change since its
+/// object at `key` was written (a file that cannot be read: no)?
+pub fn changed(state: &mut crate::state::State, key: &str, path: &Path) -> bool {
+    let now = of(path).map(|a| a.key());
+    now.is_some() && now != state.attrs(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

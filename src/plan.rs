@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::scan::LocalFile;
 use crate::state::Record;
-use crate::store::{etag_md5, ObjectInfo};
+use crate::store::ObjectInfo;
 
 /// rclone's metadata names, so `rclone check` and s3ma agree.
 pub const META_MTIME: &str = "mtime";
@@ -83,9 +83,13 @@ impl RemoteFacts {
     /// The object's MD5 and how far its metadata can be trusted. The bytes'
     /// own MD5 (a plain ETag) wins over an `md5chksum` that contradicts it:
     /// such metadata was copied from elsewhere, or torn from its object.
-    pub fn from_head(etag: Option<&str>, metadata: &HashMap<String, String>) -> RemoteFacts {
+    /// `of_bytes` is the MD5 the ETag stands for, when it stands for one
+    /// (see [`crate::store::Store::etag_md5`]).
+    pub fn from_head(
+        of_bytes: Option<[u8; 16]>,
+        metadata: &HashMap<String, String>,
+    ) -> RemoteFacts {
         let in_metadata = metadata.get(META_MD5).and_then(|v| decode_md5_b64(v));
-        let of_bytes = etag.and_then(etag_md5);
         let md5 = of_bytes.or(in_metadata);
         let mtime = metadata.get(META_MTIME).and_then(|v| parse_mtime(v));
         RemoteFacts {
@@ -162,6 +166,7 @@ pub fn part_layout(size: u64, chunk: u64) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::etag_md5;
     use std::path::PathBuf;
 
     fn local(size: u64, mtime_ns: i64) -> LocalFile {
@@ -262,25 +267,25 @@ mod tests {
             "mtime".to_string(),
             "Sun, 06 Apr 2014 22:53:47 GMT".to_string(),
         );
-        let f = RemoteFacts::from_head(Some("d41d8cd98f00b204e9800998ecf8427e"), &meta);
+        let f = RemoteFacts::from_head(etag_md5("d41d8cd98f00b204e9800998ecf8427e"), &meta);
         assert!(f.same_mtime(1_396_824_827_999_000_000));
         assert!(!f.same_mtime(1_396_824_828_000_000_000));
         assert!(f.md5.is_some(), "a plain ETag is an MD5");
         assert!(!f.metadata_whole, "no md5chksum");
-        let f = RemoteFacts::from_head(Some("abc-2"), &HashMap::new());
+        let f = RemoteFacts::from_head(etag_md5("abc-2"), &HashMap::new());
         assert_eq!(f, RemoteFacts::default());
         meta.insert(
             "md5chksum".to_string(),
             "1B2M2Y8AsgTpgAmY7PhCfg==".to_string(),
         );
-        let f = RemoteFacts::from_head(Some("abc-2"), &meta);
+        let f = RemoteFacts::from_head(etag_md5("abc-2"), &meta);
         assert_eq!(
             f.md5.map(hex::encode).as_deref(),
             Some("d41d8cd98f00b204e9800998ecf8427e")
         );
         assert!(f.metadata_whole);
         // md5chksum copied onto other bytes: the ETag tells the truth.
-        let f = RemoteFacts::from_head(Some("0cc175b9c0f1b6a831c399e269772661"), &meta);
+        let f = RemoteFacts::from_head(etag_md5("0cc175b9c0f1b6a831c399e269772661"), &meta);
         assert_eq!(
             f.md5.map(hex::encode).as_deref(),
             Some("0cc175b9c0f1b6a831c399e269772661")

@@ -423,6 +423,12 @@ impl Store {
         self.sse.as_deref()
     }
 
+    /// What a HEAD says of an object's content and metadata.
+    pub fn facts(&self, head: &HeadInfo) -> crate::plan::RemoteFacts {
+        let of_bytes = head.etag.as_deref().and_then(|e| self.etag_md5(e));
+        crate::plan::RemoteFacts::from_head(of_bytes, &head.metadata)
+    }
+
     /// The MD5 an ETag stands for, when it stands for one: not under
     /// SSE-KMS or SSE-C, where the ETag is no MD5 of the bytes.
     pub fn etag_md5(&self, etag: &str) -> Option<[u8; 16]> {

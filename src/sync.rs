@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::batch::Batches;
-use tokio::task::JoinSet;
 
 use crate::config::{Backup, Connection, SyncConfig};
 use crate::keys::Location;
@@ -667,13 +667,12 @@ pub async fn reconcile(
             // New header rules for an object that stays: a copy onto
             // itself, at once when nothing else is to be done, else once
             // the content is found the same (an upload writes them anyway).
-            let wants = cfg.transfer.headers.for_rel(&file.rel);
-            let mut restyle = restyling && old_rules.iter().any(|r| r.for_rel(&file.rel) != wants);
-            // --metadata: a chmod or chown is mirrored the same way.
-            if cfg.transfer.metadata && !restyle {
-                let now = crate::attrs::of(&file.path).map(|a| a.key());
-                restyle = now.is_some() && now != run.state.attrs(&key);
-            }
+            let restyle = (restyling && {
+                let wants = cfg.transfer.headers.for_rel(&file.rel);
+                old_rules.iter().any(|r| r.for_rel(&file.rel) != wants)
+            })
+                // --metadata: a chmod or chown is mirrored the same way.
+                || (cfg.transfer.metadata && crate::attrs::changed(run.state, &key, &file.path));
             if restyle && decision == Decision::Skip && record.is_some() {
                 decision = Decision::Restyle;
             }

@@ -134,10 +134,10 @@ enum NoCopy {
     Refused,
 }
 
-/// Uploads files to one bucket.
 /// Why an unchanged file's object is written: new header rules.
 pub const RESTYLED: &str = "headers changed";
 
+/// Uploads files to one bucket.
 #[derive(Clone)]
 pub struct Uploader {
     store: Store,
@@ -471,12 +471,9 @@ impl Uploader {
             metadata.extend(crate::attrs::of(path).iter().flat_map(|a| a.metadata()));
         }
         let rel = key.strip_prefix(self.prefix.as_str()).unwrap_or(key);
-        let mut headers = self.cfg.headers.for_rel(rel);
+        let mut headers = self.cfg.headers_for(key, rel);
         PutMeta {
-            content_type: headers
-                .content_type
-                .take()
-                .unwrap_or_else(|| self.cfg.mime.content_type(key)),
+            content_type: headers.content_type.take().unwrap_or_default(),
             metadata,
             storage_class: headers
                 .storage_class
@@ -491,10 +488,7 @@ impl Uploader {
         let start = Instant::now();
         if let (Decision::Restyle, Some(record)) = (&job.decision, &job.state) {
             if dry_run {
-                return Outcome::WouldUpload {
-                    reason: RESTYLED,
-                    from: Some(format!("s3://{}/{}", self.bucket, job.key)),
-                };
+                return self.would_restyle(&job);
             }
             let (key, record) = (job.key.clone(), record.clone());
             return Box::pin(self.copy_or_upload(job, key, record)).await;
@@ -523,12 +517,7 @@ impl Uploader {
                     let key = job.key.clone();
                     return Box::pin(self.copy_or_upload(job, key, record)).await;
                 }
-                Ok(Some(_)) if job.restyle => {
-                    return Outcome::WouldUpload {
-                        reason: RESTYLED,
-                        from: Some(format!("s3://{}/{}", self.bucket, job.key)),
-                    }
-                }
+                Ok(Some(_)) if job.restyle => return self.would_restyle(&job),
                 Ok(Some((record, why))) => return Outcome::Unchanged { record, why },
                 Ok(None) => "content changed",
                 Err(UploadError::Store(StoreError::NotFound)) => "new",
@@ -575,6 +564,14 @@ impl Uploader {
                 Err(UploadError::Vanished) => return Outcome::Vanished,
                 Err(e) => return Outcome::Failed(e),
             }
+        }
+    }
+
+    /// A dry run's word for a copy of the object onto itself.
+    fn would_restyle(&self, job: &Job) -> Outcome {
+        Outcome::WouldUpload {
+            reason: RESTYLED,
+            from: Some(format!("s3://{}/{}", self.bucket, job.key)),
         }
     }
 
@@ -675,11 +672,7 @@ impl Uploader {
         if head.size != job.file.size {
             return Err(NoCopy::Behind);
         }
-        let etag = head.etag.as_deref();
-        let facts = RemoteFacts::from_head(
-            etag.filter(|e| primary_store.etag_md5(e).is_some()),
-            &head.metadata,
-        );
+        let facts = primary_store.facts(&head);
         // No MD5 to vouch for the content: upload.
         let md5 = facts.md5.ok_or(NoCopy::Refused)?;
         if !facts.same_mtime(job.file.mtime_ns) {
@@ -785,15 +778,7 @@ impl Uploader {
                         Ok(h) if h.size != local.size => return Ok(None),
                         Ok(h) => {
                             looked = true;
-                            (
-                                RemoteFacts::from_head(
-                                    h.etag
-                                        .as_deref()
-                                        .filter(|e| self.store.etag_md5(e).is_some()),
-                                    &h.metadata,
-                                ),
-                                h.etag,
-                            )
+                            (self.store.facts(&h), h.etag)
                         }
                         // Credentials that may list and write but not read:
                         // the listing's ETag is all there is to compare.

@@ -18,7 +18,6 @@ use tokio::task::JoinSet;
 
 use crate::config::{Connection, SyncConfig};
 use crate::headers::HeaderSet;
-use crate::plan::RemoteFacts;
 use crate::report::{human_size, Reporter};
 use crate::scan::{self, LocalFile};
 use crate::store::{Blame, ObjectInfo, Store, StoreError};
@@ -130,14 +129,7 @@ async fn check_content(
             // No plain-MD5 ETag, or one that disagrees: ask for the
             // md5chksum metadata.
             _ => match store.head(bucket, &object.key).await {
-                Ok(h) => match (
-                    listed,
-                    RemoteFacts::from_head(
-                        h.etag.as_deref().filter(|e| store.etag_md5(e).is_some()),
-                        &h.metadata,
-                    )
-                    .md5,
-                ) {
+                Ok(h) => match (listed, store.facts(&h).md5) {
                     // The ETag says otherwise, the metadata agrees: an
                     // encrypted object's ETag is no MD5, so only the bytes
                     // can tell (--download).
@@ -246,12 +238,7 @@ pub async fn run(
                 .context("the request limiter closed")?;
             let (store, bucket) = (store.clone(), cfg.dest.bucket.clone());
             // With header rules, what the object should be served with.
-            let want = (!rules.is_empty()).then(|| {
-                let mut want = rules.for_rel(&file.rel);
-                want.content_type
-                    .get_or_insert_with(|| cfg.transfer.mime.content_type(&key));
-                want
-            });
+            let want = (!rules.is_empty()).then(|| cfg.transfer.headers_for(&key, &file.rel));
             tasks.spawn(async move {
                 let result = check(store, bucket, file, object, download, want).await;
                 drop(permit);

@@ -147,6 +147,18 @@ impl Backup {
     }
 }
 
+impl TransferConfig {
+    /// The headers the object at `key` (the file at `rel`) is written
+    /// with: its header rule's, with the Content-Type the rule gives or
+    /// the one guessed from the name.
+    pub fn headers_for(&self, key: &str, rel: &str) -> crate::headers::HeaderSet {
+        let mut h = self.headers.for_rel(rel);
+        h.content_type
+            .get_or_insert_with(|| self.mime.content_type(key));
+        h
+    }
+}
+
 /// S3's minimum part size (except the last part).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 

@@ -306,10 +306,8 @@ impl Daemon<'_> {
             wait_for_primary,
             // New header rules reach objects by the reconcile at start; a
             // chmod or chown (--metadata) by a metadata replace.
-            restyle: self.sync.transfer.metadata && {
-                let now = crate::attrs::of(&file.path).map(|a| a.key());
-                now.is_some() && now != self.session.state.attrs(&key)
-            },
+            restyle: self.sync.transfer.metadata
+                && crate::attrs::changed(&mut self.session.state, &key, &file.path),
         };
         let up = self.session.uploader.clone();
         let from = source.as_ref().and(copy_from);
