@@ -35,6 +35,12 @@ if [ ! -x .ci/venv/bin/moto_server ]; then
     echo "setup: installing moto's server in .ci/venv"
     .ci/venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
 fi
+# Without these moto computes CRC32 where CRC32C and CRC64NVME are asked
+# for (--checksum-algorithm).
+if ! .ci/venv/bin/python -c 'import crc32c, awscrt' 2>/dev/null; then
+    echo "setup: installing moto's checksum libraries in .ci/venv"
+    .ci/venv/bin/pip install --quiet --disable-pip-version-check 'crc32c>=2,<3' 'awscrt<1'
+fi
 # The TLS test makes a private CA with the openssl command.
 command -v openssl >/dev/null || apt_install openssl
 

@@ -252,6 +252,17 @@ pub struct TransferArgs {
     #[arg(long, value_name = "FILE", help_heading = "Transfer")]
     pub sse_c_key_file: Option<PathBuf>,
 
+    /// Send a checksum with every upload that the server checks and keeps:
+    /// the whole object's (for multipart uploads too, with CRC32C and
+    /// CRC64NVME) instead of each part's Content-MD5. For AWS S3 and
+    /// providers with AWS's flexible checksums.
+    #[arg(
+        long,
+        value_name = "CRC32C|CRC64NVME|SHA256",
+        help_heading = "Transfer"
+    )]
+    pub checksum_algorithm: Option<String>,
+
     /// Before an object is deleted or overwritten, copy it on the server to
     /// this location under its key (a trash can; on the same service).
     #[arg(long, value_name = "s3://BUCKET/PREFIX", help_heading = "Transfer")]

@@ -8,6 +8,7 @@
 mod attrs;
 mod batch;
 mod bwlimit;
+mod checksum;
 mod cli;
 mod config;
 mod headers;

@@ -29,6 +29,7 @@ use aws_smithy_types::DateTime;
 use base64::Engine as _;
 use md5::{Digest, Md5};
 
+use crate::checksum::{Algorithm, Checksum};
 use crate::config::Connection;
 
 mod log;
@@ -96,9 +97,10 @@ pub enum StoreError {
     /// trouble on its side, not with this request.
     #[error("{0}")]
     ServerError(String),
-    /// The encryption asked for was ignored or refused.
+    /// What was asked for (encryption, a checksum) was ignored or refused:
+    /// the provider does not have it.
     #[error("{0}")]
-    Unencrypted(String),
+    Unsupported(String),
     #[error("{0}")]
     Other(String),
 }
@@ -126,7 +128,7 @@ impl StoreError {
             | StoreError::BadCredentials { .. }
             | StoreError::InvalidBucketName { .. }
             | StoreError::InvalidStorageClass(_)
-            | StoreError::Unencrypted(_)
+            | StoreError::Unsupported(_)
             | StoreError::NoCredentials { .. }
             | StoreError::WrongRegion(_)
             | StoreError::ClockSkew(_) => Blame::Fatal,
@@ -149,7 +151,7 @@ impl StoreError {
             self,
             StoreError::InvalidBucketName { .. }
                 | StoreError::InvalidStorageClass(_)
-                | StoreError::Unencrypted(_)
+                | StoreError::Unsupported(_)
         )
     }
 
@@ -278,6 +280,18 @@ macro_rules! source_key {
     }};
 }
 
+/// Adds a checksum the server checks the body against (and keeps with
+/// the object) to a PUT or a part.
+macro_rules! checksummed {
+    ($req:expr, $sum:expr) => {{
+        let sum: Option<&Checksum> = $sum;
+        $req.set_checksum_algorithm(sum.map(|s| s.algorithm.sdk()))
+            .set_checksum_crc32_c(sum.and_then(Checksum::crc32c))
+            .set_checksum_crc64_nvme(sum.and_then(Checksum::crc64nvme))
+            .set_checksum_sha256(sum.and_then(Checksum::sha256))
+    }};
+}
+
 /// Everything written with an object besides its bytes.
 #[derive(Debug, Clone)]
 pub struct PutMeta {
@@ -287,6 +301,31 @@ pub struct PutMeta {
     /// What a header rule sets (its Content-Type and storage class are
     /// already in the fields above).
     pub headers: crate::headers::HeaderSet,
+    /// `--checksum-algorithm`: the checksum the server keeps with the
+    /// object (and, for an upload, checks its bytes against).
+    pub checksum: Option<Algorithm>,
+}
+
+/// What vouches for a part's bytes to the server.
+pub enum PartCheck {
+    Md5([u8; 16]),
+    Sum(Checksum),
+}
+
+impl PartCheck {
+    fn md5(&self) -> Option<String> {
+        match self {
+            PartCheck::Md5(m) => Some(b64(m)),
+            PartCheck::Sum(_) => None,
+        }
+    }
+
+    fn sum(&self) -> Option<&Checksum> {
+        match self {
+            PartCheck::Md5(_) => None,
+            PartCheck::Sum(s) => Some(s),
+        }
+    }
 }
 
 impl PutMeta {
@@ -474,13 +513,50 @@ impl Store {
             Ok(()) => "it was removed again".to_string(),
             Err(e) => format!("removing it again failed ({e}): delete s3://{bucket}/{key} by hand"),
         };
-        Err(StoreError::Unencrypted(format!(
+        Err(StoreError::Unsupported(format!(
             "{} stored s3://{bucket}/{key} without the encryption {} asks for, and {after}; \
              this provider does not support that encryption (or ignores it): leave the option \
              out, or use a provider that has it",
             self.endpoint,
             sse.flag()
         )))
+    }
+
+    /// Has the server checked the checksum `sent` with a write of `what`?
+    /// It says so by sending it back; a provider without AWS's flexible
+    /// checksums ignores it and says nothing, which stops the run.
+    fn check_checksum(
+        &self,
+        what: &str,
+        sent: Option<&Checksum>,
+        echoed: [Option<&str>; 3],
+    ) -> Result<(), StoreError> {
+        let Some(sent) = sent else {
+            return Ok(());
+        };
+        let [crc32c, crc64nvme, sha256] = echoed;
+        let echoed = match sent.algorithm {
+            Algorithm::Crc32c => crc32c,
+            Algorithm::Crc64Nvme => crc64nvme,
+            Algorithm::Sha256 => sha256,
+        };
+        match echoed {
+            Some(v) if v == sent.value => Ok(()),
+            Some(v) => Err(StoreError::Other(format!(
+                "{} answered the write of {what} with the {} checksum {v}, not the {} sent; \
+                 it is sent again",
+                self.endpoint,
+                sent.algorithm.name(),
+                sent.value
+            ))),
+            None => Err(StoreError::Unsupported(format!(
+                "{} did not confirm the {} checksum sent with {what}: this provider does not \
+                 support --checksum-algorithm (AWS's flexible checksums), or ignores it; leave \
+                 the option out (s3ma then sends Content-MD5, which every provider checks)",
+                self.endpoint,
+                sent.algorithm.name()
+            ))),
+        }
     }
 
     /// What the server's answers have been, for `pace`.
@@ -620,7 +696,9 @@ impl Store {
         Ok((size, md5.finalize().into()))
     }
 
-    /// A single PUT with Content-MD5 (`md5` is the raw digest).
+    /// A single PUT with Content-MD5 (`md5` is the raw digest) and, with
+    /// `--checksum-algorithm`, the checksum `sum` of the same bytes.
+    #[allow(clippy::too_many_arguments)]
     pub async fn put(
         &self,
         bucket: &str,
@@ -628,10 +706,11 @@ impl Store {
         body: ByteStream,
         len: u64,
         md5: &[u8; 16],
+        sum: Option<&Checksum>,
         meta: &PutMeta,
     ) -> Result<Option<String>, StoreError> {
         let req = self.client.put_object();
-        let req = encrypted!(req, self.sse())
+        let req = checksummed!(encrypted!(req, self.sse()), sum)
             .bucket(bucket)
             .key(key)
             .body(body)
@@ -657,6 +736,15 @@ impl Store {
             resp.sse_customer_algorithm(),
         )
         .await?;
+        self.check_checksum(
+            &format!("s3://{bucket}/{key}"),
+            sum,
+            [
+                resp.checksum_crc32_c(),
+                resp.checksum_crc64_nvme(),
+                resp.checksum_sha256(),
+            ],
+        )?;
         Ok(resp.e_tag().map(unquote))
     }
 
@@ -677,7 +765,9 @@ impl Store {
             .set_content_encoding(meta.headers.content_encoding.clone())
             .set_content_disposition(meta.headers.content_disposition.clone())
             .set_content_language(meta.headers.content_language.clone())
-            .set_acl(meta.acl());
+            .set_acl(meta.acl())
+            .set_checksum_algorithm(meta.checksum.map(Algorithm::sdk))
+            .set_checksum_type(meta.checksum.map(Algorithm::multipart_type));
         let resp = req
             .send()
             .await
@@ -693,7 +783,8 @@ impl Store {
             .ok_or_else(|| StoreError::Other("the server returned no upload id".into()))
     }
 
-    /// One part, with its Content-MD5 (`md5` is the raw digest).
+    /// One part, with its Content-MD5 or, in an upload made with a
+    /// checksum algorithm, its checksum.
     #[allow(clippy::too_many_arguments)]
     pub async fn upload_part(
         &self,
@@ -703,41 +794,64 @@ impl Store {
         part_number: i32,
         body: ByteStream,
         len: u64,
-        md5: &[u8; 16],
+        check: &PartCheck,
     ) -> Result<CompletedPart, StoreError> {
         let req = self.client.upload_part();
-        let resp = with_key!(req, self.sse())
+        let resp = checksummed!(with_key!(req, self.sse()), check.sum())
             .bucket(bucket)
             .key(key)
             .upload_id(upload_id)
             .part_number(part_number)
             .content_length(len as i64)
-            .content_md5(b64(md5))
+            .set_content_md5(check.md5())
             .body(body)
             .customize()
             .config_override(self.upload_timeouts(len))
             .send()
             .await
             .map_err(|e| self.classify(e, Some(bucket)))?;
+        let sum = check.sum();
+        self.check_checksum(
+            &format!("part {part_number} of s3://{bucket}/{key}"),
+            sum,
+            [
+                resp.checksum_crc32_c(),
+                resp.checksum_crc64_nvme(),
+                resp.checksum_sha256(),
+            ],
+        )?;
         Ok(CompletedPart::builder()
             .part_number(part_number)
             .set_e_tag(resp.e_tag().map(str::to_string))
+            .set_checksum_crc32_c(sum.and_then(Checksum::crc32c))
+            .set_checksum_crc64_nvme(sum.and_then(Checksum::crc64nvme))
+            .set_checksum_sha256(sum.and_then(Checksum::sha256))
             .build())
     }
 
     /// Completes a multipart upload. A 200 answer whose body cannot be read
     /// (some servers name the XML root differently) is
     /// [`StoreError::UnreadableSuccess`]: the caller confirms with HEAD.
+    ///
+    /// `whole`: with a checksum algorithm that has one for multipart
+    /// objects, the whole object's checksum (the server checks it against
+    /// the one it makes of the parts'). The type goes only with it: some
+    /// servers refuse a type without a checksum.
     pub async fn complete_multipart(
         &self,
         bucket: &str,
         key: &str,
         upload_id: &str,
         parts: Vec<CompletedPart>,
+        whole: Option<&Checksum>,
     ) -> Result<Option<String>, StoreError> {
         let resp = self
             .client
             .complete_multipart_upload()
+            .set_checksum_type(whole.map(|w| w.algorithm.multipart_type()))
+            .set_checksum_crc32_c(whole.and_then(Checksum::crc32c))
+            .set_checksum_crc64_nvme(whole.and_then(Checksum::crc64nvme))
+            .set_checksum_sha256(whole.and_then(Checksum::sha256))
             .bucket(bucket)
             .key(key)
             .upload_id(upload_id)
@@ -788,6 +902,7 @@ impl Store {
             .set_content_disposition(meta.headers.content_disposition.clone())
             .set_content_language(meta.headers.content_language.clone())
             .set_acl(meta.acl())
+            .set_checksum_algorithm(meta.checksum.map(Algorithm::sdk))
             .send()
             .await
             .map_err(|e| self.classify(e, Some(bucket)))?;

@@ -27,12 +27,13 @@ use md5::{Digest, Md5};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::checksum::{Algorithm, Checksum};
 use crate::config::TransferConfig;
 use crate::keys::Location;
 use crate::plan::{self, Decision, RemoteFacts};
 use crate::scan::LocalFile;
 use crate::state::Record;
-use crate::store::{Blame, ObjectInfo, PutMeta, Store, StoreError};
+use crate::store::{Blame, ObjectInfo, PartCheck, PutMeta, Store, StoreError};
 
 /// Files up to this size are read into memory once (hash and body).
 pub const SMALL_BODY: u64 = 256 << 10;
@@ -244,6 +245,35 @@ fn hash_prefix(path: &Path, size: u64) -> Result<[u8; 16], UploadError> {
     hash_range(path, 0, size, false)
 }
 
+/// [`hash_prefix`], and in the same pass the checksum `sum` of those bytes.
+fn hash_prefix_and(
+    path: &Path,
+    size: u64,
+    sum: Option<Algorithm>,
+) -> Result<([u8; 16], Option<Checksum>), UploadError> {
+    let mut md5 = Md5::new();
+    let mut sum = sum.map(Algorithm::hasher);
+    read_range(path, 0, size, false, |b| {
+        md5.update(b);
+        if let Some(h) = &mut sum {
+            h.update(b);
+        }
+    })?;
+    Ok((md5.finalize().into(), sum.map(|h| h.finish())))
+}
+
+/// The checksum `sum` of `len` bytes at `offset` (a part).
+fn checksum_range(
+    path: &Path,
+    offset: u64,
+    len: u64,
+    sum: Algorithm,
+) -> Result<Checksum, UploadError> {
+    let mut h = sum.hasher();
+    read_range(path, offset, len, false, |b| h.update(b))?;
+    Ok(h.finish())
+}
+
 /// Does the file still begin with the `was.0` bytes whose MD5 is `md5`?
 /// True when it is unchanged, or has only grown (appended to) since it was
 /// stat'ed as `was` (size, mtime). What was sent is then a version the file
@@ -267,6 +297,19 @@ async fn kept_prefix(path: &Path, was: (u64, i64), md5: [u8; 16]) -> Result<bool
 /// The MD5 of `len` bytes at `offset`. `Changed` when the file is shorter
 /// now or, with `to_end`, longer.
 fn hash_range(path: &Path, offset: u64, len: u64, to_end: bool) -> Result<[u8; 16], UploadError> {
+    let mut md5 = Md5::new();
+    read_range(path, offset, len, to_end, |b| md5.update(b))?;
+    Ok(md5.finalize().into())
+}
+
+/// Feeds `len` bytes at `offset` to `feed`, as [`hash_range`] reads them.
+fn read_range(
+    path: &Path,
+    offset: u64,
+    len: u64,
+    to_end: bool,
+    mut feed: impl FnMut(&[u8]),
+) -> Result<(), UploadError> {
     use std::io::{Seek, SeekFrom};
     let mut f = std::fs::File::open(path).map_err(io_err)?;
     if offset > 0 {
@@ -274,7 +317,6 @@ fn hash_range(path: &Path, offset: u64, len: u64, to_end: bool) -> Result<[u8; 1
     }
     // One byte more than expected tells a grown file without reading it.
     let mut f = f.take(if to_end { len + 1 } else { len });
-    let mut md5 = Md5::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
@@ -282,13 +324,13 @@ fn hash_range(path: &Path, offset: u64, len: u64, to_end: bool) -> Result<[u8; 1
         if n == 0 {
             break;
         }
-        md5.update(&buf[..n]);
+        feed(&buf[..n]);
         total += n as u64;
     }
     if total != len {
         return Err(UploadError::Changed);
     }
-    Ok(md5.finalize().into())
+    Ok(())
 }
 
 pub async fn blocking<T: Send + 'static>(
@@ -480,6 +522,7 @@ impl Uploader {
                 .take()
                 .or_else(|| self.cfg.storage_class.clone()),
             headers,
+            checksum: self.cfg.checksum,
         }
     }
 
@@ -691,6 +734,11 @@ impl Uploader {
             let (part_size, _) = plan::part_layout(size, self.cfg.chunk_size);
             let (bucket, key) = (primary.bucket.clone(), from.clone());
             let if_match = if_match.map(str::to_string);
+            // Copied parts come with no checksum of s3ma's to give.
+            let meta = PutMeta {
+                checksum: None,
+                ..meta
+            };
             self.multipart(&job.key, size, part_size, &meta, None, move |part| {
                 let (bucket, key, if_match) = (bucket.clone(), key.clone(), if_match.clone());
                 async move {
@@ -864,6 +912,7 @@ impl Uploader {
                 return Err(UploadError::Changed);
             }
             let md5: [u8; 16] = Md5::digest(&data).into();
+            let sum = self.cfg.checksum.map(|a| a.of(&data));
             let meta = self.meta(key, path, mtime_ns, &md5);
             let etag = self
                 .store
@@ -873,6 +922,7 @@ impl Uploader {
                     limited(&self.cfg.bwlimit, ByteStream::from(data)),
                     size,
                     &md5,
+                    sum.as_ref(),
                     &meta,
                 )
                 .await
@@ -880,12 +930,13 @@ impl Uploader {
             (md5, etag)
         } else if size < self.cfg.multipart_threshold {
             let p = path.to_path_buf();
-            let md5 = blocking(move || hash_prefix(&p, size)).await?;
+            let algorithm = self.cfg.checksum;
+            let (md5, sum) = blocking(move || hash_prefix_and(&p, size, algorithm)).await?;
             let meta = self.meta(key, path, mtime_ns, &md5);
             let body = limited(&self.cfg.bwlimit, file_body(path, 0, size, md5)?);
             let etag = self
                 .store
-                .put(&self.bucket, key, body, size, &md5, &meta)
+                .put(&self.bucket, key, body, size, &md5, sum.as_ref(), &meta)
                 .await
                 .map_err(UploadError::from);
             (md5, etag)
@@ -893,11 +944,20 @@ impl Uploader {
             let (part_size, _) = plan::part_layout(size, self.cfg.chunk_size);
             let p = path.to_path_buf();
             // The whole file's MD5 goes into the metadata, which is given
-            // when the upload is created; each part's MD5 is computed by
-            // the task that sends it, in parallel.
-            let md5 = blocking(move || hash_prefix(&p, size)).await?;
+            // when the upload is created (and the whole file's checksum, if
+            // the algorithm has one for multipart objects, in the same
+            // pass); each part's MD5 or checksum is computed by the task
+            // that sends it, in parallel.
+            let algorithm = self.cfg.checksum;
+            let whole = algorithm.filter(|a| a.full_object());
+            let (md5, whole) = blocking(move || hash_prefix_and(&p, size, whole)).await?;
             let meta = self.meta(key, path, mtime_ns, &md5);
-            let source = Some((path, (size, mtime_ns), md5));
+            let source = Some(Sent {
+                path,
+                was: (size, mtime_ns),
+                md5,
+                whole,
+            });
             let path = path.to_path_buf();
             let bwlimit = self.cfg.bwlimit.clone();
             let etag = self
@@ -906,7 +966,11 @@ impl Uploader {
                     let bwlimit = bwlimit.clone();
                     async move {
                         let (p, offset, len) = (path.clone(), part.offset, part.len);
-                        let md5 = blocking(move || hash_range(&p, offset, len, false)).await?;
+                        let check = blocking(move || match algorithm {
+                            Some(a) => checksum_range(&p, offset, len, a).map(PartCheck::Sum),
+                            None => hash_range(&p, offset, len, false).map(PartCheck::Md5),
+                        })
+                        .await?;
                         // The part's bytes are not hashed a second time
                         // while they go out: a file that changes meanwhile
                         // is caught before the upload is completed.
@@ -920,7 +984,7 @@ impl Uploader {
                                 part.number,
                                 body,
                                 len,
-                                &md5,
+                                &check,
                             )
                             .await?)
                     }
@@ -951,18 +1015,17 @@ impl Uploader {
     /// once), and completes it; aborts it on any failure, so no parts are
     /// left behind.
     ///
-    /// `source`: the file, the (size, mtime) it had when it was hashed and
-    /// the MD5 of those bytes. A file that changed while its parts were
-    /// sent is not completed (the parts may mix two versions): the upload
-    /// is aborted and the object keeps its previous content. One that only
-    /// grew is completed with the bytes it had.
+    /// `source`: the file sent, as it was hashed. A file that changed
+    /// while its parts were sent is not completed (the parts may mix two
+    /// versions): the upload is aborted and the object keeps its previous
+    /// content. One that only grew is completed with the bytes it had.
     async fn multipart<F, Fut>(
         &self,
         key: &str,
         size: u64,
         part_size: u64,
         meta: &PutMeta,
-        source: Option<(&Path, (u64, i64), [u8; 16])>,
+        source: Option<Sent<'_>>,
         send: F,
     ) -> Result<Option<String>, UploadError>
     where
@@ -976,16 +1039,17 @@ impl Uploader {
         let result = self
             .send_parts(key, &upload_id, size, part_size, send)
             .await;
-        let kept = match (&result, source) {
-            (Ok(_), Some((path, was, md5))) => kept_prefix(path, was, md5).await.unwrap_or(false),
+        let kept = match (&result, &source) {
+            (Ok(_), Some(s)) => kept_prefix(s.path, s.was, s.md5).await.unwrap_or(false),
             _ => true,
         };
+        let whole = source.and_then(|s| s.whole);
         let result = match result {
             Ok(_) if !kept => Err(UploadError::Changed),
             Ok(parts) => {
                 match self
                     .store
-                    .complete_multipart(&self.bucket, key, &upload_id, parts)
+                    .complete_multipart(&self.bucket, key, &upload_id, parts, whole.as_ref())
                     .await
                 {
                     Err(StoreError::UnreadableSuccess(detail)) => {
@@ -1087,6 +1151,18 @@ impl Uploader {
         done.sort_by_key(|p| p.part_number());
         Ok(done)
     }
+}
+
+/// The file a multipart upload sends, as it was when it was hashed.
+struct Sent<'a> {
+    path: &'a Path,
+    /// Its size and mtime then.
+    was: (u64, i64),
+    /// The MD5 of those bytes.
+    md5: [u8; 16],
+    /// Their checksum, when the upload's algorithm has one for the whole
+    /// object.
+    whole: Option<Checksum>,
 }
 
 /// One part of a multipart upload, for the task that sends it.

@@ -43,6 +43,7 @@ const KNOWN_KEYS: &[&str] = &[
     "metadata",
     "sseKmsKeyId",
     "sseCKeyFile",
+    "checksumAlgorithm",
     "backupTimestamp",
     "walkThreads",
     "delete",
@@ -95,6 +96,7 @@ pub struct FileConfig {
     pub metadata: Option<bool>,
     pub sse_kms_key_id: Option<String>,
     pub sse_c_key_file: Option<PathBuf>,
+    pub checksum_algorithm: Option<String>,
     pub syslog_facility: Option<serde_json::Value>,
     #[serde(rename = "s3ForcePathStyle")]
     pub s3_force_path_style: Option<bool>,

@@ -90,6 +90,9 @@ pub struct TransferConfig {
     pub backup: Option<Backup>,
     /// Server-side encryption.
     pub sse: Option<crate::store::Sse>,
+    /// `--checksum-algorithm`: a checksum of this kind goes with each
+    /// upload (none: Content-MD5 only).
+    pub checksum: Option<crate::checksum::Algorithm>,
     /// `--metadata`: files' mode, owner and times go with their objects.
     pub metadata: bool,
     /// Write the `mtime` user metadata (node-s3ma's `mtimeToMetaData`).
@@ -374,7 +377,19 @@ fn transfer(args: &TransferArgs, loaded: &Loaded) -> Result<TransferConfig> {
         (None, None) => None,
     };
     let sse = sse(args, file)?;
+    let checksum = match (&args.checksum_algorithm, &file.checksum_algorithm) {
+        (Some(a), _) => Some(crate::checksum::Algorithm::parse(
+            a,
+            "--checksum-algorithm",
+        )?),
+        (None, Some(a)) => Some(crate::checksum::Algorithm::parse(
+            a,
+            "the config key \"checksumAlgorithm\"",
+        )?),
+        (None, None) => None,
+    };
     Ok(TransferConfig {
+        checksum,
         metadata: args.metadata || file.metadata.unwrap_or(false),
         sse,
         backup,

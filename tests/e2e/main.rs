@@ -4,6 +4,7 @@
 mod harness;
 
 mod backup;
+mod checksums;
 mod config;
 mod crash;
 mod daemon;

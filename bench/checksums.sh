@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# One large file (BIG_MIB, default 256 MiB) uploaded by s3ma three ways,
+# RUNS times each (default 3), to garage, which has AWS's flexible
+# checksums (s3s-fs does not confirm those of parts):
+#   md5     the default: Content-MD5 on each part, md5chksum of the file;
+#   crc32c  --checksum-algorithm CRC32C: each part's CRC32C instead of its
+#           MD5, the whole file's CRC32C on completion, md5chksum kept;
+#   sha256  --checksum-algorithm SHA256;
+# and aws s3 cp (defaults) of the same file when aws-cli is installed.
+# Prints wall seconds and s3ma's CPU seconds (user + system) per run.
+# garage is looked for as GARAGE or on PATH (see bench/garage.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIG_MIB=${BIG_MIB:-256}
+RUNS=${RUNS:-3}
+BIN=${S3MA:-target/release/s3ma}
+GARAGE=${GARAGE:-$(command -v garage || true)}
+[ -x "$GARAGE" ] || { echo "garage not found: set GARAGE=/path/to/garage" >&2; exit 1; }
+[ -x "$BIN" ] || cargo build --release --locked
+work=$(mktemp -d)
+cat >"$work/garage.toml" <<TOML
+metadata_dir = "$work/meta"
+data_dir = "$work/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:3921"
+rpc_public_addr = "127.0.0.1:3921"
+rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:3920"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:3923"
+TOML
+G=("$GARAGE" -c "$work/garage.toml")
+"${G[@]}" server >"$work/garage.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 100); do "${G[@]}" status >/dev/null 2>&1 && break; sleep 0.2; done
+node=$("${G[@]}" node id -q | cut -d@ -f1)
+"${G[@]}" layout assign -z dc1 -c 10G "$node" >/dev/null
+"${G[@]}" layout apply --version 1 >/dev/null
+keys=$("${G[@]}" key create bench)
+export AWS_ACCESS_KEY_ID=$(echo "$keys" | awk '/Key ID/ {print $3}')
+export AWS_SECRET_ACCESS_KEY=$(echo "$keys" | awk '/Secret key/ {print $3}')
+export AWS_DEFAULT_REGION=garage
+unset AWS_CA_BUNDLE
+"${G[@]}" bucket create big >/dev/null
+"${G[@]}" bucket allow --read --write --owner big --key bench >/dev/null
+mkdir -p "$work/tree"
+head -c $((BIG_MIB << 20)) /dev/urandom >"$work/tree/big.bin"
+echo "one file of $BIG_MIB MiB to garage $("$GARAGE" --version 2>/dev/null | head -1 | awk '{print $2}'), $(nproc) cores"
+for run in $(seq "$RUNS"); do
+    for how in md5 crc32c sha256 $(command -v aws >/dev/null && echo aws); do
+        if [ "$how" = aws ]; then
+            /usr/bin/time -o "$work/time" -f '%e %U %S' aws s3 cp --only-show-errors \
+                --endpoint-url http://127.0.0.1:3920 "$work/tree/big.bin" \
+                "s3://big/aws-$run/big.bin"
+            read -r wall user sys <"$work/time"
+            printf '%-7s run %d: %6.2f s wall, %5.2f s CPU (aws s3 cp, defaults)\n' aws "$run" \
+                "$wall" "$(echo "$user + $sys" | bc)"
+            continue
+        fi
+        case $how in
+            md5) extra=() ;;
+            crc32c) extra=(--checksum-algorithm CRC32C) ;;
+            sha256) extra=(--checksum-algorithm SHA256) ;;
+        esac
+        prefix="$how-$run"
+        if ! /usr/bin/time -o "$work/time" -f '%e %U %S' "$BIN" sync "$work/tree" \
+            "s3://big/$prefix/" --endpoint http://127.0.0.1:3920 \
+            --state-dir "$work/state-$prefix" -q "${extra[@]}" 2>"$work/err"; then
+            printf '%-7s run %d: failed: %s\n' "$how" "$run" "$(tail -1 "$work/err")"
+            continue
+        fi
+        read -r wall user sys <"$work/time"
+        printf '%-7s run %d: %6.2f s wall, %5.2f s CPU\n' "$how" "$run" "$wall" \
+            "$(echo "$user + $sys" | bc)"
+    done
+done
