@@ -62,6 +62,9 @@ pub enum Command {
     /// Compare a directory with its mirror: missing, extra and different
     /// objects (size and MD5); exit 1 on any difference.
     Verify(VerifyArgs),
+    /// Download a mirror (or, with --at, the tree as it was then) into a
+    /// directory, checked against the objects' MD5s.
+    Restore(RestoreArgs),
     /// How each destination's mirror is doing, beside a running watch or
     /// sync: exit 0 when healthy, 1 when something needs attention.
     Status(StatusArgs),
@@ -333,6 +336,62 @@ pub struct VerifyArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The mirror s3://BUCKET[/PREFIX] (default: the config's bucket and
+    /// topPrefix, or --destination's), then the directory to restore
+    /// into (made if missing).
+    #[arg(value_name = "s3://BUCKET/PREFIX | DIR", num_args = 1..=2)]
+    pub paths: Vec<String>,
+
+    /// The tree as it was at this time: RFC 3339 (2026-11-30T18:00:00Z) or
+    /// an age (90m, 2h, 3d); needs a bucket with versioning.
+    #[arg(long, value_name = "TIME", help_heading = "Restore")]
+    pub at: Option<String>,
+
+    /// Restore from this destination of the config file (its `name`, its
+    /// bucket, or `bucketSync`), through its own endpoint and credentials.
+    #[arg(short, long, value_name = "NAME", help_heading = "Restore")]
+    pub destination: Option<String>,
+
+    /// Delete local files that have no object (hidden and temporary files,
+    /// which are never mirrored, are left alone).
+    #[arg(long, help_heading = "Restore")]
+    pub delete: bool,
+
+    /// Refuse to delete anything when more than N files would be deleted.
+    #[arg(long, value_name = "N", help_heading = "Restore")]
+    pub max_delete: Option<u64>,
+
+    /// Compare files of the same size by MD5, not by modification time.
+    #[arg(long, help_heading = "Restore")]
+    pub checksum: bool,
+
+    /// Print what would be done and change nothing.
+    #[arg(short = 'n', long, help_heading = "Restore")]
+    pub dry_run: bool,
+
+    /// Concurrent requests [default: 32].
+    #[arg(short = 'j', long, value_name = "N", help_heading = "Restore")]
+    pub concurrency: Option<usize>,
+
+    /// Objects at least this large are fetched in parallel ranges
+    /// [default: 64MiB].
+    #[arg(long, value_name = "SIZE", help_heading = "Restore")]
+    pub multipart_threshold: Option<String>,
+
+    /// The size of those ranges [default: 16MiB].
+    #[arg(long, value_name = "SIZE", help_heading = "Restore")]
+    pub multipart_chunk_size: Option<String>,
+
+    /// The SSE-C key the objects were written with.
+    #[arg(long, value_name = "FILE", help_heading = "Restore")]
+    pub sse_c_key_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The directory (default: the config's watchDir), then its mirror
     /// s3://BUCKET[/PREFIX] (default: the config's bucket and topPrefix).
@@ -362,6 +421,16 @@ pub struct LsArgs {
     /// List every object under the prefix, not just one level.
     #[arg(short, long)]
     pub recursive: bool,
+
+    /// The objects as they were at this time (RFC 3339 or an age such as
+    /// 2h, 3d), from the bucket's versions; implies --recursive.
+    #[arg(long, value_name = "TIME", conflicts_with = "versions")]
+    pub at: Option<String>,
+
+    /// Every version and delete marker under the prefix, newest first
+    /// for each key.
+    #[arg(long)]
+    pub versions: bool,
 
     /// List this destination from the config file (its `name`, its bucket,
     /// or `bucketSync`), through its own endpoint and credentials.

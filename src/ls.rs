@@ -107,6 +107,77 @@ pub async fn objects(
     Ok(())
 }
 
+/// `ls --at`: the objects under the prefix as they were at `at`.
+pub async fn at(
+    store: &Store,
+    loc: &Location,
+    at: std::time::SystemTime,
+    json_out: bool,
+) -> Result<()> {
+    let items = crate::restore::tree_at(store, loc, at).await?;
+    let mut out = std::io::stdout().lock();
+    for item in &items {
+        if json_out {
+            writeln!(
+                out,
+                "{}",
+                json!({"key": item.object.key, "size": item.object.size,
+                       "last_modified": iso(item.object.last_modified.as_ref()),
+                       "etag": item.object.etag, "version_id": item.version_id})
+            )?;
+        } else {
+            print_object(&mut out, &item.object, &item.object.key, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// `ls --versions`: every version and delete marker under the prefix,
+/// newest first for each key.
+pub async fn versions(store: &Store, loc: &Location, json_out: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut failed = None;
+    store
+        .versions(&loc.bucket, &loc.prefix, |page| {
+            for v in page {
+                let o = &v.object;
+                let id = v.version_id.as_deref().unwrap_or("null");
+                let line = if json_out {
+                    json!({"key": o.key, "version_id": id, "size": o.size,
+                           "last_modified": iso(o.last_modified.as_ref()), "etag": o.etag,
+                           "latest": v.latest, "delete_marker": v.delete_marker})
+                    .to_string()
+                } else {
+                    let what = match (v.delete_marker, v.latest) {
+                        (true, true) => " (deleted, latest)",
+                        (true, false) => " (deleted)",
+                        (false, true) => " (latest)",
+                        (false, false) => "",
+                    };
+                    format!(
+                        "{} {:>10} {}  {id}{what}",
+                        short(o.last_modified.as_ref()),
+                        if v.delete_marker {
+                            "-".to_string()
+                        } else {
+                            o.size.to_string()
+                        },
+                        printable(&o.key)
+                    )
+                };
+                if let Err(e) = writeln!(out, "{line}") {
+                    failed.get_or_insert(e);
+                }
+            }
+        })
+        .await
+        .with_context(|| format!("cannot list the versions under {loc}"))?;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
 fn print_prefix(out: &mut impl Write, prefix: &str, name: &str, json_out: bool) -> Result<()> {
     if json_out {
         writeln!(out, "{}", json!({"prefix": prefix}))?;

@@ -21,6 +21,7 @@ mod pace;
 mod plan;
 mod pulse;
 mod report;
+mod restore;
 mod scan;
 mod state;
 mod status;
@@ -129,9 +130,13 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
                 let store = Store::connect(&ls.conn).await?;
                 match &ls.location {
                     None => ls::buckets(&store, cli.global.json).await,
-                    Some(loc) => {
-                        ls::objects(&store, loc, &ls.shown, ls.recursive, cli.global.json).await
-                    }
+                    Some(loc) if ls.versions => ls::versions(&store, loc, cli.global.json).await,
+                    Some(loc) => match ls.at {
+                        Some(at) => ls::at(&store, loc, at, cli.global.json).await,
+                        None => {
+                            ls::objects(&store, loc, &ls.shown, ls.recursive, cli.global.json).await
+                        }
+                    },
                 }
             }
             .await;
@@ -146,6 +151,11 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
         Config::Sync(targets) => sync(targets, &resolved.metrics, rep).await,
         Config::Status(targets) => status(&targets, &rep, cli.global.json),
         Config::Verify { targets, download } => verify(targets, download, rep).await,
+        Config::Restore(r) => {
+            let stop = Arc::new(sync::Stop::default());
+            spawn_signal_handler(stop.clone(), rep.clone());
+            restore::run(&r, rep, stop).await
+        }
     }
 }
 

@@ -183,6 +183,7 @@ mod tests {
             size,
             etag: etag.map(str::to_string),
             last_modified: None,
+            archived: false,
         }
     }
     fn rec(size: u64, mtime_ns: i64, etag: Option<&str>) -> Record {

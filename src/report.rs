@@ -31,6 +31,7 @@ pub enum Level {
 pub struct Counters {
     pub scanned: AtomicU64,
     pub uploaded: AtomicU64,
+    pub downloaded: AtomicU64,
     pub deleted: AtomicU64,
     pub copied: AtomicU64,
     pub skipped: AtomicU64,
@@ -282,6 +283,73 @@ impl Reporter {
                 elapsed.as_millis()
             ));
         }
+    }
+
+    /// A restored file (or, with `dry_run`, one that would be).
+    pub fn downloaded(
+        &self,
+        key: &str,
+        path: &str,
+        size: u64,
+        elapsed: Duration,
+        dry_run: bool,
+        reason: &str,
+    ) {
+        add(&self.counts.downloaded, 1);
+        add(&self.counts.bytes, size);
+        if self.level == Level::Quiet {
+            return;
+        }
+        let shown = printable(key);
+        if self.json {
+            self.json_line(
+                json!({"action": "download", "key": key, "path": path, "size": size,
+                        "ms": elapsed.as_millis() as u64, "dry_run": dry_run, "reason": reason}),
+            );
+        } else if dry_run {
+            self.out(&format!(
+                "would download {shown} ({}, {reason})",
+                human_size(size)
+            ));
+        } else {
+            self.out(&format!(
+                "download {shown} ({}, {} ms, {reason})",
+                human_size(size),
+                elapsed.as_millis()
+            ));
+        }
+    }
+
+    /// The last line of a restore.
+    pub fn summary_restore(&self, dry_run: bool) {
+        let c = &self.counts;
+        let started = *self.started.lock().unwrap_or_else(|e| e.into_inner());
+        let secs = started.elapsed().as_secs_f64();
+        if self.json {
+            self.json_line(
+                json!({"action": "summary", "downloaded": get(&c.downloaded),
+                "deleted": get(&c.deleted), "skipped": get(&c.skipped), "failed": get(&c.failed),
+                "bytes": get(&c.bytes), "seconds": (secs * 1000.0).round() / 1000.0,
+                "dry_run": dry_run}),
+            );
+            return;
+        }
+        if self.level == Level::Quiet {
+            return;
+        }
+        let (verb, del) = if dry_run {
+            ("would download", "would delete")
+        } else {
+            ("downloaded", "deleted")
+        };
+        self.out(&format!(
+            "{verb} {} ({}), {del} {}, skipped {}, failed {} in {secs:.2} s",
+            get(&c.downloaded),
+            human_size(get(&c.bytes)),
+            get(&c.deleted),
+            get(&c.skipped),
+            get(&c.failed),
+        ));
     }
 
     /// A deleted key; `done` is its size and how long the request took,

@@ -170,6 +170,33 @@ pub struct ObjectInfo {
     /// The ETag without quotes, when the server sends one.
     pub etag: Option<String>,
     pub last_modified: Option<DateTime>,
+    /// In an archive storage class (GLACIER, DEEP_ARCHIVE): not readable
+    /// until restored on the server.
+    pub archived: bool,
+}
+
+/// Storage classes whose objects must be restored on the server before
+/// they can be read.
+pub fn is_archive_class(class: &str) -> bool {
+    matches!(class, "GLACIER" | "DEEP_ARCHIVE")
+}
+
+/// One version of a key, or a delete marker (ListObjectVersions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub object: ObjectInfo,
+    pub version_id: Option<String>,
+    pub delete_marker: bool,
+    pub latest: bool,
+}
+
+/// An object being downloaded: its body and what GetObject tells.
+pub struct Download {
+    pub body: ByteStream,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub metadata: HashMap<String, String>,
+    pub last_modified: Option<DateTime>,
 }
 
 /// One page of ListObjectsV2.
@@ -187,6 +214,10 @@ pub struct HeadInfo {
     pub metadata: HashMap<String, String>,
     /// The headers a rule may set, as the server gives them.
     pub headers: crate::headers::HeaderSet,
+    pub last_modified: Option<DateTime>,
+    /// `x-amz-restore` of an archived object: `ongoing-request="false"`
+    /// once a readable copy is there.
+    pub restore: Option<String>,
 }
 
 /// Server-side encryption of what s3ma writes.
@@ -641,10 +672,21 @@ impl Store {
     }
 
     pub async fn head(&self, bucket: &str, key: &str) -> Result<HeadInfo, StoreError> {
+        self.head_version(bucket, key, None).await
+    }
+
+    /// [`Store::head`] of one version of the key (`None`: the current one).
+    pub async fn head_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<HeadInfo, StoreError> {
         let req = self.client.head_object();
         let resp = with_key!(req, self.sse())
             .bucket(bucket)
             .key(key)
+            .set_version_id(version.map(str::to_string))
             .send()
             .await
             .map_err(|e| self.classify(e, Some(bucket)))?;
@@ -662,7 +704,143 @@ impl Store {
                 storage_class: resp.storage_class().map(|c| c.as_str().to_string()),
                 acl: None,
             },
+            last_modified: resp.last_modified().cloned(),
+            restore: text(resp.restore()),
         })
+    }
+
+    /// Starts downloading (one version of) an object, or bytes `range`
+    /// (inclusive) of it; `if_match` fails it (`PreconditionFailed`) when
+    /// the object is not that one any more.
+    pub async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<&str>,
+        range: Option<(u64, u64)>,
+        if_match: Option<&str>,
+    ) -> Result<Download, StoreError> {
+        let req = self.client.get_object();
+        let resp = with_key!(req, self.sse())
+            .bucket(bucket)
+            .key(key)
+            .set_version_id(version.map(str::to_string))
+            .set_range(range.map(|(a, b)| format!("bytes={a}-{b}")))
+            .set_if_match(if_match.map(|e| format!("\"{e}\"")))
+            .send()
+            .await
+            .map_err(|e| self.classify(e, Some(bucket)))?;
+        Ok(Download {
+            size: resp.content_length().unwrap_or(0).max(0) as u64,
+            etag: resp.e_tag().map(unquote),
+            metadata: resp.metadata().cloned().unwrap_or_default(),
+            last_modified: resp.last_modified().cloned(),
+            body: resp.body,
+        })
+    }
+
+    /// The versioning status of a bucket: `Some(Enabled or Suspended)`,
+    /// `Some(None)` for a bucket that never had it, `None` when the answer
+    /// (a 200) could not be read: some servers name its XML root otherwise.
+    pub async fn versioning(&self, bucket: &str) -> Result<Option<Option<String>>, StoreError> {
+        let resp = self
+            .client
+            .get_bucket_versioning()
+            .bucket(bucket)
+            .send()
+            .await;
+        match resp {
+            Ok(r) => Ok(Some(r.status().map(|s| s.as_str().to_string()))),
+            Err(e) => {
+                let ok_status = e.raw_response().map(|r| r.status().as_u16()) == Some(200);
+                if ok_status && e.code().is_none() {
+                    return Ok(None);
+                }
+                Err(self.classify(e, Some(bucket)))
+            }
+        }
+    }
+
+    /// Every version and delete marker under `prefix`, in key order and,
+    /// for each key, newest first (as ListObjectVersions gives them);
+    /// `each` is called page by page.
+    pub async fn versions(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        mut each: impl FnMut(Vec<Version>),
+    ) -> Result<(), StoreError> {
+        let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+        loop {
+            let resp = self
+                .client
+                .list_object_versions()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| not_s3(self.classify(e, Some(bucket)), &self.endpoint))?;
+            let mut page: Vec<Version> = resp
+                .versions()
+                .iter()
+                .map(|v| Version {
+                    object: ObjectInfo {
+                        key: v.key().unwrap_or_default().to_string(),
+                        size: v.size().unwrap_or(0).max(0) as u64,
+                        etag: v.e_tag().map(unquote).filter(|e| !e.is_empty()),
+                        last_modified: v.last_modified().cloned(),
+                        archived: v
+                            .storage_class()
+                            .is_some_and(|c| is_archive_class(c.as_str())),
+                    },
+                    version_id: v.version_id().map(str::to_string),
+                    delete_marker: false,
+                    latest: v.is_latest() == Some(true),
+                })
+                .chain(resp.delete_markers().iter().map(|d| Version {
+                    object: ObjectInfo {
+                        key: d.key().unwrap_or_default().to_string(),
+                        size: 0,
+                        etag: None,
+                        last_modified: d.last_modified().cloned(),
+                        archived: false,
+                    },
+                    version_id: d.version_id().map(str::to_string),
+                    delete_marker: true,
+                    latest: d.is_latest() == Some(true),
+                }))
+                .collect();
+            // The two lists come apart; put them back in key order, newest
+            // first within a key.
+            page.sort_by(|a, b| {
+                a.object.key.cmp(&b.object.key).then_with(|| {
+                    b.object
+                        .last_modified
+                        .as_ref()
+                        .map(|t| (t.secs(), t.subsec_nanos()))
+                        .cmp(
+                            &a.object
+                                .last_modified
+                                .as_ref()
+                                .map(|t| (t.secs(), t.subsec_nanos())),
+                        )
+                })
+            });
+            each(page);
+            if resp.is_truncated() != Some(true) {
+                return Ok(());
+            }
+            key_marker = resp.next_key_marker().map(str::to_string);
+            version_marker = resp.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() {
+                return Err(StoreError::Other(format!(
+                    "the version listing of s3://{bucket}/{prefix} is truncated but gives no way \
+                     to continue"
+                )));
+            }
+        }
     }
 
     /// Downloads an object and returns its size and the MD5 of its bytes
@@ -1144,6 +1322,9 @@ impl Lister {
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: o.e_tag().map(unquote).filter(|e| !e.is_empty()),
                 last_modified: o.last_modified().cloned(),
+                archived: o
+                    .storage_class()
+                    .is_some_and(|c| is_archive_class(c.as_str())),
             })
             .collect();
         let prefixes = resp

@@ -881,6 +881,7 @@ fn spawn_state_listing(
                     size,
                     etag,
                     last_modified: None,
+                    archived: false,
                 };
                 push(Ok(o))
             });

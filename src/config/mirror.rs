@@ -292,7 +292,8 @@ pub fn primary_of(file: &FileConfig) -> Result<Option<Location>> {
         .transpose()
 }
 
-fn filter(args: &FilterArgs, file: &FileConfig) -> Result<FilterConfig> {
+/// Which local paths are mirrored.
+pub(super) fn filter(args: &FilterArgs, file: &FileConfig) -> Result<FilterConfig> {
     let mut exclude = file.exclude.clone().unwrap_or_default();
     exclude.extend(args.exclude.iter().cloned());
     // One per core, up to 8: on a local disk the walk is bound by the
@@ -315,7 +316,7 @@ fn filter(args: &FilterArgs, file: &FileConfig) -> Result<FilterConfig> {
     })
 }
 
-fn transfer(args: &TransferArgs, loaded: &Loaded) -> Result<TransferConfig> {
+pub(super) fn transfer(args: &TransferArgs, loaded: &Loaded) -> Result<TransferConfig> {
     let file = &loaded.file;
     let chosen = args.concurrency.or(file.concurrency);
     let concurrency = chosen.unwrap_or(32);

@@ -45,6 +45,7 @@ pub enum Config {
         timing: WatchTiming,
     },
     Ls(Box<Ls>),
+    Restore(Box<Restore>),
     Status(Targets),
     Completions(clap_complete::Shell),
 }
@@ -71,6 +72,28 @@ pub struct Ls {
     /// The location as the user wrote it, for messages.
     pub shown: String,
     pub recursive: bool,
+    /// `--at`: the objects as they were then.
+    pub at: Option<std::time::SystemTime>,
+    /// `--versions`: every version and delete marker.
+    pub versions: bool,
+}
+
+/// What `s3ma restore` brings back, from where, and how.
+#[derive(Debug)]
+pub struct Restore {
+    pub conn: Connection,
+    pub from: Location,
+    pub dir: std::path::PathBuf,
+    /// `--at`: the tree as it was then (from the versions).
+    pub at: Option<std::time::SystemTime>,
+    pub delete: bool,
+    pub max_delete: Option<u64>,
+    pub checksum: bool,
+    pub dry_run: bool,
+    /// Concurrency, the ranged-GET threshold and size, SSE-C.
+    pub transfer: TransferConfig,
+    /// What `--delete` leaves alone: what sync would not mirror.
+    pub filter: FilterConfig,
 }
 
 /// A resolved configuration and the warnings met on the way.
@@ -132,7 +155,7 @@ impl Config {
         match self {
             Config::Sync(t) | Config::Status(t) => Some(t),
             Config::Verify { targets, .. } | Config::Watch { targets, .. } => Some(targets),
-            Config::Ls(_) | Config::Completions(_) => None,
+            Config::Ls(_) | Config::Restore(_) | Config::Completions(_) => None,
         }
     }
 
@@ -219,6 +242,7 @@ impl Config {
                 )?)
             }
             Command::Ls(a) => Config::Ls(Box::new(ls(a, &loaded, env, log)?)),
+            Command::Restore(a) => Config::Restore(Box::new(restore(a, &loaded, env, log)?)),
             Command::Completions { shell } => Config::Completions(*shell),
         };
         Ok(Resolved {
@@ -374,16 +398,136 @@ fn check_storage_class(class: Option<&str>, conn: &Connection) -> Result<()> {
 /// destination's own when `--destination` names it or the target is in its
 /// bucket.
 fn ls(args: &LsArgs, loaded: &Loaded, env: &Env, log_requests: bool) -> Result<Ls> {
+    let (conn, location) = pick(
+        &args.conn,
+        args.target.as_deref(),
+        args.destination.as_deref(),
+        loaded,
+        env,
+        log_requests,
+    )?;
+    Ok(Ls {
+        shown: args
+            .target
+            .clone()
+            .or_else(|| location.as_ref().map(ToString::to_string))
+            .unwrap_or_default(),
+        conn,
+        location,
+        recursive: args.recursive || args.at.is_some(),
+        at: args.at.as_deref().map(parse_at).transpose()?,
+        versions: args.versions,
+    })
+}
+
+/// `--at`: an RFC 3339 time, or an age before now (`2h`, `3d`).
+pub fn parse_at(s: &str) -> Result<std::time::SystemTime> {
+    use aws_smithy_types::date_time::{DateTime, Format};
+    if let Ok(d) = DateTime::from_str(s.trim(), Format::DateTime) {
+        return std::time::SystemTime::try_from(d)
+            .map_err(|_| anyhow::anyhow!("--at {s}: out of range"));
+    }
+    let age = units::parse_duration(s).map_err(|_| {
+        anyhow::anyhow!(
+            "--at '{s}' is neither a time in RFC 3339 (2026-11-30T18:00:00Z) nor an age (90m, \
+             2h, 3d)"
+        )
+    })?;
+    std::time::SystemTime::now()
+        .checked_sub(age)
+        .ok_or_else(|| anyhow::anyhow!("--at {s}: out of range"))
+}
+
+fn restore(
+    args: &crate::cli::RestoreArgs,
+    loaded: &Loaded,
+    env: &Env,
+    log_requests: bool,
+) -> Result<Restore> {
+    let (source, dir) = match args.paths.as_slice() {
+        [dir] if !dir.starts_with("s3://") => (None, dir),
+        [source, dir] if source.starts_with("s3://") && !dir.starts_with("s3://") => {
+            (Some(source.as_str()), dir)
+        }
+        _ => bail!(
+            "give the mirror, then the directory to restore into: s3ma restore \
+             s3://BUCKET/PREFIX DIR (or only DIR, for the config's bucket and topPrefix or \
+             --destination's)"
+        ),
+    };
+    let (conn, from) = pick(
+        &args.conn,
+        source,
+        args.destination.as_deref(),
+        loaded,
+        env,
+        log_requests,
+    )?;
+    let from = match from {
+        Some(l) => l,
+        None => mirror::primary_of(&loaded.file)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no mirror to restore from: give s3://BUCKET/PREFIX before the directory, or a \
+                 config file with a bucket"
+            )
+        })?,
+    };
+    check_bucket(&from, &conn)?;
+    let dir = std::path::PathBuf::from(dir);
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "{} is not a directory; restore into a directory",
+            dir.display()
+        );
+    }
+    if args.max_delete.is_some() && !args.delete {
+        bail!("--max-delete goes with --delete");
+    }
+    let transfer = mirror::transfer(
+        &crate::cli::TransferArgs {
+            concurrency: args.concurrency,
+            multipart_threshold: args.multipart_threshold.clone(),
+            multipart_chunk_size: args.multipart_chunk_size.clone(),
+            sse_c_key_file: args.sse_c_key_file.clone(),
+            ..Default::default()
+        },
+        loaded,
+    )?;
+    Ok(Restore {
+        conn,
+        from,
+        dir,
+        at: args.at.as_deref().map(parse_at).transpose()?,
+        delete: args.delete,
+        max_delete: args.max_delete,
+        checksum: args.checksum,
+        dry_run: args.dry_run,
+        transfer,
+        filter: mirror::filter(&crate::cli::FilterArgs::default(), &loaded.file)?,
+    })
+}
+
+/// The connection and location a command that names one location reads:
+/// the one given (through its destination's connection when it is one of
+/// the config's further destinations), or `--destination`'s.
+fn pick(
+    conn_args: &ConnectionArgs,
+    target: Option<&str>,
+    destination: Option<&str>,
+    loaded: &Loaded,
+    env: &Env,
+    log_requests: bool,
+) -> Result<(Connection, Option<Location>)> {
     let file = &loaded.file;
-    let conn = connection::resolve(&args.conn, loaded, env, log_requests)?;
-    let loc = args.target.as_deref().map(Location::parse).transpose()?;
+    let conn = connection::resolve(conn_args, loaded, env, log_requests)?;
+    let loc = target.map(Location::parse).transpose()?;
     let primary = mirror::primary_of(file)?.unwrap_or_default();
     let elsewhere = loc.as_ref().is_some_and(|l| l.bucket != primary.bucket);
-    let (conn, location) = if args.destination.is_none() && !elsewhere {
+    let (conn, location) = if destination.is_none() && !elsewhere {
         (conn, loc)
     } else {
         let dests = destinations::resolve(&conn, &primary, file, env)?;
-        match &args.destination {
+        match destination {
             Some(name) => {
                 let Some(d) = dests
                     .iter()
@@ -413,16 +557,7 @@ fn ls(args: &LsArgs, loaded: &Loaded, env: &Env, log_requests: bool) -> Result<L
     if let Some(l) = &location {
         check_bucket(l, &conn)?;
     }
-    Ok(Ls {
-        shown: args
-            .target
-            .clone()
-            .or_else(|| location.as_ref().map(ToString::to_string))
-            .unwrap_or_default(),
-        conn,
-        location,
-        recursive: args.recursive,
-    })
+    Ok((conn, location))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod metadata;
 mod mistakes;
 mod model;
 mod names;
+mod restore;
 mod scale;
 mod sse;
 mod sync;
