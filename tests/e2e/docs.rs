@@ -65,6 +65,7 @@ const PATHS: &[(&str, Stand)] = &[
     ("/var/www", Stand::Tree),
     ("/etc/ssl/private-ca.pem", Stand::CaBundle),
     ("/etc/s3ma/www.json", Stand::Scratch("etc-s3ma-www.json")),
+    ("/srv/restore", Stand::Scratch("restore")),
     (
         "./conf/config_mime.types",
         Stand::Repo("conf/config_mime.types"),
@@ -99,6 +100,21 @@ const EXCEPTIONS: &[(&str, &str, &str)] = &[
         "docs/configuration.md",
         "s3ma status [DIR] [s3://BUCKET[/PREFIX]] [--primary-only] [--json] [connection options]",
         "synopsis with placeholders, not a command line",
+    ),
+    (
+        "docs/configuration.md",
+        "s3ma restore [s3://BUCKET[/PREFIX]] DIR [--at TIME] [--delete] [--checksum] [--dry-run] [--destination NAME]",
+        "synopsis with placeholders, not a command line",
+    ),
+    (
+        "docs/configuration.md",
+        "s3ma restore s3://my-bucket/site /srv/restore --at 2026-11-30T18:00:00Z",
+        "needs a bucket with versioning, which s3s-fs does not have (tests/e2e/restore.rs runs it on moto)",
+    ),
+    (
+        "docs/configuration.md",
+        "s3ma ls s3://my-bucket/site --at 2h",
+        "needs a bucket with versioning, which s3s-fs does not have (tests/e2e/restore.rs runs it on moto)",
     ),
     (
         "docs/configuration.md",
@@ -571,7 +587,7 @@ impl Ctx {
         }
         let subcommand = subcommand.unwrap_or_default();
         let talks_to_s3 =
-            ["sync", "watch", "ls", "verify", "status"].contains(&subcommand.as_str());
+            ["sync", "watch", "ls", "verify", "status", "restore"].contains(&subcommand.as_str());
         let dest = args.iter().find(|a| a.starts_with("s3://")).cloned();
         let from_config = config_path.is_some()
             || (dest.is_none()
