@@ -74,7 +74,11 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
-    limits::private_files();
+    // What s3ma keeps of its own (state, journal) is the user's alone; a
+    // restore writes the user's files, under the user's umask.
+    if !matches!(cli.command, cli::Command::Restore(_)) {
+        limits::private_files();
+    }
     let level = match (cli.global.quiet, cli.global.verbose) {
         (true, _) => Level::Quiet,
         (false, 0) => Level::Normal,
@@ -439,7 +443,7 @@ fn spawn_signal_handler(stop: Arc<sync::Stop>, rep: Arc<Reporter>) {
                 report::say("interrupted again: exiting now");
                 std::process::exit(Exit::Interrupted as i32);
             }
-            rep.warn("interrupted: finishing uploads in flight and saving state (interrupt again to exit now)");
+            rep.warn("interrupted: finishing the transfers in flight and saving state (interrupt again to exit now)");
             stop.request();
         }
     });

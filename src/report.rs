@@ -320,6 +320,21 @@ impl Reporter {
         }
     }
 
+    /// A local file deleted by `restore --delete`.
+    pub fn deleted_file(&self, path: &str, dry_run: bool) {
+        add(&self.counts.deleted, 1);
+        if self.level == Level::Quiet {
+            return;
+        }
+        if self.json {
+            self.json_line(json!({"action": "delete", "path": path, "dry_run": dry_run}));
+        } else if dry_run {
+            self.out(&format!("would delete {}", printable(path)));
+        } else {
+            self.out(&format!("delete {}", printable(path)));
+        }
+    }
+
     /// The last line of a restore.
     pub fn summary_restore(&self, dry_run: bool) {
         let c = &self.counts;

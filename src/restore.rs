@@ -24,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use md5::{Digest, Md5};
-use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -123,7 +122,16 @@ pub fn rel_path<'a>(loc: &Location, key: &'a str) -> Result<&'a str, String> {
         return Err("the key is the prefix itself: it names no file".into());
     }
     if rel.starts_with('/') {
-        return Err("the key would be an absolute path (it starts with /)".into());
+        return Err(if loc.prefix.is_empty() {
+            "the key would be an absolute path (it starts with /)".into()
+        } else {
+            "the key has an empty segment (// after the prefix), which no path can".into()
+        });
+    }
+    if rel.ends_with('/') {
+        return Err(
+            "the key ends with / (a folder marker) but holds bytes, which no file name can".into(),
+        );
     }
     if rel.contains('\0') {
         return Err("the key holds a NUL character, which no file name can".into());
@@ -231,6 +239,8 @@ enum Done {
         size: u64,
         elapsed: Duration,
         reason: &'static str,
+        /// Nothing told the object's MD5: only its size was checked.
+        unchecked: bool,
     },
     Same(&'static str),
     /// In an archive class without a readable copy.
@@ -273,6 +283,21 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".s3ma-restore-{}", hex::encode(&digest[..8])))
 }
 
+/// Makes the temporary file afresh: whatever is at its name (one left by
+/// a killed run, or a link someone put there) is removed first, and the
+/// file is created only if nothing is there, so no link is followed.
+fn create_temp(temp: &Path) -> std::io::Result<std::fs::File> {
+    match std::fs::remove_file(temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(temp)
+}
+
 /// The object's mtime: its `mtime` metadata, else its date on the server.
 fn object_mtime(
     facts: &RemoteFacts,
@@ -298,7 +323,9 @@ fn finish_file(path: &Path, mtime_ns: Option<i64>, mode: Option<u32>) -> std::io
             .set_modified(t)?;
     }
     if let Some(mode) = mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))?;
+        // Not setuid or setgid: whoever can write the bucket would choose
+        // what runs with the restoring user's rights.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o1777))?;
     }
     Ok(())
 }
@@ -334,6 +361,13 @@ impl Job {
         &self.item.object.key
     }
 
+    fn write_failed(&self, e: std::io::Error) -> Done {
+        Done::Failed(format!(
+            "cannot write {} (through a temporary file beside it): {e}",
+            self.path.display()
+        ))
+    }
+
     async fn run(self) -> Done {
         let start = Instant::now();
         let o = &self.item.object;
@@ -352,7 +386,9 @@ impl Job {
                     Err(e) => return store_failed("cannot read the object", e),
                 };
                 let facts = self.store.facts(&h);
-                if !self.checksum {
+                // No MD5 to compare: the mtime decides, as without
+                // --checksum.
+                if !self.checksum || facts.md5.is_none() {
                     let remote = object_mtime(&facts, h.last_modified.as_ref());
                     let same = match facts.mtime {
                         Some(_) => facts.same_mtime(mtime_ns),
@@ -366,7 +402,24 @@ impl Job {
                 } else if let Some(want) = facts.md5 {
                     let path = self.path.clone();
                     match blocking(move || md5_of_file(&path)).await {
-                        Ok(Ok(m)) if m == want => return Done::Same("same MD5"),
+                        Ok(Ok(m)) if m == want => {
+                            // The same bytes: the object's mtime and mode,
+                            // so the next run without --checksum agrees.
+                            if !self.dry_run {
+                                let mtime = object_mtime(&facts, h.last_modified.as_ref());
+                                let mode = stored_mode(&h.metadata);
+                                let p = self.path.clone();
+                                if let Ok(Err(e)) =
+                                    blocking(move || finish_file(&p, mtime, mode)).await
+                                {
+                                    return Done::Failed(format!(
+                                        "cannot set the mtime of {}: {e}",
+                                        self.path.display()
+                                    ));
+                                }
+                            }
+                            return Done::Same("same MD5");
+                        }
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => {
                             return Done::Failed(format!(
@@ -411,6 +464,7 @@ impl Job {
                 size: o.size,
                 elapsed: start.elapsed(),
                 reason,
+                unchecked: false,
             };
         }
         let temp = temp_path(&self.path);
@@ -452,6 +506,7 @@ impl Job {
                 size: o.size,
                 elapsed: start.elapsed(),
                 reason,
+                unchecked: facts.md5.is_none(),
             },
             Err(e) => {
                 let _ = std::fs::remove_file(&temp);
@@ -483,8 +538,7 @@ impl Job {
             Ok(d) => d,
             Err(e) => return Err(store_failed("cannot download", e)),
         };
-        let mut file = std::fs::File::create(temp)
-            .map_err(|e| Done::Failed(format!("cannot write {}: {e}", temp.display())))?;
+        let mut file = create_temp(temp).map_err(|e| self.write_failed(e))?;
         let mut md5 = Md5::new();
         let mut got = 0u64;
         loop {
@@ -552,9 +606,9 @@ impl Job {
             }
         };
         let size = head.size;
-        let file = std::fs::File::create(temp)
+        let file = create_temp(temp)
             .and_then(|f| f.set_len(size).map(|()| f))
-            .map_err(|e| Done::Failed(format!("cannot write {}: {e}", temp.display())))?;
+            .map_err(|e| self.write_failed(e))?;
         let file = Arc::new(file);
         let chunk = self.chunk.max(1);
         let mut set: JoinSet<Result<(), Done>> = JoinSet::new();
@@ -636,7 +690,11 @@ impl Job {
 
 /// Local files under `dir` that have no object (what sync would mirror:
 /// hidden, temporary and excluded files are left alone), in key order.
-fn unmatched(cfg: &Restore, wanted: &HashSet<String>) -> Result<Vec<PathBuf>> {
+fn unmatched(cfg: &Restore, wanted: &HashSet<String>, rep: &Reporter) -> Result<Vec<PathBuf>> {
+    if !cfg.dir.exists() {
+        // A dry run into a directory still to be made.
+        return Ok(Vec::new());
+    }
     let filter = crate::scan::Filter::new(&cfg.dir, &cfg.filter, None)?;
     let mut out = Vec::new();
     let mut blind = None;
@@ -649,6 +707,15 @@ fn unmatched(cfg: &Restore, wanted: &HashSet<String>) -> Result<Vec<PathBuf>> {
         |item| {
             match item {
                 crate::scan::ScanItem::File(f) if !wanted.contains(&f.rel) => out.push(f.path),
+                crate::scan::ScanItem::Kept {
+                    rel,
+                    message,
+                    problem: true,
+                    ..
+                } => rep.failed(
+                    &cfg.dir.join(rel).display().to_string(),
+                    &format!("{message}; nothing under it is deleted"),
+                ),
                 crate::scan::ScanItem::Blind { path, message } => {
                     blind = Some(format!("{}: {message}", path.display()));
                     return false;
@@ -713,6 +780,11 @@ async fn restore(cfg: &Restore, rep: &Arc<Reporter>, stop: &crate::sync::Stop) -
              (is the prefix right?)"
         );
     }
+    if items.is_empty() {
+        rep.warn(&format!(
+            "{loc} holds no objects{when}: nothing to restore (is the prefix right?)"
+        ));
+    }
     if !cfg.dry_run {
         std::fs::create_dir_all(&cfg.dir)
             .with_context(|| format!("cannot make {}", cfg.dir.display()))?;
@@ -733,7 +805,17 @@ async fn restore(cfg: &Restore, rep: &Arc<Reporter>, stop: &crate::sync::Stop) -
             size,
             elapsed,
             reason,
-        } => rep.downloaded(&key, &path, size, elapsed, cfg.dry_run, reason),
+            unchecked,
+        } => {
+            rep.downloaded(&key, &path, size, elapsed, cfg.dry_run, reason);
+            if unchecked {
+                rep.remark(
+                    &key,
+                    "no MD5 to check it against (a multipart object without md5chksum \
+                     metadata): only its size was checked",
+                );
+            }
+        }
         Done::Same(why) => rep.skipped(&key, why),
         Done::Archived => archived.push(key),
         Done::Failed(m) => rep.failed(&key, &m),
@@ -813,11 +895,15 @@ async fn restore(cfg: &Restore, rep: &Arc<Reporter>, stop: &crate::sync::Stop) -
         rep.failed(
             &loc.to_string(),
             &format!(
-                "{} objects are in an archive storage class (GLACIER, DEEP_ARCHIVE) and cannot \
-                 be read until they are restored on the server: {}{}; restore them first (aws \
-                 s3api restore-object --bucket {} --key KEY --restore-request Days=7, or your \
-                 provider's console), then run s3ma restore again",
-                archived.len(),
+                "{} in an archive storage class (GLACIER, DEEP_ARCHIVE) and cannot be read \
+                 until restored on the server: {}{}; restore them first (aws s3api \
+                 restore-object --bucket {} --key KEY --restore-request Days=7, or your \
+                 provider's console), wait until that is done (hours), then run s3ma restore \
+                 again",
+                match archived.len() {
+                    1 => "1 object is".to_string(),
+                    n => format!("{n} objects are"),
+                },
                 shown.join(", "),
                 if more > 0 {
                     format!(" and {more} more")
@@ -833,7 +919,24 @@ async fn restore(cfg: &Restore, rep: &Arc<Reporter>, stop: &crate::sync::Stop) -
         return Ok(Exit::Interrupted);
     }
     if cfg.delete {
-        let extra = unmatched(cfg, &wanted)?;
+        if wanted.is_empty() {
+            rep.summary_restore(cfg.dry_run);
+            bail!(
+                "no object under {loc}{when} is a file to restore (only folder markers or \
+                 refused keys): --delete deletes nothing"
+            );
+        }
+        if rep.failures() > 0 {
+            rep.held_back(
+                "delete_held",
+                "some files were not restored: --delete deletes nothing until every file is \
+                 (run again)",
+                serde_json::json!({}),
+            );
+            rep.summary_restore(cfg.dry_run);
+            return Ok(Exit::Partial);
+        }
+        let extra = unmatched(cfg, &wanted, rep)?;
         if let Some(max) = cfg.max_delete.filter(|m| extra.len() as u64 > *m) {
             rep.summary_restore(cfg.dry_run);
             bail!(
@@ -846,12 +949,12 @@ async fn restore(cfg: &Restore, rep: &Arc<Reporter>, stop: &crate::sync::Stop) -
         for path in extra {
             let shown = path.display().to_string();
             if cfg.dry_run {
-                rep.deleted(&shown, None, true);
+                rep.deleted_file(&shown, true);
                 continue;
             }
             match std::fs::remove_file(&path) {
                 Ok(()) => {
-                    rep.deleted(&shown, None, false);
+                    rep.deleted_file(&shown, false);
                     prune_dirs(&cfg.dir, &path);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -860,11 +963,6 @@ async fn restore(cfg: &Restore, rep: &Arc<Reporter>, stop: &crate::sync::Stop) -
         }
     }
     rep.summary_restore(cfg.dry_run);
-    rep.status(
-        "restored",
-        &format!("restored {loc}{when} into {}", cfg.dir.display()),
-        json!({"from": loc.to_string(), "dir": cfg.dir.display().to_string()}),
-    );
     Ok(if rep.failures() > 0 {
         Exit::Partial
     } else {

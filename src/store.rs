@@ -812,22 +812,7 @@ impl Store {
                     latest: d.is_latest() == Some(true),
                 }))
                 .collect();
-            // The two lists come apart; put them back in key order, newest
-            // first within a key.
-            page.sort_by(|a, b| {
-                a.object.key.cmp(&b.object.key).then_with(|| {
-                    b.object
-                        .last_modified
-                        .as_ref()
-                        .map(|t| (t.secs(), t.subsec_nanos()))
-                        .cmp(
-                            &a.object
-                                .last_modified
-                                .as_ref()
-                                .map(|t| (t.secs(), t.subsec_nanos())),
-                        )
-                })
-            });
+            order_versions(&mut page);
             each(page);
             if resp.is_truncated() != Some(true) {
                 return Ok(());
@@ -1359,6 +1344,27 @@ impl Lister {
     }
 }
 
+/// Puts a page of versions back in key order, newest first within a key:
+/// the SDK gives versions and delete markers apart. Servers that keep
+/// times to the second make ties: the latest goes first, then a delete
+/// marker before a version (a delete follows the put of what it deletes).
+fn order_versions(page: &mut [Version]) {
+    let time = |v: &Version| {
+        v.object
+            .last_modified
+            .as_ref()
+            .map(|t| (t.secs(), t.subsec_nanos()))
+    };
+    page.sort_by(|a, b| {
+        a.object
+            .key
+            .cmp(&b.object.key)
+            .then_with(|| b.latest.cmp(&a.latest))
+            .then_with(|| time(b).cmp(&time(a)))
+            .then_with(|| b.delete_marker.cmp(&a.delete_marker))
+    });
+}
+
 /// A listing answered "404" without an S3 error code: the endpoint is not
 /// an S3 service, or it wants the other addressing style.
 fn not_s3(e: StoreError, endpoint: &str) -> StoreError {
@@ -1570,6 +1576,50 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_of_one_second_keep_the_latest_first_then_the_delete() {
+        let v = |key: &str, secs: i64, marker: bool, latest: bool| Version {
+            object: ObjectInfo {
+                key: key.into(),
+                size: 0,
+                etag: None,
+                last_modified: Some(DateTime::from_secs(secs)),
+                archived: false,
+            },
+            version_id: Some(format!("{key}{secs}{marker}")),
+            delete_marker: marker,
+            latest,
+        };
+        // As the SDK gives them: versions first, then delete markers.
+        let mut page = vec![
+            v("a", 10, false, false),
+            v("a", 10, false, true),
+            v("b", 10, false, false),
+            v("b", 9, false, false),
+            v("a", 10, true, false),
+            v("b", 10, true, true),
+        ];
+        order_versions(&mut page);
+        let order: Vec<(&str, i64, bool, bool)> = page
+            .iter()
+            .map(|v| {
+                let t = v.object.last_modified.as_ref().map_or(0, |t| t.secs());
+                (v.object.key.as_str(), t, v.delete_marker, v.latest)
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("a", 10, false, true),
+                ("a", 10, true, false),
+                ("a", 10, false, false),
+                ("b", 10, true, true),
+                ("b", 10, false, false),
+                ("b", 9, false, false),
+            ]
+        );
+    }
 
     #[test]
     fn copy_source_is_url_encoded() {

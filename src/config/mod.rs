@@ -398,6 +398,9 @@ fn check_storage_class(class: Option<&str>, conn: &Connection) -> Result<()> {
 /// destination's own when `--destination` names it or the target is in its
 /// bucket.
 fn ls(args: &LsArgs, loaded: &Loaded, env: &Env, log_requests: bool) -> Result<Ls> {
+    if args.target.is_none() && args.destination.is_none() && (args.at.is_some() || args.versions) {
+        bail!("--at and --versions list objects: give s3://BUCKET/PREFIX");
+    }
     let (conn, location) = pick(
         &args.conn,
         args.target.as_deref(),
@@ -420,11 +423,44 @@ fn ls(args: &LsArgs, loaded: &Loaded, env: &Env, log_requests: bool) -> Result<L
     })
 }
 
-/// `--at`: an RFC 3339 time, or an age before now (`2h`, `3d`).
+/// `--at`: an RFC 3339 time (any offset), or an age before now (`2h`,
+/// `3d`). A time to come is refused: there is no tree of it yet.
 pub fn parse_at(s: &str) -> Result<std::time::SystemTime> {
+    let t = at_time(s)?;
+    if t > std::time::SystemTime::now() + std::time::Duration::from_secs(1) {
+        bail!(
+            "--at {s} is in the future: there is no tree of it yet (give a past time, or an \
+             age such as 2h)"
+        );
+    }
+    Ok(t)
+}
+
+fn at_time(s: &str) -> Result<std::time::SystemTime> {
     use aws_smithy_types::date_time::{DateTime, Format};
-    if let Ok(d) = DateTime::from_str(s.trim(), Format::DateTime) {
-        return std::time::SystemTime::try_from(d)
+    let upper = s.trim().to_ascii_uppercase();
+    // An offset (+02:00, -00:00) names the same instant in UTC.
+    let split = upper
+        .len()
+        .checked_sub(6)
+        .filter(|i| upper.is_char_boundary(*i));
+    let (base, offset) = match split.map(|i| upper.split_at(i)) {
+        Some((base, off))
+            if base.contains('T')
+                && (off.starts_with('+') || off.starts_with('-'))
+                && off.as_bytes()[3] == b':' =>
+        {
+            let h: i64 = off[1..3].parse().unwrap_or(99);
+            let m: i64 = off[4..6].parse().unwrap_or(99);
+            let secs = (h < 24 && m < 60).then_some(h * 3600 + m * 60);
+            let sign = if off.starts_with('-') { -1 } else { 1 };
+            (format!("{base}Z"), secs.map(|s| s * sign))
+        }
+        _ => (upper.clone(), Some(0)),
+    };
+    if let (Some(offset), Ok(d)) = (offset, DateTime::from_str(&base, Format::DateTime)) {
+        let utc = DateTime::from_secs_and_nanos(d.secs() - offset, d.subsec_nanos());
+        return std::time::SystemTime::try_from(utc)
             .map_err(|_| anyhow::anyhow!("--at {s}: out of range"));
     }
     let age = units::parse_duration(s).map_err(|_| {
@@ -477,6 +513,12 @@ fn restore(
     if dir.exists() && !dir.is_dir() {
         bail!(
             "{} is not a directory; restore into a directory",
+            dir.display()
+        );
+    }
+    if !dir.exists() && dir.is_symlink() {
+        bail!(
+            "{} is a symbolic link to nothing; restore into a directory",
             dir.display()
         );
     }

@@ -300,3 +300,29 @@ fn trust_state_has_a_full_check_interval() {
     )
     .is_err());
 }
+
+#[test]
+fn at_takes_rfc3339_with_any_offset_and_ages_and_refuses_the_future() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let at = |s: &str| super::parse_at(s).map(|t| t.duration_since(UNIX_EPOCH).expect("after"));
+    let z = at("2026-11-30T18:00:00Z").expect("Z");
+    assert_eq!(z, Duration::from_secs(1_796_061_600));
+    assert_eq!(at("2026-11-30T20:00:00+02:00").expect("+02:00"), z);
+    assert_eq!(at("2026-11-30T18:00:00-00:00").expect("-00:00"), z);
+    assert_eq!(at("2026-11-30t13:30:00-04:30").expect("lower case"), z);
+    assert_eq!(
+        at("2026-11-30T18:00:00.5Z").expect("fraction"),
+        z + Duration::from_millis(500)
+    );
+    let two_hours = SystemTime::now() - Duration::from_secs(7200);
+    let got = super::parse_at("2h").expect("age");
+    assert!(got <= two_hours + Duration::from_secs(5) && got + Duration::from_secs(5) >= two_hours);
+    for bad in [
+        "yesterday",
+        "2026-11-30",
+        "2026-11-30T18:00:00+25:00",
+        "2999-01-01T00:00:00Z",
+    ] {
+        assert!(super::parse_at(bad).is_err(), "{bad}");
+    }
+}

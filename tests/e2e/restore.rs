@@ -98,6 +98,12 @@ fn a_restore_equals_the_tree_and_a_rerun_downloads_nothing() {
         assert_eq!(plain.summary()["downloaded"], 0, "{kind:?}: {plain}");
         let checked = restore(&env, &dir, &["--checksum"]).ok();
         assert_eq!(checked.summary()["downloaded"], 1, "{kind:?}: {checked}");
+        // Same bytes, another mtime: --checksum keeps the file and puts
+        // the object's mtime back, so a plain run agrees after it.
+        set_mtime(&dir.join("empty.txt"), 1_000_000_000);
+        let kept = restore(&env, &dir, &["--checksum"]).ok();
+        assert_eq!(kept.summary()["downloaded"], 0, "{kind:?}: {kept}");
+        assert_eq!(snapshot(&dir), want, "{kind:?}: {kept}");
         std::fs::write(dir.join("index.html"), "<h1>HOME</h1>").expect("write");
         let changed = restore(&env, &dir, &[]).ok();
         assert_eq!(changed.summary()["downloaded"], 1, "{kind:?}: {changed}");
@@ -341,7 +347,7 @@ fn archived_objects_are_named_once_with_what_to_do() {
     let run = restore(&env, &dir, &[]).code(1);
     assert!(
         run.all()
-            .contains("1 objects are in an archive storage class")
+            .contains("1 object is in an archive storage class")
             && run.all().contains("site/cold.bin")
             && run.all().contains("restore-object"),
         "{run}"
@@ -360,4 +366,64 @@ fn an_empty_prefix_with_delete_is_refused_and_deletes_nothing() {
     let run = restore(&env, &dir, &["--delete"]).code(3);
     assert!(run.all().contains("holds no objects"), "{run}");
     assert!(dir.join("precious.txt").exists());
+}
+
+#[test]
+fn delete_needs_a_file_to_restore_and_waits_for_every_file() {
+    let env = TestEnv::new(Kind::Moto);
+    // Only a folder marker, and a key that is refused.
+    env.put("site/folder/", b"");
+    env.put("site/../x", b"x");
+    let dir = env.work().join("r");
+    std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+    std::fs::write(dir.join("important.txt"), "keep").expect("write");
+    std::fs::write(dir.join("sub/data"), "keep").expect("write");
+    let run = restore(&env, &dir, &["--delete"]).code(3);
+    assert!(run.all().contains("is a file to restore"), "{run}");
+    assert!(dir.join("important.txt").exists() && dir.join("sub/data").exists());
+    // With a file to restore and a refused key, deletions wait.
+    env.put("site/a.txt", b"a");
+    let run = restore(&env, &dir, &["--delete"]).code(1);
+    assert!(
+        run.all().contains("deletes nothing until every file is"),
+        "{run}"
+    );
+    assert_eq!(run.summary()["deleted"], 0, "{run}");
+    assert!(dir.join("important.txt").exists() && dir.join("sub/data").exists());
+    // A dry run into a directory still to be made deletes nothing.
+    let fresh = env.work().join("fresh");
+    let dry = restore(&env, &fresh, &["--delete", "--dry-run"]).code(1);
+    assert_eq!(dry.summary()["deleted"], 0, "{dry}");
+    assert!(!fresh.exists());
+}
+
+#[test]
+fn a_link_at_the_temporary_name_is_not_followed_and_modes_follow_the_umask() {
+    let env = TestEnv::new(Kind::S3sFs);
+    env.write("target.txt", "from the bucket");
+    env.sync(&[]).ok();
+    let dir = env.work().join("r");
+    let outside = env.work().join("victim");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(&outside, "not yours").expect("write");
+    let temp = format!(".s3ma-restore-{}", &md5_hex(b"target.txt")[..16]);
+    std::os::unix::fs::symlink(&outside, dir.join(&temp)).expect("symlink");
+    restore(&env, &dir, &[]).ok();
+    assert_eq!(std::fs::read(&outside).expect("victim"), b"not yours");
+    let target = dir.join("target.txt");
+    let meta = std::fs::symlink_metadata(&target).expect("target");
+    assert!(meta.file_type().is_file(), "{meta:?}");
+    assert_eq!(std::fs::read(&target).expect("target"), b"from the bucket");
+    assert!(!dir.join(&temp).exists());
+    // Without stored modes, the restored file gets what the user's umask
+    // gives, as the original did.
+    let source = std::fs::metadata(env.tree().join("target.txt")).expect("source");
+    assert_eq!(meta.mode() & 0o777, source.mode() & 0o777);
+    let d = std::fs::metadata(&dir).expect("dir");
+    let sub = env.work().join("r2");
+    env.write("sub/file.txt", "in a directory");
+    env.sync(&[]).ok();
+    restore(&env, &sub, &[]).ok();
+    let made = std::fs::metadata(sub.join("sub")).expect("made dir");
+    assert_eq!(made.mode() & 0o777, d.mode() & 0o777);
 }
