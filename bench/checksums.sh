@@ -18,36 +18,10 @@ GARAGE=${GARAGE:-$(command -v garage || true)}
 [ -x "$GARAGE" ] || { echo "garage not found: set GARAGE=/path/to/garage" >&2; exit 1; }
 [ -x "$BIN" ] || cargo build --release --locked
 work=$(mktemp -d)
-cat >"$work/garage.toml" <<TOML
-metadata_dir = "$work/meta"
-data_dir = "$work/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:3921"
-rpc_public_addr = "127.0.0.1:3921"
-rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:3920"
-root_domain = ".s3.garage.localhost"
-[admin]
-api_bind_addr = "127.0.0.1:3923"
-TOML
-G=("$GARAGE" -c "$work/garage.toml")
-"${G[@]}" server >"$work/garage.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 100); do "${G[@]}" status >/dev/null 2>&1 && break; sleep 0.2; done
-node=$("${G[@]}" node id -q | cut -d@ -f1)
-"${G[@]}" layout assign -z dc1 -c 10G "$node" >/dev/null
-"${G[@]}" layout apply --version 1 >/dev/null
-keys=$("${G[@]}" key create bench)
-export AWS_ACCESS_KEY_ID=$(echo "$keys" | awk '/Key ID/ {print $3}')
-export AWS_SECRET_ACCESS_KEY=$(echo "$keys" | awk '/Secret key/ {print $3}')
-export AWS_DEFAULT_REGION=garage
-unset AWS_CA_BUNDLE
-"${G[@]}" bucket create big >/dev/null
-"${G[@]}" bucket allow --read --write --owner big --key bench >/dev/null
+. bench/garage-lib.sh
+garage_start "$work" 3920
+trap 'kill $garage_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+garage_bucket big
 mkdir -p "$work/tree"
 head -c $((BIG_MIB << 20)) /dev/urandom >"$work/tree/big.bin"
 echo "one file of $BIG_MIB MiB to garage $("$GARAGE" --version 2>/dev/null | head -1 | awk '{print $2}'), $(nproc) cores"

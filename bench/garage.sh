@@ -19,41 +19,13 @@ GARAGE=${GARAGE:-$(command -v garage || true)}
 [ -x "$GARAGE" ] || { echo "garage not found: set GARAGE=/path/to/garage" >&2; exit 1; }
 [ -x "$BIN" ] || cargo build --release --locked
 work=$(mktemp -d)
-cat >"$work/garage.toml" <<TOML
-metadata_dir = "$work/meta"
-data_dir = "$work/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:3911"
-rpc_public_addr = "127.0.0.1:3911"
-rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:3910"
-root_domain = ".s3.garage.localhost"
-[admin]
-api_bind_addr = "127.0.0.1:3913"
-TOML
-G=("$GARAGE" -c "$work/garage.toml")
-"${G[@]}" server >"$work/garage.log" 2>&1 &
-server=$!
+. bench/garage-lib.sh
+garage_start "$work" 3910
 python3 bench/latency-proxy.py 3915 127.0.0.1:3910 "$RTT_MS" &
 proxy=$!
-trap 'kill $server $proxy 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 100); do "${G[@]}" status >/dev/null 2>&1 && break; sleep 0.2; done
-node=$("${G[@]}" node id -q | cut -d@ -f1)
-"${G[@]}" layout assign -z dc1 -c 10G "$node" >/dev/null
-"${G[@]}" layout apply --version 1 >/dev/null
-keys=$("${G[@]}" key create bench)
-export AWS_ACCESS_KEY_ID=$(echo "$keys" | awk '/Key ID/ {print $3}')
-export AWS_SECRET_ACCESS_KEY=$(echo "$keys" | awk '/Secret key/ {print $3}')
-export AWS_DEFAULT_REGION=garage
-# rclone's SDK cannot use a CA bundle with its own transport (and none is
-# needed over http).
-unset AWS_CA_BUNDLE
+trap 'kill $garage_pid $proxy 2>/dev/null || true; rm -rf "$work"' EXIT
 for b in s3ma rclone aws; do
-    "${G[@]}" bucket create "$b" >/dev/null
-    "${G[@]}" bucket allow --read --write --owner "$b" --key bench >/dev/null
+    garage_bucket "$b"
 done
 python3 - "$work/tree" "$FILES" <<'PY'
 import os, sys

@@ -85,7 +85,10 @@ fn main() -> ExitCode {
         (false, 1) => Level::Verbose,
         (false, _) => Level::Debug,
     };
-    let progress = matches!(cli.command, cli::Command::Sync(_));
+    let progress = matches!(
+        cli.command,
+        cli::Command::Sync(_) | cli::Command::Restore(_)
+    );
     let timestamps = cli.global.log_timestamps
         || (matches!(cli.command, cli::Command::Watch(_)) && limits::stamps_wanted());
     let rep = Arc::new(Reporter::new(level, cli.global.json, progress).with_timestamps(timestamps));

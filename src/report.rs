@@ -239,87 +239,6 @@ impl Reporter {
         self
     }
 
-    /// An upload (or, with `dry_run`, one that would happen).
-    pub fn uploaded(
-        &self,
-        key: &str,
-        path: &str,
-        size: u64,
-        elapsed: Duration,
-        dry_run: bool,
-        reason: &str,
-    ) {
-        add(&self.counts.uploaded, 1);
-        add(&self.counts.bytes, size);
-        if !dry_run {
-            self.pulse.uploaded(key, path);
-        }
-        if self.level == Level::Quiet {
-            return;
-        }
-        if self.json {
-            self.json_line(
-                json!({"action": "upload", "key": key, "path": path, "size": size,
-                        "ms": elapsed.as_millis() as u64, "dry_run": dry_run, "reason": reason}),
-            );
-        } else if dry_run {
-            let key = printable(key);
-            self.out(&format!(
-                "would upload {key} ({}, {reason})",
-                human_size(size)
-            ));
-        } else if self.level >= Level::Verbose {
-            let key = printable(key);
-            self.out(&format!(
-                "upload {key} ({}, {} ms, {reason})",
-                human_size(size),
-                elapsed.as_millis()
-            ));
-        } else {
-            let key = printable(key);
-            self.out(&format!(
-                "upload {key} ({}, {} ms)",
-                human_size(size),
-                elapsed.as_millis()
-            ));
-        }
-    }
-
-    /// A restored file (or, with `dry_run`, one that would be).
-    pub fn downloaded(
-        &self,
-        key: &str,
-        path: &str,
-        size: u64,
-        elapsed: Duration,
-        dry_run: bool,
-        reason: &str,
-    ) {
-        add(&self.counts.downloaded, 1);
-        add(&self.counts.bytes, size);
-        if self.level == Level::Quiet {
-            return;
-        }
-        let shown = printable(key);
-        if self.json {
-            self.json_line(
-                json!({"action": "download", "key": key, "path": path, "size": size,
-                        "ms": elapsed.as_millis() as u64, "dry_run": dry_run, "reason": reason}),
-            );
-        } else if dry_run {
-            self.out(&format!(
-                "would download {shown} ({}, {reason})",
-                human_size(size)
-            ));
-        } else {
-            self.out(&format!(
-                "download {shown} ({}, {} ms, {reason})",
-                human_size(size),
-                elapsed.as_millis()
-            ));
-        }
-    }
-
     /// A local file deleted by `restore --delete`.
     pub fn deleted_file(&self, path: &str, dry_run: bool) {
         add(&self.counts.deleted, 1);
@@ -349,6 +268,7 @@ impl Reporter {
             );
             return;
         }
+        self.clear_progress();
         if self.level == Level::Quiet {
             return;
         }
@@ -365,6 +285,70 @@ impl Reporter {
             get(&c.skipped),
             get(&c.failed),
         ));
+    }
+
+    /// An upload (or, with `dry_run`, one that would happen).
+    pub fn uploaded(
+        &self,
+        key: &str,
+        path: &str,
+        size: u64,
+        elapsed: Duration,
+        dry_run: bool,
+        reason: &str,
+    ) {
+        add(&self.counts.uploaded, 1);
+        if !dry_run {
+            self.pulse.uploaded(key, path);
+        }
+        self.transferred("upload", (key, path, size), elapsed, dry_run, reason);
+    }
+
+    /// A restored file (or, with `dry_run`, one that would be).
+    pub fn downloaded(
+        &self,
+        key: &str,
+        path: &str,
+        size: u64,
+        elapsed: Duration,
+        dry_run: bool,
+        reason: &str,
+    ) {
+        add(&self.counts.downloaded, 1);
+        self.transferred("download", (key, path, size), elapsed, dry_run, reason);
+    }
+
+    /// The line of an upload or a download: `what` is the object's key,
+    /// the file's path and the size.
+    fn transferred(
+        &self,
+        action: &str,
+        what: (&str, &str, u64),
+        elapsed: Duration,
+        dry_run: bool,
+        reason: &str,
+    ) {
+        let (key, path, size) = what;
+        add(&self.counts.bytes, size);
+        if self.level == Level::Quiet {
+            return;
+        }
+        if self.json {
+            self.json_line(
+                json!({"action": action, "key": key, "path": path, "size": size,
+                        "ms": elapsed.as_millis() as u64, "dry_run": dry_run, "reason": reason}),
+            );
+            return;
+        }
+        let (key, size) = (printable(key), human_size(size));
+        let ms = elapsed.as_millis();
+        self.out(&if dry_run {
+            format!("would {action} {key} ({size}, {reason})")
+        } else if self.level >= Level::Verbose {
+            format!("{action} {key} ({size}, {ms} ms, {reason})")
+        } else {
+            format!("{action} {key} ({size}, {ms} ms)")
+        });
     }
 
     /// A deleted key; `done` is its size and how long the request took,
@@ -608,14 +592,24 @@ impl Reporter {
         }
         *last = Instant::now();
         let c = &self.counts;
-        let line = format!(
-            "\r\x1b[Kscanned {}, uploaded {} ({}), deleted {}, failed {}",
-            c.scanned.load(Ordering::Relaxed),
-            c.uploaded.load(Ordering::Relaxed),
-            human_size(c.bytes.load(Ordering::Relaxed)),
-            c.deleted.load(Ordering::Relaxed),
-            c.failed.load(Ordering::Relaxed),
-        );
+        let downloaded = c.downloaded.load(Ordering::Relaxed);
+        let line = if downloaded > 0 {
+            format!(
+                "\r\x1b[Kdownloaded {downloaded} ({}), skipped {}, failed {}",
+                human_size(c.bytes.load(Ordering::Relaxed)),
+                c.skipped.load(Ordering::Relaxed),
+                c.failed.load(Ordering::Relaxed),
+            )
+        } else {
+            format!(
+                "\r\x1b[Kscanned {}, uploaded {} ({}), deleted {}, failed {}",
+                c.scanned.load(Ordering::Relaxed),
+                c.uploaded.load(Ordering::Relaxed),
+                human_size(c.bytes.load(Ordering::Relaxed)),
+                c.deleted.load(Ordering::Relaxed),
+                c.failed.load(Ordering::Relaxed),
+            )
+        };
         use std::io::Write as _;
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }

@@ -34,6 +34,15 @@ use crate::report::{human_size, printable, Reporter};
 use crate::store::{Blame, ObjectInfo, Store, StoreError};
 use crate::Exit;
 
+/// A downloaded temporary file: the MD5 of its bytes, and what the server
+/// said of the object (its MD5, mtime, mode and date).
+struct Fetched {
+    md5: [u8; 16],
+    facts: RemoteFacts,
+    mode: Option<u32>,
+    last_modified: Option<aws_smithy_types::DateTime>,
+}
+
 /// One object to bring back: as listed, and which version.
 #[derive(Debug, Clone)]
 pub struct Item {
@@ -473,7 +482,12 @@ impl Job {
         } else {
             self.fetch_whole(&temp).await
         };
-        let (md5, facts, mode, last_modified) = match fetched {
+        let Fetched {
+            md5,
+            facts,
+            mode,
+            last_modified,
+        } = match fetched {
             Ok(f) => f,
             Err(done) => {
                 let _ = std::fs::remove_file(&temp);
@@ -516,18 +530,7 @@ impl Job {
     }
 
     /// One GET, written to `temp` and hashed as it comes.
-    async fn fetch_whole(
-        &self,
-        temp: &Path,
-    ) -> Result<
-        (
-            [u8; 16],
-            RemoteFacts,
-            Option<u32>,
-            Option<aws_smithy_types::DateTime>,
-        ),
-        Done,
-    > {
+    async fn fetch_whole(&self, temp: &Path) -> Result<Fetched, Done> {
         let _permit = self.requests.acquire().await;
         let version = self.item.version_id.as_deref();
         let mut d = match self
@@ -571,12 +574,12 @@ impl Job {
             d.etag.as_deref().and_then(|e| self.store.etag_md5(e)),
             &d.metadata,
         );
-        Ok((
-            md5.finalize().into(),
+        Ok(Fetched {
+            md5: md5.finalize().into(),
             facts,
-            stored_mode(&d.metadata),
-            d.last_modified,
-        ))
+            mode: stored_mode(&d.metadata),
+            last_modified: d.last_modified,
+        })
     }
 
     /// Parallel ranged GETs, each written at its offset, all pinned to the
@@ -585,15 +588,7 @@ impl Job {
         &self,
         temp: &Path,
         head: Option<crate::store::HeadInfo>,
-    ) -> Result<
-        (
-            [u8; 16],
-            RemoteFacts,
-            Option<u32>,
-            Option<aws_smithy_types::DateTime>,
-        ),
-        Done,
-    > {
+    ) -> Result<Fetched, Done> {
         let version = self.item.version_id.clone();
         let head = match head {
             Some(h) => h,
@@ -684,7 +679,12 @@ impl Job {
             Err(e) => return Err(Done::Failed(e)),
         };
         let facts = self.store.facts(&head);
-        Ok((md5, facts, stored_mode(&head.metadata), head.last_modified))
+        Ok(Fetched {
+            md5,
+            facts,
+            mode: stored_mode(&head.metadata),
+            last_modified: head.last_modified,
+        })
     }
 }
 
@@ -876,11 +876,13 @@ async fn restore(cfg: &Restore, rep: &Arc<Reporter>, stop: &crate::sync::Stop) -
         while let Some(r) = set.try_join_next() {
             let (key, path, done) = r.map_err(|e| anyhow!("a download task failed: {e}"))?;
             on_done(key, path, done, &mut archived, &mut broken);
+            rep.tick();
         }
     }
     while let Some(r) = set.join_next().await {
         let (key, path, done) = r.map_err(|e| anyhow!("a download task failed: {e}"))?;
         on_done(key, path, done, &mut archived, &mut broken);
+        rep.tick();
     }
     if let Some(e) = broken {
         return Err(anyhow::Error::new(e).context(format!("cannot restore from {loc}")));

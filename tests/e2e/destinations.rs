@@ -399,3 +399,39 @@ fn overlapping_or_unnamed_twin_destinations_are_refused() {
     assert!(run.stderr.contains("two destinations are named"), "{run}");
     assert!(env.listing().is_empty(), "nothing was sent: {run}");
 }
+
+#[test]
+fn restore_reads_a_further_destination_through_its_own_connection() {
+    let env = TestEnv::new(Kind::S3sFs);
+    // On the other server, which only that destination's endpoint reaches.
+    let far = env.second(Kind::Moto, &endpoint(Kind::Moto), "far/");
+    let config = config_with(&env, &[entry("far", &far)]);
+    env.write("a.txt", "alpha");
+    env.write("dir/b.txt", "beta");
+    sync_with(&env, &config, &[]).ok();
+    // The primary loses a file; the destination still has it.
+    block_on(
+        env.client
+            .delete_object()
+            .bucket(&env.bucket)
+            .key(format!("{}a.txt", env.prefix))
+            .send(),
+    )
+    .expect("delete");
+    let dir = env.work().join("from-far");
+    let mut c = env.command();
+    c.args(["restore", &dir.display().to_string(), "--json"])
+        .args(["--config", &config, "--destination", "far"]);
+    let run = TestEnv::run_cmd(c).ok();
+    assert_eq!(run.summary()["downloaded"], 2, "{run}");
+    assert_eq!(std::fs::read(dir.join("a.txt")).expect("a"), b"alpha");
+    assert_eq!(std::fs::read(dir.join("dir/b.txt")).expect("b"), b"beta");
+    // Without --destination: the config's own bucket, which lacks a.txt.
+    let primary = env.work().join("from-primary");
+    let mut c = env.command();
+    c.args(["restore", &primary.display().to_string(), "--json"])
+        .args(["--config", &config]);
+    let run = TestEnv::run_cmd(c).ok();
+    assert_eq!(run.summary()["downloaded"], 1, "{run}");
+    assert!(!primary.join("a.txt").exists());
+}
