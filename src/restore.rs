@@ -254,12 +254,17 @@ enum Done {
     Same(&'static str),
     /// In an archive class without a readable copy.
     Archived,
+    /// Deleted on the server after the listing.
+    Vanished,
     Failed(String),
     /// The server failed, or the configuration is wrong.
     Broken(StoreError),
 }
 
 fn store_failed(what: &str, e: StoreError) -> Done {
+    if matches!(e, StoreError::NotFound) {
+        return Done::Vanished;
+    }
     match e.blame() {
         Blame::Request => Done::Failed(format!("{what}: {e}")),
         Blame::Server | Blame::Fatal => Done::Broken(e),
@@ -818,6 +823,10 @@ async fn restore(cfg: &Restore, rep: &Arc<Reporter>, stop: &crate::sync::Stop) -
         }
         Done::Same(why) => rep.skipped(&key, why),
         Done::Archived => archived.push(key),
+        Done::Vanished => rep.note(
+            &key,
+            "deleted on the server after it was listed: not restored",
+        ),
         Done::Failed(m) => rep.failed(&key, &m),
         Done::Broken(e) => {
             if broken.is_none() {
