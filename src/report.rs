@@ -54,6 +54,8 @@ pub struct Reporter {
     /// Text lines start with the time (not under journald, which adds its
     /// own).
     timestamps: bool,
+    /// Lines written to stdout so far.
+    printed: AtomicU64,
 }
 
 /// Whether text lines carry the time, for lines written outside a
@@ -172,6 +174,7 @@ impl Reporter {
             label: None,
             pulse: Pulse::started(),
             timestamps: false,
+            printed: AtomicU64::new(0),
         }
     }
 
@@ -188,6 +191,7 @@ impl Reporter {
             label: Some(label.to_string()),
             pulse: Pulse::started(),
             timestamps: self.timestamps,
+            printed: AtomicU64::new(0),
         }
     }
 
@@ -213,7 +217,14 @@ impl Reporter {
         }
     }
 
+    /// Lines written to stdout so far (a daemon says it is idle after
+    /// the last of them).
+    pub fn printed(&self) -> u64 {
+        self.printed.load(Ordering::Relaxed)
+    }
+
     fn out(&self, line: &str) {
+        add(&self.printed, 1);
         self.clear_progress();
         let mut o = std::io::stdout().lock();
         let _ = match (&self.label, self.json) {

@@ -183,7 +183,9 @@ struct Daemon<'a> {
     /// The failures of the journal and the state database were said.
     broken_said: (bool, bool),
     /// "Idle" was said since the last change.
-    idle_said: bool,
+    /// Said to be idle, and the lines printed then: a line printed since
+    /// (a note on a late event, the root's state) is followed by another.
+    idle_said: Option<u64>,
 }
 
 pub async fn run(
@@ -273,7 +275,7 @@ pub async fn run(
         held_by_reconcile: 0,
         last_tick: Instant::now(),
         broken_said: (false, false),
-        idle_said: false,
+        idle_said: None,
     };
     // A link switched while the daemon was stopped: the first reconcile
     // hashes the new tree too.
@@ -598,20 +600,20 @@ impl Daemon<'_> {
         self.check_root();
     }
 
-    /// Says once when everything is mirrored (at `-v`: tests and people
-    /// watching it work know when it is idle).
+    /// Says when everything is mirrored, after anything else it says (at
+    /// `-v`: tests and people watching it work know when it is idle).
     fn idle_check(&mut self) {
         if self.inbox.pending.len() == 0 && self.tasks.is_empty() {
-            if !self.idle_said {
-                self.idle_said = true;
+            if self.idle_said != Some(self.rep.printed()) {
                 self.rep.verbose_status(
                     "idle",
                     "every change is mirrored; waiting for the next",
                     json!({}),
                 );
+                self.idle_said = Some(self.rep.printed());
             }
         } else {
-            self.idle_said = false;
+            self.idle_said = None;
         }
     }
 

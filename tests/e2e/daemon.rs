@@ -438,3 +438,27 @@ fn an_empty_root_sweeps_nothing_under_a_directory_made_again() {
     env.converge(WITHIN, &|| w.logs());
     assert_eq!(w.term(), 0);
 }
+
+#[test]
+fn idle_is_said_again_after_a_reconcile_that_no_event_started() {
+    let env = TestEnv::new(Kind::S3sFs);
+    let app = env.work().join("app");
+    for r in ["r1", "r2"] {
+        let dir = app.join("releases").join(r);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(format!("{r}.txt")), r).expect("write");
+    }
+    let current = app.join("current");
+    std::os::unix::fs::symlink("releases/r1", &current).expect("symlink");
+    let mut w = env.watch_dir(&current, &["--delete", "--rescan-interval", "0", "-v"]);
+    w.ready();
+    wait_until("idle", &w, || w.idle());
+    // A deploy switches the link: no event in the directory watched, a
+    // reconcile that uploads and deletes; then the daemon is idle again
+    // and says so after everything it said.
+    std::os::unix::fs::symlink("releases/r2", app.join("current.tmp")).expect("symlink");
+    std::fs::rename(app.join("current.tmp"), &current).expect("mv -T");
+    converge_tree(&current, &env.primary(), WITHIN, &|| w.logs());
+    wait_until("idle after the reconcile", &w, || w.idle());
+    assert_eq!(w.term(), 0, "{}", w.logs());
+}
