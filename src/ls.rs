@@ -17,6 +17,22 @@ fn iso(dt: Option<&DateTime>) -> String {
     dt.map_or_else(|| "-".into(), |d| utc_secs(d.secs()))
 }
 
+/// ISO 8601 in UTC with the milliseconds the server keeps
+/// (`2026-11-26T16:00:00.700Z`): times to give `--at`.
+fn iso_ms(dt: Option<&DateTime>) -> String {
+    match dt {
+        Some(d) if d.subsec_nanos() >= 1_000_000 => {
+            let s = utc_secs(d.secs());
+            format!(
+                "{}.{:03}Z",
+                s.trim_end_matches('Z'),
+                d.subsec_nanos() / 1_000_000
+            )
+        }
+        _ => iso(dt),
+    }
+}
+
 /// `2026-11-26 16:00:00` (UTC), like `aws s3 ls`.
 fn short(dt: Option<&DateTime>) -> String {
     let s = iso(dt);
@@ -122,7 +138,7 @@ pub async fn at(
                 out,
                 "{}",
                 json!({"key": item.object.key, "size": item.object.size,
-                       "last_modified": iso(item.object.last_modified.as_ref()),
+                       "last_modified": iso_ms(item.object.last_modified.as_ref()),
                        "etag": item.object.etag, "version_id": item.version_id})
             )?;
         } else {
@@ -144,7 +160,7 @@ pub async fn versions(store: &Store, loc: &Location, json_out: bool) -> Result<(
                 let id = v.version_id.as_deref().unwrap_or("null");
                 let line = if json_out {
                     json!({"key": o.key, "version_id": id, "size": o.size,
-                           "last_modified": iso(o.last_modified.as_ref()), "etag": o.etag,
+                           "last_modified": iso_ms(o.last_modified.as_ref()), "etag": o.etag,
                            "latest": v.latest, "delete_marker": v.delete_marker})
                     .to_string()
                 } else {
@@ -156,7 +172,7 @@ pub async fn versions(store: &Store, loc: &Location, json_out: bool) -> Result<(
                     };
                     format!(
                         "{} {:>10} {}  {id}{what}",
-                        short(o.last_modified.as_ref()),
+                        iso_ms(o.last_modified.as_ref()),
                         if v.delete_marker {
                             "-".to_string()
                         } else {

@@ -160,7 +160,7 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
         Config::Verify { targets, download } => verify(targets, download, rep).await,
         Config::Restore(r) => {
             let stop = Arc::new(sync::Stop::default());
-            spawn_signal_handler(stop.clone(), rep.clone());
+            signal_handler(stop.clone(), rep.clone(), true);
             restore::run(&r, rep, stop).await
         }
     }
@@ -429,6 +429,11 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// First SIGINT/SIGTERM: stop taking work, finish what is in flight, save
 /// state. Second: exit 130 at once.
 fn spawn_signal_handler(stop: Arc<sync::Stop>, rep: Arc<Reporter>) {
+    signal_handler(stop, rep, false)
+}
+
+/// Like [`spawn_signal_handler`]; `restoring` says what is finished.
+fn signal_handler(stop: Arc<sync::Stop>, rep: Arc<Reporter>, restoring: bool) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
@@ -446,7 +451,11 @@ fn spawn_signal_handler(stop: Arc<sync::Stop>, rep: Arc<Reporter>) {
                 report::say("interrupted again: exiting now");
                 std::process::exit(Exit::Interrupted as i32);
             }
-            rep.warn("interrupted: finishing the transfers in flight and saving state (interrupt again to exit now)");
+            rep.warn(if restoring {
+                "interrupted: finishing the downloads in flight (interrupt again to exit now)"
+            } else {
+                "interrupted: finishing the transfers in flight and saving state (interrupt again to exit now)"
+            });
             stop.request();
         }
     });

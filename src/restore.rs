@@ -68,10 +68,18 @@ pub async fn tree_now(store: &Store, loc: &Location) -> Result<Vec<Item>, StoreE
 /// version not newer than `at`, unless that is a delete marker. The
 /// bucket must have (or have had) versioning.
 pub async fn tree_at(store: &Store, loc: &Location, at: SystemTime) -> Result<Vec<Item>> {
-    let status = store
-        .versioning(&loc.bucket)
-        .await
-        .with_context(|| format!("cannot read the versioning of s3://{}", loc.bucket))?;
+    let status = match store.versioning(&loc.bucket).await {
+        Ok(s) => s,
+        Err(e) if e.to_string().contains("NotImplemented") => bail!(
+            "{} does not implement versioning ({e}): --at needs a bucket with versioning; \
+             without --at, s3ma restores the objects there now",
+            store.endpoint()
+        ),
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot read the versioning of s3://{}", loc.bucket)))
+        }
+    };
     let never = |bucket: &str| {
         anyhow!(
             "s3://{bucket} has no versioning, so it holds no earlier versions to go back to: \
@@ -387,6 +395,7 @@ impl Job {
         let o = &self.item.object;
         let version = self.item.version_id.as_deref();
         let mut head = None;
+        let mut compare_local = false;
         let reason = match self.local {
             Local::Nothing => "new",
             Local::File { size, mtime_ns } if size == o.size => {
@@ -400,9 +409,7 @@ impl Job {
                     Err(e) => return store_failed("cannot read the object", e),
                 };
                 let facts = self.store.facts(&h);
-                // No MD5 to compare: the mtime decides, as without
-                // --checksum.
-                if !self.checksum || facts.md5.is_none() {
+                if !self.checksum {
                     let remote = object_mtime(&facts, h.last_modified.as_ref());
                     let same = match facts.mtime {
                         Some(_) => facts.same_mtime(mtime_ns),
@@ -443,6 +450,10 @@ impl Job {
                         }
                         Err(e) => return Done::Failed(e),
                     }
+                } else {
+                    // --checksum, and no MD5 of the object to compare:
+                    // its bytes are downloaded and compared with the file.
+                    compare_local = true;
                 }
                 head = Some(h);
                 "changed"
@@ -509,6 +520,23 @@ impl Job {
             _ => Ok(()),
         };
         let mtime = object_mtime(&facts, last_modified.as_ref());
+        if compare_local && checked.is_ok() {
+            let p = self.path.clone();
+            if let Ok(Ok(local)) = blocking(move || md5_of_file(&p)).await {
+                if local == md5 {
+                    let _ = std::fs::remove_file(&temp);
+                    let p = self.path.clone();
+                    return match blocking(move || finish_file(&p, mtime, mode)).await {
+                        Ok(Ok(())) => Done::Same("same bytes (downloaded to compare: no MD5)"),
+                        Ok(Err(e)) => Done::Failed(format!(
+                            "cannot set the mtime of {}: {e}",
+                            self.path.display()
+                        )),
+                        Err(e) => Done::Failed(e),
+                    };
+                }
+            }
+        }
         let (t, p) = (temp.clone(), self.path.clone());
         let placed = match checked {
             Ok(()) => blocking(move || {
@@ -561,10 +589,9 @@ impl Job {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    return Err(Done::Broken(StoreError::ServerError(format!(
-                        "the download of {} broke off: {e}",
-                        self.key()
-                    ))))
+                    return Err(Done::Failed(format!(
+                        "the download broke off ({e}): not restored (run again)"
+                    )))
                 }
             }
         }
@@ -654,9 +681,9 @@ impl Job {
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            return Err(Done::Broken(StoreError::ServerError(format!(
-                                "the download of {key} broke off: {e}"
-                            ))))
+                            return Err(Done::Failed(format!(
+                                "the download of {key} broke off ({e}): not restored (run again)"
+                            )))
                         }
                     }
                 }
@@ -790,10 +817,29 @@ async fn restore(cfg: &Restore, rep: &Arc<Reporter>, stop: &crate::sync::Stop) -
             "{loc} holds no objects{when}: nothing to restore (is the prefix right?)"
         ));
     }
-    if !cfg.dry_run {
+    // One restore into a directory at a time: two would write the same
+    // temporary files.
+    let _lock = if cfg.dry_run {
+        None
+    } else {
         std::fs::create_dir_all(&cfg.dir)
             .with_context(|| format!("cannot make {}", cfg.dir.display()))?;
-    }
+        let dir = std::fs::File::open(&cfg.dir)
+            .with_context(|| format!("cannot open {}", cfg.dir.display()))?;
+        match dir.try_lock() {
+            Ok(()) => Some(dir),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                rep.fatal(&format!(
+                    "another s3ma restore into {} is running; wait for it to finish",
+                    cfg.dir.display()
+                ));
+                return Ok(Exit::Busy);
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", cfg.dir.display()))
+            }
+        }
+    };
     let requests = Arc::new(Semaphore::new(cfg.transfer.concurrency.max(1)));
     // Jobs waiting to start, beside the requests in flight.
     let started = Arc::new(Semaphore::new(cfg.transfer.concurrency.max(1) * 2));
@@ -823,6 +869,13 @@ async fn restore(cfg: &Restore, rep: &Arc<Reporter>, stop: &crate::sync::Stop) -
         }
         Done::Same(why) => rep.skipped(&key, why),
         Done::Archived => archived.push(key),
+        // The tree of another time misses a file: a failure. The present
+        // one simply has the object no more.
+        Done::Vanished if cfg.at.is_some() => rep.failed(
+            &key,
+            "this version was deleted on the server after it was listed (a lifecycle rule?): \
+             the file is not as it was then",
+        ),
         Done::Vanished => rep.note(
             &key,
             "deleted on the server after it was listed: not restored",
@@ -936,16 +989,6 @@ async fn restore(cfg: &Restore, rep: &Arc<Reporter>, stop: &crate::sync::Stop) -
                 "no object under {loc}{when} is a file to restore (only folder markers or \
                  refused keys): --delete deletes nothing"
             );
-        }
-        if rep.failures() > 0 {
-            rep.held_back(
-                "delete_held",
-                "some files were not restored: --delete deletes nothing until every file is \
-                 (run again)",
-                serde_json::json!({}),
-            );
-            rep.summary_restore(cfg.dry_run);
-            return Ok(Exit::Partial);
         }
         let extra = unmatched(cfg, &wanted, rep)?;
         if let Some(max) = cfg.max_delete.filter(|m| extra.len() as u64 > *m) {

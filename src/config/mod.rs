@@ -423,8 +423,9 @@ fn ls(args: &LsArgs, loaded: &Loaded, env: &Env, log_requests: bool) -> Result<L
     })
 }
 
-/// `--at`: an RFC 3339 time (any offset), or an age before now (`2h`,
-/// `3d`). A time to come is refused: there is no tree of it yet.
+/// `--at`: an RFC 3339 time (any offset; one to the second stands for
+/// the whole second), or an age before now (`2h`, `3d`). A time to come
+/// is refused: there is no tree of it yet.
 pub fn parse_at(s: &str) -> Result<std::time::SystemTime> {
     let t = at_time(s)?;
     if t > std::time::SystemTime::now() + std::time::Duration::from_secs(1) {
@@ -459,7 +460,14 @@ fn at_time(s: &str) -> Result<std::time::SystemTime> {
         _ => (upper.clone(), Some(0)),
     };
     if let (Some(offset), Ok(d)) = (offset, DateTime::from_str(&base, Format::DateTime)) {
-        let utc = DateTime::from_secs_and_nanos(d.secs() - offset, d.subsec_nanos());
+        // A time to the second is that whole second: what was written
+        // within it (servers keep milliseconds) is part of the tree then.
+        let nanos = if base.contains('.') {
+            d.subsec_nanos()
+        } else {
+            999_999_999
+        };
+        let utc = DateTime::from_secs_and_nanos(d.secs() - offset, nanos);
         return std::time::SystemTime::try_from(utc)
             .map_err(|_| anyhow::anyhow!("--at {s}: out of range"));
     }

@@ -215,8 +215,10 @@ fn restore_at_on_a_bucket_without_versioning_says_so() {
         let dir = env.work().join("r");
         let run = restore(&env, &dir, &["--at", "1h"]);
         assert_ne!(run.code, 0, "{kind:?}: {run}");
+        // moto: no versioning; s3s-fs: none implemented.
         assert!(
-            run.all().contains("no versioning") || run.all().contains("cannot read the versioning"),
+            run.all().contains("has no versioning")
+                || run.all().contains("does not implement versioning"),
             "{kind:?}: {run}"
         );
         assert!(!dir.join("a.txt").exists(), "{kind:?}");
@@ -307,6 +309,12 @@ fn an_interrupted_restore_finishes_without_downloading_again() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    // One restore into a directory at a time.
+    let second = restore(&env, &dir, &[]).code(4);
+    assert!(
+        second.all().contains("another s3ma restore into"),
+        "{second}"
+    );
     child.kill().expect("kill");
     child.wait().expect("wait");
     let before = placed(&dir);
@@ -369,7 +377,7 @@ fn an_empty_prefix_with_delete_is_refused_and_deletes_nothing() {
 }
 
 #[test]
-fn delete_needs_a_file_to_restore_and_waits_for_every_file() {
+fn delete_needs_a_file_to_restore_and_a_refused_key_blocks_nothing_else() {
     let env = TestEnv::new(Kind::Moto);
     // Only a folder marker, and a key that is refused.
     env.put("site/folder/", b"");
@@ -381,15 +389,13 @@ fn delete_needs_a_file_to_restore_and_waits_for_every_file() {
     let run = restore(&env, &dir, &["--delete"]).code(3);
     assert!(run.all().contains("is a file to restore"), "{run}");
     assert!(dir.join("important.txt").exists() && dir.join("sub/data").exists());
-    // With a file to restore and a refused key, deletions wait.
+    // With a file to restore, the refused key is an error (exit 1) and the
+    // files without an object go.
     env.put("site/a.txt", b"a");
     let run = restore(&env, &dir, &["--delete"]).code(1);
-    assert!(
-        run.all().contains("deletes nothing until every file is"),
-        "{run}"
-    );
-    assert_eq!(run.summary()["deleted"], 0, "{run}");
-    assert!(dir.join("important.txt").exists() && dir.join("sub/data").exists());
+    assert_eq!(run.summary()["deleted"], 2, "{run}");
+    assert!(!dir.join("important.txt").exists() && !dir.join("sub").exists());
+    assert_eq!(std::fs::read(dir.join("a.txt")).expect("a"), b"a");
     // A dry run into a directory still to be made deletes nothing.
     let fresh = env.work().join("fresh");
     let dry = restore(&env, &fresh, &["--delete", "--dry-run"]).code(1);
@@ -426,4 +432,75 @@ fn a_link_at_the_temporary_name_is_not_followed_and_modes_follow_the_umask() {
     restore(&env, &sub, &[]).ok();
     let made = std::fs::metadata(sub.join("sub")).expect("made dir");
     assert_eq!(made.mode() & 0o777, d.mode() & 0o777);
+}
+
+#[test]
+fn checksum_compares_the_bytes_of_an_object_with_no_md5() {
+    let env = TestEnv::new(Kind::Moto);
+    // A multipart object another tool wrote: no md5chksum, an ETag that
+    // is no MD5.
+    let data: Vec<u8> = (0..(6u32 << 20)).map(|i| (i % 251) as u8).collect();
+    block_on(async {
+        let c = &env.client;
+        let key = format!("{}multi.bin", env.prefix);
+        let up = c
+            .create_multipart_upload()
+            .bucket(&env.bucket)
+            .key(&key)
+            .send()
+            .await
+            .expect("create");
+        let id = up.upload_id().expect("id").to_string();
+        let mut parts = Vec::new();
+        for (i, chunk) in data.chunks(5 << 20).enumerate() {
+            let n = i as i32 + 1;
+            let p = c
+                .upload_part()
+                .bucket(&env.bucket)
+                .key(&key)
+                .upload_id(&id)
+                .part_number(n)
+                .body(aws_sdk_s3::primitives::ByteStream::from(chunk.to_vec()))
+                .send()
+                .await
+                .expect("part");
+            parts.push(
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(n)
+                    .set_e_tag(p.e_tag().map(str::to_string))
+                    .build(),
+            );
+        }
+        c.complete_multipart_upload()
+            .bucket(&env.bucket)
+            .key(&key)
+            .upload_id(&id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("complete");
+    });
+    let dir = env.work().join("r");
+    let first = restore(&env, &dir, &[]).ok();
+    assert!(first.all().contains("only its size was checked"), "{first}");
+    let file = dir.join("multi.bin");
+    let mtime = std::fs::metadata(&file).expect("stat").mtime();
+    // The same size and mtime, other bytes: only --checksum finds it, by
+    // downloading the object to compare.
+    let mut bad = data.clone();
+    bad[1000] ^= 0xff;
+    std::fs::write(&file, &bad).expect("write");
+    set_mtime(&file, mtime as u64);
+    let plain = restore(&env, &dir, &[]).ok();
+    assert_eq!(plain.summary()["downloaded"], 0, "{plain}");
+    let checked = restore(&env, &dir, &["--checksum"]).ok();
+    assert_eq!(checked.summary()["downloaded"], 1, "{checked}");
+    assert_eq!(std::fs::read(&file).expect("read"), data);
+    let again = restore(&env, &dir, &["--checksum"]).ok();
+    assert_eq!(again.summary()["downloaded"], 0, "{again}");
+    assert_eq!(again.summary()["skipped"], 1, "{again}");
 }
