@@ -13,12 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIG_MIB=${BIG_MIB:-256}
 RUNS=${RUNS:-3}
-BIN=${S3MA:-target/release/s3ma}
-GARAGE=${GARAGE:-$(command -v garage || true)}
-[ -x "$GARAGE" ] || { echo "garage not found: set GARAGE=/path/to/garage" >&2; exit 1; }
-[ -x "$BIN" ] || cargo build --release --locked
-work=$(mktemp -d)
 . bench/garage-lib.sh
+work=$(mktemp -d)
 garage_start "$work" 3920
 trap 'kill $garage_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 garage_bucket big

@@ -2,7 +2,14 @@
 # one-node garage (S3 API on 127.0.0.1:PORT, RPC on PORT+1, admin on
 # PORT+3) with its files under WORK, sets G (the garage command with its
 # config) and garage_pid, and exports the credentials of a new key.
-# garage_bucket NAME makes a bucket that key owns.
+# garage_bucket NAME makes a bucket that key owns. Sourcing it finds garage
+# (GARAGE, or on PATH) and the s3ma binary (S3MA, built if missing) as BIN.
+
+BIN=${S3MA:-target/release/s3ma}
+GARAGE=${GARAGE:-$(command -v garage || true)}
+[ -x "$GARAGE" ] || { echo "garage not found: set GARAGE=/path/to/garage" >&2; exit 1; }
+[ -x "$BIN" ] || cargo build --release --locked
+
 garage_start() {
     local work=$1 port=$2
     cat >"$work/garage.toml" <<TOML

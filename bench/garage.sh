@@ -14,12 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${FILES:-100000}
 RTT_MS=${RTT_MS:-35}
-BIN=${S3MA:-target/release/s3ma}
-GARAGE=${GARAGE:-$(command -v garage || true)}
-[ -x "$GARAGE" ] || { echo "garage not found: set GARAGE=/path/to/garage" >&2; exit 1; }
-[ -x "$BIN" ] || cargo build --release --locked
-work=$(mktemp -d)
 . bench/garage-lib.sh
+work=$(mktemp -d)
 garage_start "$work" 3910
 python3 bench/latency-proxy.py 3915 127.0.0.1:3910 "$RTT_MS" &
 proxy=$!
