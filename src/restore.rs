@@ -293,6 +293,9 @@ struct Job {
     requests: Arc<Semaphore>,
 }
 
+/// How the names of restore's temporary files begin.
+const TEMP_PREFIX: &str = ".s3ma-restore-";
+
 /// The temporary name a file is written to, beside it: hidden, so a sync
 /// or watch of the directory leaves it out, and the same on every run, so
 /// one left by a killed run is written over.
@@ -302,7 +305,7 @@ fn temp_path(path: &Path) -> PathBuf {
         .map(|n| n.as_encoded_bytes())
         .unwrap_or_default();
     let digest: [u8; 16] = Md5::digest(name).into();
-    path.with_file_name(format!(".s3ma-restore-{}", hex::encode(&digest[..8])))
+    path.with_file_name(format!("{TEMP_PREFIX}{}", hex::encode(&digest[..8])))
 }
 
 /// Makes the temporary file afresh: whatever is at its name (one left by
@@ -751,6 +754,18 @@ fn unmatched(cfg: &Restore, wanted: &HashSet<String>, rep: &Reporter) -> Result<
                 crate::scan::ScanItem::Blind { path, message } => {
                     blind = Some(format!("{}: {message}", path.display()));
                     return false;
+                }
+                // A temporary file a killed restore left: under the lock
+                // on the directory, no other restore is writing it.
+                crate::scan::ScanItem::Excluded {
+                    rel, dir: false, ..
+                } if !cfg.dry_run
+                    && rel
+                        .rsplit('/')
+                        .next()
+                        .is_some_and(|n| n.starts_with(TEMP_PREFIX)) =>
+                {
+                    let _ = std::fs::remove_file(cfg.dir.join(&rel));
                 }
                 _ => {}
             }

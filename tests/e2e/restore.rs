@@ -112,6 +112,9 @@ fn a_restore_equals_the_tree_and_a_rerun_downloads_nothing() {
         // (never mirrored) alone; --dry-run changes nothing.
         std::fs::write(dir.join("a/extra.txt"), "extra").expect("write");
         std::fs::write(dir.join(".hidden"), "kept").expect("write");
+        // One a killed restore left, for a key that is gone: --delete
+        // takes it away.
+        std::fs::write(dir.join("a/.s3ma-restore-0123456789abcdef"), "stale").expect("write");
         let dry = restore(&env, &dir, &["--delete", "--dry-run"]).ok();
         assert_eq!(dry.summary()["deleted"], 1, "{kind:?}: {dry}");
         assert!(dir.join("a/extra.txt").exists());
@@ -124,6 +127,7 @@ fn a_restore_equals_the_tree_and_a_rerun_downloads_nothing() {
         let del = restore(&env, &dir, &["--delete"]).ok();
         assert_eq!(del.summary()["deleted"], 1, "{kind:?}: {del}");
         assert!(!dir.join("a/extra.txt").exists() && dir.join(".hidden").exists());
+        assert!(!dir.join("a/.s3ma-restore-0123456789abcdef").exists());
     }
 }
 
