@@ -161,7 +161,10 @@ async fn run(cli: Cli, rep: Arc<Reporter>) -> Exit {
         Config::Restore(r) => {
             let stop = Arc::new(sync::Stop::default());
             signal_handler(stop.clone(), rep.clone(), true);
-            restore::run(&r, rep, stop).await
+            match restore::restore(&r, &rep, &stop).await {
+                Ok(exit) => exit,
+                Err(e) => fail(&rep, exit_for(&e), e),
+            }
         }
     }
 }

@@ -31,7 +31,7 @@ use crate::config::Restore;
 use crate::keys::Location;
 use crate::plan::RemoteFacts;
 use crate::report::{human_size, printable, Reporter};
-use crate::store::{Blame, ObjectInfo, Store, StoreError};
+use crate::store::{Blame, HeadInfo, ObjectInfo, Store, StoreError};
 use crate::Exit;
 
 /// A downloaded temporary file: the MD5 of its bytes, and what the server
@@ -92,10 +92,7 @@ pub async fn tree_at(store: &Store, loc: &Location, at: SystemTime) -> Result<Ve
         return Err(never(&loc.bucket));
     }
     let at = aws_smithy_types::DateTime::from(at);
-    let not_after = |t: &Option<aws_smithy_types::DateTime>| {
-        t.as_ref()
-            .is_some_and(|t| (t.secs(), t.subsec_nanos()) <= (at.secs(), at.subsec_nanos()))
-    };
+    let not_after = |t: &Option<aws_smithy_types::DateTime>| t.is_some_and(|t| t <= at);
     let mut items = Vec::new();
     // The key whose version has been chosen (or found deleted) already.
     let mut settled: Option<String> = None;
@@ -386,6 +383,32 @@ impl Job {
         &self.item.object.key
     }
 
+    /// A HEAD of the object (its version), with a request permit.
+    async fn head(&self) -> Result<HeadInfo, Done> {
+        let _permit = self.requests.acquire().await;
+        self.store
+            .head_version(&self.bucket, self.key(), self.item.version_id.as_deref())
+            .await
+            .map_err(|e| store_failed("cannot read the object", e))
+    }
+
+    /// The file here has the object's bytes: it gets the object's mtime
+    /// and mode (so the next run without --checksum agrees) and stays.
+    async fn keep_local(&self, mtime: Option<i64>, mode: Option<u32>, why: &'static str) -> Done {
+        if self.dry_run {
+            return Done::Same(why);
+        }
+        let p = self.path.clone();
+        match blocking(move || finish_file(&p, mtime, mode)).await {
+            Ok(Ok(())) => Done::Same(why),
+            Ok(Err(e)) => Done::Failed(format!(
+                "cannot set the mtime of {}: {e}",
+                self.path.display()
+            )),
+            Err(e) => Done::Failed(e),
+        }
+    }
+
     fn write_failed(&self, e: std::io::Error) -> Done {
         Done::Failed(format!(
             "cannot write {} (through a temporary file beside it): {e}",
@@ -396,20 +419,14 @@ impl Job {
     async fn run(self) -> Done {
         let start = Instant::now();
         let o = &self.item.object;
-        let version = self.item.version_id.as_deref();
         let mut head = None;
         let mut compare_local = false;
         let reason = match self.local {
             Local::Nothing => "new",
             Local::File { size, mtime_ns } if size == o.size => {
-                let _permit = self.requests.acquire().await;
-                let h = match self
-                    .store
-                    .head_version(&self.bucket, self.key(), version)
-                    .await
-                {
+                let h = match self.head().await {
                     Ok(h) => h,
-                    Err(e) => return store_failed("cannot read the object", e),
+                    Err(done) => return done,
                 };
                 let facts = self.store.facts(&h);
                 if !self.checksum {
@@ -427,22 +444,10 @@ impl Job {
                     let path = self.path.clone();
                     match blocking(move || md5_of_file(&path)).await {
                         Ok(Ok(m)) if m == want => {
-                            // The same bytes: the object's mtime and mode,
-                            // so the next run without --checksum agrees.
-                            if !self.dry_run {
-                                let mtime = object_mtime(&facts, h.last_modified.as_ref());
-                                let mode = stored_mode(&h.metadata);
-                                let p = self.path.clone();
-                                if let Ok(Err(e)) =
-                                    blocking(move || finish_file(&p, mtime, mode)).await
-                                {
-                                    return Done::Failed(format!(
-                                        "cannot set the mtime of {}: {e}",
-                                        self.path.display()
-                                    ));
-                                }
-                            }
-                            return Done::Same("same MD5");
+                            let mtime = object_mtime(&facts, h.last_modified.as_ref());
+                            return self
+                                .keep_local(mtime, stored_mode(&h.metadata), "same MD5")
+                                .await;
                         }
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => {
@@ -466,17 +471,10 @@ impl Job {
         if o.archived {
             let h = match head.take() {
                 Some(h) => h,
-                None => {
-                    let _permit = self.requests.acquire().await;
-                    match self
-                        .store
-                        .head_version(&self.bucket, self.key(), version)
-                        .await
-                    {
-                        Ok(h) => h,
-                        Err(e) => return store_failed("cannot read the object", e),
-                    }
-                }
+                None => match self.head().await {
+                    Ok(h) => h,
+                    Err(done) => return done,
+                },
             };
             if !h
                 .restore
@@ -528,15 +526,9 @@ impl Job {
             if let Ok(Ok(local)) = blocking(move || md5_of_file(&p)).await {
                 if local == md5 {
                     let _ = std::fs::remove_file(&temp);
-                    let p = self.path.clone();
-                    return match blocking(move || finish_file(&p, mtime, mode)).await {
-                        Ok(Ok(())) => Done::Same("same bytes (downloaded to compare: no MD5)"),
-                        Ok(Err(e)) => Done::Failed(format!(
-                            "cannot set the mtime of {}: {e}",
-                            self.path.display()
-                        )),
-                        Err(e) => Done::Failed(e),
-                    };
+                    return self
+                        .keep_local(mtime, mode, "same bytes (downloaded to compare: no MD5)")
+                        .await;
                 }
             }
         }
@@ -605,10 +597,7 @@ impl Job {
                 human_size(d.size)
             )));
         }
-        let facts = RemoteFacts::from_head(
-            d.etag.as_deref().and_then(|e| self.store.etag_md5(e)),
-            &d.metadata,
-        );
+        let facts = self.store.facts_of(d.etag.as_deref(), &d.metadata);
         Ok(Fetched {
             md5: md5.finalize().into(),
             facts,
@@ -619,21 +608,11 @@ impl Job {
 
     /// Parallel ranged GETs, each written at its offset, all pinned to the
     /// object's ETag; then the file is hashed.
-    async fn fetch_ranges(
-        &self,
-        temp: &Path,
-        head: Option<crate::store::HeadInfo>,
-    ) -> Result<Fetched, Done> {
+    async fn fetch_ranges(&self, temp: &Path, head: Option<HeadInfo>) -> Result<Fetched, Done> {
         let version = self.item.version_id.clone();
         let head = match head {
             Some(h) => h,
-            None => {
-                let _permit = self.requests.acquire().await;
-                self.store
-                    .head_version(&self.bucket, self.key(), version.as_deref())
-                    .await
-                    .map_err(|e| store_failed("cannot read the object", e))?
-            }
+            None => self.head().await?,
         };
         let size = head.size;
         let file = create_temp(temp)
@@ -792,20 +771,8 @@ fn prune_dirs(root: &Path, path: &Path) {
     }
 }
 
-pub async fn run(cfg: &Restore, rep: Arc<Reporter>, stop: Arc<crate::sync::Stop>) -> Exit {
-    match restore(cfg, &rep, &stop).await {
-        Ok(exit) => exit,
-        Err(e) => {
-            rep.fatal(&format!("{e:#}"));
-            match e.chain().find_map(|c| c.downcast_ref::<StoreError>()) {
-                Some(se) if se.is_usage() => Exit::Usage,
-                _ => Exit::Fatal,
-            }
-        }
-    }
-}
-
-async fn restore(cfg: &Restore, rep: &Arc<Reporter>, stop: &crate::sync::Stop) -> Result<Exit> {
+/// Restores `cfg.from` into `cfg.dir`; an error is one that ended the run.
+pub async fn restore(cfg: &Restore, rep: &Arc<Reporter>, stop: &crate::sync::Stop) -> Result<Exit> {
     rep.start_clock();
     let store = Store::connect(&cfg.conn)
         .await?

@@ -495,8 +495,17 @@ impl Store {
 
     /// What a HEAD says of an object's content and metadata.
     pub fn facts(&self, head: &HeadInfo) -> crate::plan::RemoteFacts {
-        let of_bytes = head.etag.as_deref().and_then(|e| self.etag_md5(e));
-        crate::plan::RemoteFacts::from_head(of_bytes, &head.metadata)
+        self.facts_of(head.etag.as_deref(), &head.metadata)
+    }
+
+    /// [`Store::facts`] from an ETag and metadata however read (a GET).
+    pub fn facts_of(
+        &self,
+        etag: Option<&str>,
+        metadata: &HashMap<String, String>,
+    ) -> crate::plan::RemoteFacts {
+        let of_bytes = etag.and_then(|e| self.etag_md5(e));
+        crate::plan::RemoteFacts::from_head(of_bytes, metadata)
     }
 
     /// The MD5 an ETag stands for, when it stands for one: not under
@@ -831,14 +840,7 @@ impl Store {
     /// Downloads an object and returns its size and the MD5 of its bytes
     /// (nothing is kept in memory but one chunk).
     pub async fn get_md5(&self, bucket: &str, key: &str) -> Result<(u64, [u8; 16]), StoreError> {
-        let req = self.client.get_object();
-        let resp = with_key!(req, self.sse())
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.classify(e, Some(bucket)))?;
-        let mut body = resp.body;
+        let mut body = self.get(bucket, key, None, None, None).await?.body;
         let mut md5 = Md5::new();
         let mut size = 0u64;
         loop {
@@ -1349,18 +1351,12 @@ impl Lister {
 /// times to the second make ties: the latest goes first, then a delete
 /// marker before a version (a delete follows the put of what it deletes).
 fn order_versions(page: &mut [Version]) {
-    let time = |v: &Version| {
-        v.object
-            .last_modified
-            .as_ref()
-            .map(|t| (t.secs(), t.subsec_nanos()))
-    };
     page.sort_by(|a, b| {
         a.object
             .key
             .cmp(&b.object.key)
             .then_with(|| b.latest.cmp(&a.latest))
-            .then_with(|| time(b).cmp(&time(a)))
+            .then_with(|| b.object.last_modified.cmp(&a.object.last_modified))
             .then_with(|| b.delete_marker.cmp(&a.delete_marker))
     });
 }
